@@ -1,0 +1,128 @@
+using System.Diagnostics;
+using System.Text.Json;
+
+namespace QcowDedup.Qcow2.Tests.Infrastructure;
+
+/// <summary>
+/// Runs the oracle: qemu-img and qemu-io from the Debian package qemu-utils. A missing tool is a
+/// test failure with instructions, never a skip.
+/// </summary>
+public static class Qemu
+{
+    private static readonly Lazy<string> ImgPath = new(() => Find("qemu-img"));
+    private static readonly Lazy<string> IoPath = new(() => Find("qemu-io"));
+
+    /// <summary>Runs qemu-img; throws with its stderr when it fails.</summary>
+    public static string Img(params string[] args) => Checked(ImgPath.Value, args);
+
+    /// <summary>Runs qemu-img and returns its exit code and output without judging them.</summary>
+    public static ProcessResult ImgResult(params string[] args) => Run(ImgPath.Value, args);
+
+    /// <summary>Runs qemu-io commands on a qcow2 image.</summary>
+    public static string Io(string image, params string[] commands) => IoFormat("qcow2", image, commands);
+
+    /// <summary>Runs qemu-io commands on an image of the given format.</summary>
+    public static string IoFormat(string format, string image, params string[] commands)
+    {
+        var args = new List<string> { "-f", format };
+        foreach (var command in commands)
+        {
+            args.Add("-c");
+            args.Add(command);
+        }
+
+        args.Add(image);
+        var result = Run(IoPath.Value, args);
+        // qemu-io reports failed commands on stdout/stderr but may still exit 0; treat any "failed" as an error.
+        if (result.ExitCode != 0 || result.Output.Contains("failed", StringComparison.Ordinal) || result.Error.Contains("failed", StringComparison.Ordinal))
+        {
+            throw new InvalidOperationException($"qemu-io {string.Join(' ', args)} failed ({result.ExitCode}):\n{result.Output}\n{result.Error}");
+        }
+
+        return result.Output;
+    }
+
+    /// <summary>Runs qemu-io commands and returns the outcome without judging it (for "abort").</summary>
+    public static ProcessResult IoUnchecked(string image, params string[] commands) =>
+        Run(IoPath.Value, [.. commands.SelectMany(c => new[] { "-c", c }), image]);
+
+    /// <summary>qemu-img check --output=json, parsed.</summary>
+    public static CheckReport Check(string image, params string[] extraArgs)
+    {
+        var result = Run(ImgPath.Value, ["check", "--output=json", .. extraArgs, image]);
+        using var json = JsonDocument.Parse(result.Output.Length > 0 ? result.Output : "{}");
+        var root = json.RootElement;
+        int Get(string key) => root.TryGetProperty(key, out var value) ? value.GetInt32() : 0;
+        return new CheckReport(result.ExitCode, Get("corruptions"), Get("leaks"), Get("check-errors"), result.Output + result.Error);
+    }
+
+    /// <summary>Asserts that qemu-img check finds no corruption, no leak and no check error.</summary>
+    public static void AssertClean(string image)
+    {
+        var report = Check(image);
+        report.ShouldSatisfyAllConditions(
+            () => report.Corruptions.ShouldBe(0, report.Text),
+            () => report.Leaks.ShouldBe(0, report.Text),
+            () => report.CheckErrors.ShouldBe(0, report.Text),
+            () => report.ExitCode.ShouldBe(0, report.Text));
+    }
+
+    /// <summary>Whether qemu-img compare reports the two images identical.</summary>
+    public static ProcessResult Compare(string first, string second, string firstFormat = "qcow2", string secondFormat = "raw") =>
+        Run(ImgPath.Value, ["compare", "-f", firstFormat, "-F", secondFormat, first, second]);
+
+    /// <summary>
+    /// Directory qemu tools run in. QEMU opens relative external data file names against its
+    /// current directory, so builders set this to the image directory.
+    /// </summary>
+    public static AsyncLocal<string?> WorkingDirectory { get; } = new();
+
+    public static ProcessResult Run(string tool, IReadOnlyList<string> args)
+    {
+        var start = new ProcessStartInfo(tool) { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
+        if (WorkingDirectory.Value is { } directory)
+        {
+            start.WorkingDirectory = directory;
+        }
+
+        foreach (var arg in args)
+        {
+            start.ArgumentList.Add(arg);
+        }
+
+        using var process = Process.Start(start) ?? throw new InvalidOperationException($"Could not start {tool}.");
+        var error = process.StandardError.ReadToEndAsync();
+        var output = process.StandardOutput.ReadToEnd();
+        process.WaitForExit();
+        return new ProcessResult(process.ExitCode, output, error.Result);
+    }
+
+    private static string Checked(string tool, IReadOnlyList<string> args)
+    {
+        var result = Run(tool, args);
+        if (result.ExitCode != 0)
+        {
+            throw new InvalidOperationException($"{Path.GetFileName(tool)} {string.Join(' ', args)} failed ({result.ExitCode}):\n{result.Output}\n{result.Error}");
+        }
+
+        return result.Output;
+    }
+
+    private static string Find(string tool)
+    {
+        foreach (var directory in (Environment.GetEnvironmentVariable("PATH") ?? string.Empty).Split(Path.PathSeparator))
+        {
+            var candidate = Path.Combine(directory, tool);
+            if (File.Exists(candidate))
+            {
+                return candidate;
+            }
+        }
+
+        throw new InvalidOperationException($"{tool} is not installed. The tests use QEMU as their oracle: install the Debian package qemu-utils (tools/test.sh does this).");
+    }
+}
+
+public sealed record ProcessResult(int ExitCode, string Output, string Error);
+
+public sealed record CheckReport(int ExitCode, int Corruptions, int Leaks, int CheckErrors, string Text);

@@ -1,0 +1,98 @@
+using System.Buffers.Binary;
+using System.Text;
+
+namespace QcowDedup.Qcow2.Format;
+
+/// <summary>Flags of a bitmap directory entry.</summary>
+[Flags]
+public enum BitmapFlags : uint
+{
+    /// <summary>No flags.</summary>
+    None = 0,
+
+    /// <summary>Bit 0: the bitmap was not saved correctly and may be inconsistent.</summary>
+    InUse = 1u << 0,
+
+    /// <summary>Bit 1: QEMU tracks writes into this bitmap automatically.</summary>
+    Auto = 1u << 1,
+
+    /// <summary>Bit 2: unknown extra data may be ignored.</summary>
+    ExtraDataCompatible = 1u << 2,
+}
+
+/// <summary>One entry of the bitmap directory (spec "Bitmap directory").</summary>
+public sealed record BitmapDirectoryEntry
+{
+    /// <summary>Bytes of the fixed part.</summary>
+    public const int FixedSize = 24;
+
+    /// <summary>Host offset of the bitmap table.</summary>
+    public required long TableOffset { get; init; }
+
+    /// <summary>Entries in the bitmap table.</summary>
+    public required int TableSize { get; init; }
+
+    /// <summary>Flags.</summary>
+    public BitmapFlags Flags { get; init; }
+
+    /// <summary>Bitmap type (1 = dirty tracking).</summary>
+    public byte Type { get; init; } = 1;
+
+    /// <summary>log2 of the guest bytes one bit covers.</summary>
+    public int GranularityBits { get; init; }
+
+    /// <summary>Bitmap name.</summary>
+    public required string Name { get; init; }
+
+    /// <summary>Extra data, kept verbatim.</summary>
+    public ReadOnlyMemory<byte> ExtraData { get; init; }
+
+    /// <summary>Guest bytes one bit covers.</summary>
+    public long Granularity => GranularityBits < 63 ? 1L << GranularityBits : long.MaxValue;
+
+    /// <summary>Decodes all <paramref name="count"/> entries of a directory.</summary>
+    /// <exception cref="InvalidDataException">An entry does not fit the directory or breaks the spec's limits.</exception>
+    public static IReadOnlyList<BitmapDirectoryEntry> ParseDirectory(ReadOnlySpan<byte> directory, int count, long hostOffset)
+    {
+        var entries = new List<BitmapDirectoryEntry>(Math.Min(count, 1024));
+        var offset = 0;
+        for (var i = 0; i < count; i++)
+        {
+            if (directory.Length - offset < FixedSize)
+            {
+                throw Qcow2Corruption.Create("bitmap directory", $"entry {i} extends past the directory's {directory.Length} bytes", hostOffset + offset);
+            }
+
+            var entry = directory[offset..];
+            var tableOffset = BinaryPrimitives.ReadUInt64BigEndian(entry);
+            var tableSize = BinaryPrimitives.ReadUInt32BigEndian(entry[8..]);
+            var flags = BinaryPrimitives.ReadUInt32BigEndian(entry[12..]);
+            var nameSize = BinaryPrimitives.ReadUInt16BigEndian(entry[18..]);
+            var extraSize = BinaryPrimitives.ReadUInt32BigEndian(entry[20..]);
+            if (nameSize == 0 || extraSize > int.MaxValue / 2 || tableOffset > long.MaxValue || tableSize > int.MaxValue)
+            {
+                throw Qcow2Corruption.Create("bitmap directory", $"entry {i} has an invalid name size, extra data size or table", hostOffset + offset);
+            }
+
+            var length = (FixedSize + (int)extraSize + nameSize + 7) & ~7;
+            if (directory.Length - offset < FixedSize + (int)extraSize + nameSize)
+            {
+                throw Qcow2Corruption.Create("bitmap directory", $"entry {i} extends past the directory's {directory.Length} bytes", hostOffset + offset);
+            }
+
+            entries.Add(new BitmapDirectoryEntry
+            {
+                TableOffset = (long)tableOffset,
+                TableSize = (int)tableSize,
+                Flags = (BitmapFlags)flags,
+                Type = entry[16],
+                GranularityBits = entry[17],
+                ExtraData = entry.Slice(FixedSize, (int)extraSize).ToArray(),
+                Name = Encoding.UTF8.GetString(entry.Slice(FixedSize + (int)extraSize, nameSize)),
+            });
+            offset += Math.Min(length, directory.Length - offset);
+        }
+
+        return entries;
+    }
+}

@@ -1,0 +1,82 @@
+using QcowDedup.Qcow2.Storage;
+
+namespace QcowDedup.Qcow2.Image;
+
+/// <summary>What an image refers to by name.</summary>
+public enum FileReferenceKind
+{
+    /// <summary>A backing file named in the header.</summary>
+    BackingFile,
+
+    /// <summary>An external data file named in the "DATA" extension.</summary>
+    ExternalDataFile,
+}
+
+/// <summary>A file named by an image that must be opened.</summary>
+/// <param name="Name">The name exactly as stored in the image.</param>
+/// <param name="Kind">What the file is for.</param>
+/// <param name="ReferrerPath">Full path of the image that names it, when it has one.</param>
+/// <param name="Writable">Whether the file must be opened for writing.</param>
+public sealed record FileReference(string Name, FileReferenceKind Kind, string? ReferrerPath, bool Writable);
+
+/// <summary>
+/// Opens the backing files and external data files an image names. Replace it to serve images
+/// from somewhere other than the local file system, or to redirect names.
+/// </summary>
+public interface IBackingFileResolver
+{
+    /// <summary>Opens the file for <paramref name="reference"/>.</summary>
+    /// <exception cref="FileNotFoundException">The file does not exist.</exception>
+    IStorage Open(FileReference reference);
+}
+
+/// <summary>
+/// Resolves names as QEMU does: absolute names as they are, relative backing file names against
+/// the directory of the image that names them. Relative data file names are tried there first
+/// and then, as QEMU opens them, against the current directory.
+/// </summary>
+public sealed class DefaultBackingFileResolver : IBackingFileResolver
+{
+    /// <summary>The shared instance.</summary>
+    public static DefaultBackingFileResolver Instance { get; } = new();
+
+    /// <summary>The full path a name refers to.</summary>
+    /// <exception cref="NotSupportedException">The name uses a QEMU protocol prefix (json:, nbd://…).</exception>
+    public static string ResolvePath(string name, string? referrerPath)
+    {
+        ArgumentException.ThrowIfNullOrEmpty(name);
+        if (name.StartsWith("json:", StringComparison.Ordinal) || name.Contains("://", StringComparison.Ordinal))
+        {
+            throw new NotSupportedException($"The file name '{name}' uses a QEMU protocol; only local files are supported.");
+        }
+
+        if (Path.IsPathRooted(name))
+        {
+            return Path.GetFullPath(name);
+        }
+
+        var directory = referrerPath is null ? Environment.CurrentDirectory : Path.GetDirectoryName(Path.GetFullPath(referrerPath))!;
+        return Path.GetFullPath(Path.Combine(directory, name));
+    }
+
+    /// <inheritdoc />
+    public IStorage Open(FileReference reference)
+    {
+        ArgumentNullException.ThrowIfNull(reference);
+        var path = ResolvePath(reference.Name, reference.ReferrerPath);
+        if (!File.Exists(path) && reference.Kind == FileReferenceKind.ExternalDataFile && !Path.IsPathRooted(reference.Name))
+        {
+            // QEMU opens a relative data file name against its current directory, not the image's.
+            path = ResolvePath(reference.Name, referrerPath: null);
+        }
+
+        if (!File.Exists(path))
+        {
+            var what = reference.Kind == FileReferenceKind.BackingFile ? "backing file" : "external data file";
+            var of = reference.ReferrerPath is null ? string.Empty : $" of {reference.ReferrerPath}";
+            throw new FileNotFoundException($"Could not open the {what} '{reference.Name}'{of}: {path} does not exist.", path);
+        }
+
+        return FileStorage.Open(path, reference.Writable);
+    }
+}

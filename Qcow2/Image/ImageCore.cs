@@ -1,0 +1,172 @@
+using QcowDedup.Qcow2.Format;
+using QcowDedup.Qcow2.Metadata;
+using QcowDedup.Qcow2.Storage;
+
+namespace QcowDedup.Qcow2.Image;
+
+/// <summary>
+/// State shared by an image and the snapshot views opened from it: the files, the header, the
+/// locks and the metadata caches.
+/// </summary>
+internal sealed class ImageCore : IDisposable
+{
+    private long _fileLength;
+
+    public ImageCore(IStorage file, HeaderCluster header, Qcow2OpenOptions options, bool ownsFile)
+    {
+        File = file;
+        DataFile = file;
+        OwnsFile = ownsFile;
+        Header = header;
+        Options = options;
+        Geometry = new Geometry(header.Header);
+        Writable = options.Writable;
+        _fileLength = file.Length;
+        var l2Needed = Math.Max(1, (header.Header.Size + Geometry.L2Coverage - 1) >> Geometry.L2CoverageBits);
+        var l2Capacity = (int)Math.Clamp(Math.Min(options.L2CacheBytes / Geometry.ClusterSize, l2Needed), 2, int.MaxValue / 2);
+        L2Cache = new TableCache(file, Geometry.ClusterSize, l2Capacity, "L2 table");
+        var refcountCapacity = (int)Math.Clamp(options.RefcountCacheBytes / Geometry.ClusterSize, 4, 1 << 20);
+        RefcountCache = new TableCache(file, Geometry.ClusterSize, refcountCapacity, "refcount block");
+        ActiveL1 = new L1Table(header.Header.L1TableOffset, []);
+    }
+
+    /// <summary>The image file (all metadata, and data unless there is an external data file).</summary>
+    public IStorage File { get; }
+
+    /// <summary>Where guest data clusters live: the image file or the external data file.</summary>
+    public IStorage DataFile { get; set; }
+
+    public bool OwnsFile { get; }
+
+    public Qcow2OpenOptions Options { get; }
+
+    public HeaderCluster Header { get; set; }
+
+    public Geometry Geometry { get; }
+
+    public bool Writable { get; }
+
+    public AsyncLock MetadataLock { get; } = new();
+
+    public RangeLock GuestLock { get; } = new();
+
+    public TableCache L2Cache { get; }
+
+    public TableCache RefcountCache { get; }
+
+    public L1Table ActiveL1 { get; set; }
+
+    public IReadOnlyList<SnapshotTableEntry> Snapshots { get; set; } = [];
+
+    public IReadOnlyList<BitmapDirectoryEntry> Bitmaps { get; set; } = [];
+
+    public IGuestDisk? Backing { get; set; }
+
+    /// <summary>The refcount table, loaded on first use (read-only images rarely need it).</summary>
+    public RefcountTable? Refcounts { get; set; }
+
+    /// <summary>Loads the refcount table if needed. Caller holds the metadata lock.</summary>
+    public async ValueTask<RefcountTable> GetRefcountsLockedAsync(bool async, CancellationToken cancellationToken)
+    {
+        if (Refcounts is null)
+        {
+            var header = Header.Header;
+            Refcounts = await RefcountTable.ReadAsync(File, Geometry, RefcountCache, header.RefcountTableOffset, header.RefcountTableClusters, async, cancellationToken).ConfigureAwait(false);
+        }
+
+        return Refcounts;
+    }
+
+    public DecompressedClusterCache Decompressed { get; } = new();
+
+    /// <summary>Length of the image file as last seen; grows as this library writes.</summary>
+    public long FileLength => Interlocked.Read(ref _fileLength);
+
+    /// <summary>Records that bytes up to <paramref name="end"/> now exist in the image file.</summary>
+    public void NoteFileEnd(long end)
+    {
+        var current = Interlocked.Read(ref _fileLength);
+        while (end > current)
+        {
+            var seen = Interlocked.CompareExchange(ref _fileLength, end, current);
+            if (seen == current)
+            {
+                return;
+            }
+
+            current = seen;
+        }
+    }
+
+    /// <summary>Re-reads the file length (after truncation or when a check needs certainty).</summary>
+    public long RefreshFileLength()
+    {
+        var length = File.Length;
+        Interlocked.Exchange(ref _fileLength, length);
+        return length;
+    }
+
+    public void Dispose()
+    {
+        Backing?.Dispose();
+        if (!ReferenceEquals(DataFile, File))
+        {
+            DataFile.Dispose();
+        }
+
+        if (OwnsFile)
+        {
+            File.Dispose();
+        }
+
+        MetadataLock.Dispose();
+    }
+}
+
+/// <summary>
+/// Remembers the most recently decompressed cluster, so that small sequential reads through a
+/// compressed cluster decompress it once rather than once per read.
+/// </summary>
+internal sealed class DecompressedClusterCache
+{
+    private readonly Lock _sync = new();
+    private ulong _entry;
+    private byte[]? _data;
+
+    public bool TryCopy(L2Entry entry, int offsetInCluster, Span<byte> destination)
+    {
+        lock (_sync)
+        {
+            if (_data is null || _entry != entry.Raw)
+            {
+                return false;
+            }
+
+            _data.AsSpan(offsetInCluster, destination.Length).CopyTo(destination);
+            return true;
+        }
+    }
+
+    public void Store(L2Entry entry, ReadOnlySpan<byte> cluster)
+    {
+        lock (_sync)
+        {
+            if (_data is null || _data.Length != cluster.Length)
+            {
+                _data = new byte[cluster.Length];
+            }
+
+            cluster.CopyTo(_data);
+            _entry = entry.Raw;
+        }
+    }
+
+    /// <summary>Forgets the cached cluster (its host bytes may be reused).</summary>
+    public void Invalidate()
+    {
+        lock (_sync)
+        {
+            _entry = 0;
+        }
+    }
+}

@@ -1,0 +1,174 @@
+using QcowDedup.Qcow2.Format;
+using QcowDedup.Qcow2.Metadata;
+using QcowDedup.Qcow2.Storage;
+
+namespace QcowDedup.Qcow2.Image;
+
+/// <summary>
+/// An open qcow2 image. Safe to use from many threads at once, like a block device: metadata is
+/// guarded by one lock, guest data moves outside it, and requests on the same clusters are
+/// serialized. Read-only unless opened with <see cref="Qcow2OpenOptions.Writable"/>.
+/// </summary>
+public sealed partial class Qcow2Image : IDisposable, IAsyncDisposable, IGuestDisk
+{
+    private readonly ImageCore _core;
+    private readonly ClusterMap _map;
+    private readonly bool _isSnapshotView;
+    private Qcow2Stream? _content;
+    private long _size;
+    private int _disposed;
+
+    private Qcow2Image(ImageCore core, ClusterMap map, long size, bool isSnapshotView)
+    {
+        _core = core;
+        _map = map;
+        _size = size;
+        _isSnapshotView = isSnapshotView;
+    }
+
+    /// <summary>Guest-visible size in bytes.</summary>
+    public long Size => Interlocked.Read(ref _size);
+
+    /// <summary>Whether writes are allowed.</summary>
+    public bool IsWritable => _core.Writable && !_isSnapshotView;
+
+    /// <summary>Full path of the image file, when it has one.</summary>
+    public string? FilePath => _core.File.Path;
+
+    /// <summary>Cluster size in bytes.</summary>
+    public int ClusterSize => _core.Geometry.ClusterSize;
+
+    /// <summary>The decoded header of cluster 0.</summary>
+    public HeaderCluster Header => _core.Header;
+
+    /// <summary>Facts about the image, as qemu-img info shows them.</summary>
+    public ImageInfo Info
+    {
+        get
+        {
+            var header = _core.Header;
+            var fixedHeader = header.Header;
+            return new ImageInfo
+            {
+                FileName = _core.File.Path,
+                VirtualSize = Size,
+                ClusterSize = fixedHeader.ClusterSize,
+                Version = fixedHeader.Version,
+                RefcountBits = fixedHeader.RefcountBits,
+                CompressionType = fixedHeader.CompressionType,
+                IncompatibleFeatures = fixedHeader.Incompatible,
+                CompatibleFeatures = fixedHeader.Compatible,
+                AutoclearFeatures = fixedHeader.Autoclear,
+                Encryption = fixedHeader.CryptMethod,
+                BackingFileName = header.BackingFileName,
+                BackingFormat = header.BackingFormat,
+                DataFile = header.ExternalDataFileName,
+                ActualSize = FileSystemInfoProbe.AllocatedBytes(_core.File),
+                UnknownExtensions = header.OtherExtensions,
+                FeatureNames = header.FeatureNames,
+            };
+        }
+    }
+
+    /// <summary>Internal snapshots, in table order.</summary>
+    public IReadOnlyList<SnapshotTableEntry> Snapshots => _core.Snapshots;
+
+    /// <summary>Persistent bitmaps listed in the bitmap directory.</summary>
+    public IReadOnlyList<BitmapDirectoryEntry> Bitmaps => _core.Bitmaps;
+
+    /// <summary>This image (depth 0) followed by every backing file, top to bottom.</summary>
+    public IReadOnlyList<BackingChainEntry> BackingChain
+    {
+        get
+        {
+            var chain = new List<BackingChainEntry> { new(0, _core.File.Path ?? "(stream)", "qcow2", _core.File.Path, Size) };
+            var name = _core.Header.BackingFileName;
+            for (IGuestDisk? disk = _core.Backing; disk is not null; disk = disk.BackingDisk)
+            {
+                chain.Add(new BackingChainEntry(chain.Count, name ?? disk.FilePath ?? "?", disk.Format, disk.FilePath, disk.Size));
+                name = (disk as Qcow2Image)?.Header.BackingFileName;
+            }
+
+            return chain;
+        }
+    }
+
+    /// <summary>
+    /// The guest disk as a seekable stream (Length = <see cref="Size"/>). Disposing it leaves the
+    /// image open. It keeps one position, so give each thread its own stream from
+    /// <see cref="OpenStream"/>.
+    /// </summary>
+    public Stream Content => _content ??= new Qcow2Stream(this, leaveOpen: true);
+
+    string IGuestDisk.Format => "qcow2";
+
+    string? IGuestDisk.FilePath => _core.File.Path;
+
+    IGuestDisk? IGuestDisk.BackingDisk => _core.Backing;
+
+    internal ImageCore Core => _core;
+
+    /// <summary>A new stream over the guest disk with its own position.</summary>
+    /// <param name="leaveOpen">Whether disposing the stream leaves this image open.</param>
+    public Qcow2Stream OpenStream(bool leaveOpen = true) => new(this, leaveOpen);
+
+    /// <summary>Flushes pending changes and closes the image and every file it opened.</summary>
+    public void Dispose()
+    {
+        if (Interlocked.Exchange(ref _disposed, 1) != 0)
+        {
+            return;
+        }
+
+        try
+        {
+            if (!_isSnapshotView)
+            {
+                SyncOver.Run(CloseCoreAsync(async: false, CancellationToken.None));
+            }
+        }
+        finally
+        {
+            if (!_isSnapshotView)
+            {
+                _core.Dispose();
+            }
+        }
+    }
+
+    /// <inheritdoc cref="Dispose"/>
+    public async ValueTask DisposeAsync()
+    {
+        if (Interlocked.Exchange(ref _disposed, 1) != 0)
+        {
+            return;
+        }
+
+        try
+        {
+            if (!_isSnapshotView)
+            {
+                await CloseCoreAsync(async: true, CancellationToken.None).ConfigureAwait(false);
+            }
+        }
+        finally
+        {
+            if (!_isSnapshotView)
+            {
+                _core.Dispose();
+            }
+        }
+    }
+
+    private void ThrowIfDisposed() => ObjectDisposedException.ThrowIf(Volatile.Read(ref _disposed) != 0, this);
+
+    private void ThrowIfOutOfRange(long offset, long length)
+    {
+        ArgumentOutOfRangeException.ThrowIfNegative(offset);
+        ArgumentOutOfRangeException.ThrowIfNegative(length);
+        if (offset > Size || length > Size - offset)
+        {
+            throw new ArgumentOutOfRangeException(nameof(length), $"The range [{offset}, {offset + length}) extends past the end of the {Size}-byte disk.");
+        }
+    }
+}

@@ -1,0 +1,45 @@
+namespace QcowDedup.Qcow2.Image;
+
+/// <summary>How backing files are treated when an image is opened.</summary>
+public enum BackingFileMode
+{
+    /// <summary>Open the whole backing chain; unallocated clusters read through it.</summary>
+    Open,
+
+    /// <summary>Do not open backing files; unallocated clusters read as zeros (like qemu-img's -U with no backing).</summary>
+    Ignore,
+}
+
+/// <summary>Options for <see cref="Qcow2Image.Open(string, Qcow2OpenOptions?)"/>. The defaults suit almost everyone.</summary>
+public sealed class Qcow2OpenOptions
+{
+    /// <summary>Default L2 cache limit, as QEMU's on Linux (32 MiB).</summary>
+    public const long DefaultL2CacheBytes = 32L << 20;
+
+    /// <summary>Default refcount cache size.</summary>
+    public const long DefaultRefcountCacheBytes = 1L << 20;
+
+    /// <summary>Open for writing. Off by default.</summary>
+    public bool Writable { get; init; }
+
+    /// <summary>Whether to open backing files.</summary>
+    public BackingFileMode BackingFiles { get; init; } = BackingFileMode.Open;
+
+    /// <summary>Opens backing files and external data files by name.</summary>
+    public IBackingFileResolver BackingResolver { get; init; } = DefaultBackingFileResolver.Instance;
+
+    /// <summary>Path of the external data file, overriding the name stored in the image.</summary>
+    public string? DataFilePath { get; init; }
+
+    /// <summary>
+    /// Most memory the L2 cache may use. The cache never grows beyond what covers the whole disk,
+    /// and always holds at least two tables.
+    /// </summary>
+    public long L2CacheBytes { get; init; } = DefaultL2CacheBytes;
+
+    /// <summary>Most memory the refcount block cache may use (at least four blocks are kept).</summary>
+    public long RefcountCacheBytes { get; init; } = DefaultRefcountCacheBytes;
+
+    /// <summary>For images opened from a stream: leave the stream open when the image is disposed.</summary>
+    public bool LeaveOpen { get; init; }
+}

@@ -1,0 +1,32 @@
+namespace QcowDedup.Qcow2.Metadata;
+
+/// <summary>
+/// The image's metadata lock: one holder at a time, taken either synchronously or asynchronously
+/// by the same core routine (the <c>async</c> flag pattern). Not re-entrant: routines named
+/// "…Locked" expect the caller to hold it.
+/// </summary>
+internal sealed class AsyncLock : IDisposable
+{
+    private readonly SemaphoreSlim _semaphore = new(1, 1);
+
+    public async ValueTask<Releaser> AcquireAsync(bool async, CancellationToken cancellationToken)
+    {
+        if (async)
+        {
+            await _semaphore.WaitAsync(cancellationToken).ConfigureAwait(false);
+        }
+        else
+        {
+            _semaphore.Wait(cancellationToken);
+        }
+
+        return new Releaser(_semaphore);
+    }
+
+    public void Dispose() => _semaphore.Dispose();
+
+    public readonly struct Releaser(SemaphoreSlim semaphore) : IDisposable
+    {
+        public void Dispose() => semaphore.Release();
+    }
+}

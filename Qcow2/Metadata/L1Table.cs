@@ -1,0 +1,86 @@
+using System.Buffers.Binary;
+using QcowDedup.Qcow2.Format;
+using QcowDedup.Qcow2.Storage;
+
+namespace QcowDedup.Qcow2.Metadata;
+
+/// <summary>
+/// An L1 table held in memory (the active one, or a snapshot's). QEMU keeps L1 tables resident
+/// too; they are at most 32 MiB.
+/// </summary>
+internal sealed class L1Table
+{
+    private ulong[] _entries;
+
+    public L1Table(long offset, ulong[] entries)
+    {
+        Offset = offset;
+        _entries = entries;
+    }
+
+    /// <summary>Host offset of the table.</summary>
+    public long Offset { get; private set; }
+
+    public int Size => _entries.Length;
+
+    public L1Entry this[long index] => index < _entries.Length ? new L1Entry(_entries[index]) : default;
+
+    /// <summary>Reads <paramref name="size"/> entries at <paramref name="offset"/>.</summary>
+    public static async ValueTask<L1Table> ReadAsync(IStorage storage, long offset, int size, string structure, bool async, CancellationToken cancellationToken)
+    {
+        var bytes = (long)size * Qcow2Layout.L1EntrySize;
+        if (bytes > Qcow2Layout.MaxL1TableBytes)
+        {
+            throw Qcow2Corruption.Create(structure, $"{size} entries exceed QEMU's {Qcow2Layout.MaxL1TableBytes >> 20} MiB limit", offset);
+        }
+
+        if (size > 0 && offset + bytes > storage.Length)
+        {
+            throw Qcow2Corruption.Create(structure, $"{size} entries ({bytes} bytes) extend past the end of the file ({storage.Length} bytes)", offset);
+        }
+
+        var buffer = new byte[bytes];
+        await storage.ReadStructureAsync(offset, buffer, structure, async, cancellationToken).ConfigureAwait(false);
+        var entries = new ulong[size];
+        for (var i = 0; i < size; i++)
+        {
+            entries[i] = BinaryPrimitives.ReadUInt64BigEndian(buffer.AsSpan(i * 8));
+        }
+
+        return new L1Table(offset, entries);
+    }
+
+    /// <summary>A copy of the entries (for snapshots and resizes).</summary>
+    public ulong[] ToArray() => (ulong[])_entries.Clone();
+
+    /// <summary>Encodes the table as stored on disk.</summary>
+    public byte[] Encode(int? sizeOverride = null)
+    {
+        var buffer = new byte[(sizeOverride ?? _entries.Length) * Qcow2Layout.L1EntrySize];
+        for (var i = 0; i < Math.Min(_entries.Length, buffer.Length / 8); i++)
+        {
+            BinaryPrimitives.WriteUInt64BigEndian(buffer.AsSpan(i * 8), _entries[i]);
+        }
+
+        return buffer;
+    }
+
+    /// <summary>Changes one entry in memory and writes it to disk.</summary>
+    public async ValueTask SetAsync(IStorage storage, long index, L1Entry entry, bool async, CancellationToken cancellationToken)
+    {
+        _entries[index] = entry.Raw;
+        var bytes = new byte[Qcow2Layout.L1EntrySize];
+        BinaryPrimitives.WriteUInt64BigEndian(bytes, entry.Raw);
+        await storage.WriteAsync(Offset + (index * Qcow2Layout.L1EntrySize), bytes, async, cancellationToken).ConfigureAwait(false);
+    }
+
+    /// <summary>Changes one entry in memory only (the caller writes the whole table).</summary>
+    public void SetInMemory(long index, L1Entry entry) => _entries[index] = entry.Raw;
+
+    /// <summary>Points this object at a new table (after an L1 move on resize).</summary>
+    public void Replace(long offset, ulong[] entries)
+    {
+        Offset = offset;
+        _entries = entries;
+    }
+}

@@ -1,0 +1,108 @@
+namespace QcowDedup.Cli;
+
+/// <summary>A wrong command line; reported as "qcow2 VERB: message" with exit code 1.</summary>
+internal sealed class UsageException(string message) : Exception(message);
+
+/// <summary>
+/// Parses a qemu-img style command line: short options (-f raw, -fraw), long options
+/// (--output=json, --output json), repeatable options (-c CMD -c CMD), and positional arguments.
+/// "--" ends option parsing.
+/// </summary>
+internal sealed class CommandLine
+{
+    private readonly Dictionary<string, List<string>> _values = new(StringComparer.Ordinal);
+    private readonly HashSet<string> _flags = new(StringComparer.Ordinal);
+
+    private CommandLine(List<string> positionals) => Positionals = positionals;
+
+    public IReadOnlyList<string> Positionals { get; }
+
+    /// <summary>Parses <paramref name="args"/>. Options listed in <paramref name="valued"/> take a value, those in <paramref name="flags"/> do not.</summary>
+    public static CommandLine Parse(IReadOnlyList<string> args, string[] valued, string[] flags)
+    {
+        var positionals = new List<string>();
+        var result = new CommandLine(positionals);
+        for (var i = 0; i < args.Count; i++)
+        {
+            var arg = args[i];
+            if (arg == "--")
+            {
+                positionals.AddRange(args.Skip(i + 1));
+                break;
+            }
+
+            if (arg.StartsWith("--", StringComparison.Ordinal))
+            {
+                var equals = arg.IndexOf('=', StringComparison.Ordinal);
+                var name = equals < 0 ? arg : arg[..equals];
+                if (valued.Contains(name))
+                {
+                    var value = equals >= 0 ? arg[(equals + 1)..] : (++i < args.Count ? args[i] : throw new UsageException($"option '{name}' needs a value"));
+                    result.Add(name, value);
+                }
+                else if (flags.Contains(name) && equals < 0)
+                {
+                    result._flags.Add(name);
+                }
+                else
+                {
+                    throw new UsageException($"unknown option '{arg}'");
+                }
+            }
+            else if (arg.Length > 1 && arg[0] == '-')
+            {
+                for (var j = 1; j < arg.Length; j++)
+                {
+                    var name = "-" + arg[j];
+                    if (valued.Contains(name))
+                    {
+                        var value = j + 1 < arg.Length ? arg[(j + 1)..] : (++i < args.Count ? args[i] : throw new UsageException($"option '{name}' needs a value"));
+                        result.Add(name, value);
+                        break;
+                    }
+
+                    if (!flags.Contains(name))
+                    {
+                        throw new UsageException($"unknown option '{name}'");
+                    }
+
+                    result._flags.Add(name);
+                }
+            }
+            else
+            {
+                positionals.Add(arg);
+            }
+        }
+
+        return result;
+    }
+
+    public bool Has(string name) => _flags.Contains(name) || _values.ContainsKey(name);
+
+    public string? Value(string name) => _values.TryGetValue(name, out var list) ? list[^1] : null;
+
+    public IReadOnlyList<string> Values(string name) => _values.TryGetValue(name, out var list) ? list : [];
+
+    /// <summary>The value of the first of several spellings of an option that was given (e.g. "--output" or "-O").</summary>
+    public string? Value(params string[] names) => names.Select(n => Value(n)).FirstOrDefault(v => v is not null);
+
+    /// <summary>Checks the number of positional arguments.</summary>
+    public void ExpectPositionals(int min, int max, string usage)
+    {
+        if (Positionals.Count < min || Positionals.Count > max)
+        {
+            throw new UsageException(Positionals.Count < min ? $"missing arguments; usage: {usage}" : $"too many arguments; usage: {usage}");
+        }
+    }
+
+    private void Add(string name, string value)
+    {
+        if (!_values.TryGetValue(name, out var list))
+        {
+            _values[name] = list = [];
+        }
+
+        list.Add(value);
+    }
+}

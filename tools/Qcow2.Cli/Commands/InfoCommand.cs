@@ -1,0 +1,358 @@
+using System.Globalization;
+using System.Text;
+using System.Text.Json;
+using QcowDedup.Qcow2.Format;
+using QcowDedup.Qcow2.Image;
+
+namespace QcowDedup.Cli.Commands;
+
+/// <summary>qcow2 info [-f FMT] [--output human|json] [--backing-chain] FILE</summary>
+internal static class InfoCommand
+{
+    public const string Usage = "qcow2 info [-f FMT] [--output human|json] [--backing-chain] FILE";
+
+    public static int Run(IReadOnlyList<string> args)
+    {
+        var line = CommandLine.Parse(args, ["-f", "--output"], ["--backing-chain", "-U", "--force-share"]);
+        line.ExpectPositionals(1, 1, Usage);
+        var json = OutputMode.IsJson(line.Value("--output"));
+        var path = line.Positionals[0];
+        using var source = DiskSource.Open(path, line.Value("-f"));
+        var layers = new List<LayerInfo>();
+        if (source.Image is { } image)
+        {
+            layers.Add(LayerInfo.From(image, path));
+            if (line.Has("--backing-chain"))
+            {
+                foreach (var entry in image.BackingChain.Skip(1))
+                {
+                    layers.Add(LayerInfo.FromChainEntry(entry));
+                }
+            }
+        }
+        else
+        {
+            layers.Add(LayerInfo.Raw(path, source.Size));
+        }
+
+        if (json)
+        {
+            var text = line.Has("--backing-chain")
+                ? Json.Write(w =>
+                {
+                    w.WriteStartArray();
+                    layers.ForEach(l => l.WriteJson(w));
+                    w.WriteEndArray();
+                })
+                : Json.Write(layers[0].WriteJson);
+            Console.Out.WriteLine(text);
+        }
+        else
+        {
+            Console.Out.Write(string.Join("\n", layers.Select(l => l.Human())));
+        }
+
+        return 0;
+    }
+
+    private sealed record LayerInfo(string FileName, string Format, long VirtualSize, long ActualSize, ImageInfo? Info, Qcow2Image? Image, string? FullBacking)
+    {
+        public static LayerInfo From(Qcow2Image image, string name)
+        {
+            var info = image.Info;
+            var full = info.BackingFileName is null ? null : image.BackingChain.ElementAtOrDefault(1)?.Path ?? info.BackingFileName;
+            return new LayerInfo(name, "qcow2", info.VirtualSize, info.ActualSize, info, image, full);
+        }
+
+        public static LayerInfo FromChainEntry(BackingChainEntry entry)
+        {
+            if (entry.Format == "qcow2" && entry.Path is { } path)
+            {
+                using var image = Qcow2Image.Open(path, new Qcow2OpenOptions { BackingFiles = BackingFileMode.Ignore });
+                var info = image.Info;
+                return new LayerInfo(entry.Path, "qcow2", info.VirtualSize, info.ActualSize, info, null, info.BackingFileName);
+            }
+
+            return Raw(entry.Path ?? entry.Name, entry.VirtualSize);
+        }
+
+        public static LayerInfo Raw(string path, long size) => new(path, "raw", size, new FileInfo(path).Length, null, null, null);
+
+        public string Human()
+        {
+            var text = new StringBuilder();
+            text.Append(CultureInfo.InvariantCulture, $"image: {FileName}\n");
+            text.Append(CultureInfo.InvariantCulture, $"file format: {Format}\n");
+            text.Append(CultureInfo.InvariantCulture, $"virtual size: {Sizes.Format(VirtualSize)} ({VirtualSize} bytes)\n");
+            text.Append(CultureInfo.InvariantCulture, $"disk size: {Sizes.Format(ActualSize)}\n");
+            if (Info is not { } info)
+            {
+                return text.ToString();
+            }
+
+            if (info.Encryption != EncryptionMethod.None)
+            {
+                text.Append("encrypted: yes\n");
+            }
+
+            text.Append(CultureInfo.InvariantCulture, $"cluster_size: {info.ClusterSize}\n");
+            if (info.BackingFileName is { } backing)
+            {
+                text.Append(CultureInfo.InvariantCulture, $"backing file: {backing}");
+                text.Append(FullBacking is { } full && full != backing ? $" (actual path: {full})\n" : "\n");
+                if (info.BackingFormat is { } format)
+                {
+                    text.Append(CultureInfo.InvariantCulture, $"backing file format: {format}\n");
+                }
+            }
+
+            if (Image?.Snapshots is { Count: > 0 } snapshots)
+            {
+                text.Append("Snapshot list:\n");
+                text.Append(SnapshotTable.Header + "\n");
+                foreach (var snapshot in snapshots)
+                {
+                    text.Append(SnapshotTable.Row(snapshot) + "\n");
+                }
+            }
+
+            text.Append("Format specific information:\n");
+            text.Append(CultureInfo.InvariantCulture, $"    compat: {info.Compat}\n");
+            text.Append(CultureInfo.InvariantCulture, $"    compression type: {CompressionName(info.CompressionType)}\n");
+            if (info.Version >= 3)
+            {
+                text.Append(CultureInfo.InvariantCulture, $"    lazy refcounts: {Bool(info.LazyRefcounts)}\n");
+                if (Image?.Bitmaps is { Count: > 0 } bitmaps)
+                {
+                    text.Append("    bitmaps:\n");
+                    for (var i = 0; i < bitmaps.Count; i++)
+                    {
+                        text.Append(CultureInfo.InvariantCulture, $"        [{i}]:\n            flags:\n");
+                        var flags = FlagNames(bitmaps[i].Flags);
+                        for (var f = 0; f < flags.Count; f++)
+                        {
+                            text.Append(CultureInfo.InvariantCulture, $"                [{f}]: {flags[f]}\n");
+                        }
+
+                        text.Append(CultureInfo.InvariantCulture, $"            name: {bitmaps[i].Name}\n            granularity: {bitmaps[i].Granularity}\n");
+                    }
+                }
+
+                text.Append(CultureInfo.InvariantCulture, $"    refcount bits: {info.RefcountBits}\n");
+                if (info.DataFile is { } dataFile)
+                {
+                    text.Append(CultureInfo.InvariantCulture, $"    data file: {dataFile}\n    data file raw: {Bool(info.DataFileRaw)}\n");
+                }
+
+                text.Append(CultureInfo.InvariantCulture, $"    corrupt: {Bool(info.Corrupt)}\n");
+                text.Append(CultureInfo.InvariantCulture, $"    extended l2: {Bool(info.ExtendedL2)}\n");
+            }
+            else
+            {
+                text.Append(CultureInfo.InvariantCulture, $"    refcount bits: {info.RefcountBits}\n");
+            }
+
+            foreach (var note in UnknownFeatureNotes(info))
+            {
+                text.Append(CultureInfo.InvariantCulture, $"    {note}\n");
+            }
+
+            return text.ToString();
+        }
+
+        public void WriteJson(Utf8JsonWriter w)
+        {
+            w.WriteStartObject();
+            if (Image?.Snapshots is { Count: > 0 } snapshots)
+            {
+                w.WriteStartArray("snapshots");
+                foreach (var s in snapshots)
+                {
+                    w.WriteStartObject();
+                    w.WriteNumber("icount", s.InstructionCount ?? -1);
+                    w.WriteNumber("vm-clock-nsec", (long)(s.VmClockNanoseconds % 1_000_000_000));
+                    w.WriteString("name", s.Name);
+                    w.WriteNumber("date-sec", s.DateSeconds);
+                    w.WriteNumber("date-nsec", s.DateNanoseconds);
+                    w.WriteNumber("vm-clock-sec", (long)(s.VmClockNanoseconds / 1_000_000_000));
+                    w.WriteString("id", s.Id);
+                    w.WriteNumber("vm-state-size", s.VmStateSize);
+                    w.WriteEndObject();
+                }
+
+                w.WriteEndArray();
+            }
+
+            if (Info?.BackingFormat is { } backingFormat && Info.BackingFileName is not null)
+            {
+                w.WriteString("backing-filename-format", backingFormat);
+            }
+
+            w.WriteNumber("virtual-size", VirtualSize);
+            w.WriteString("filename", FileName);
+            if (Info is { } info)
+            {
+                w.WriteNumber("cluster-size", info.ClusterSize);
+            }
+
+            w.WriteString("format", Format);
+            w.WriteNumber("actual-size", ActualSize);
+            if (Info is { } data)
+            {
+                WriteFormatSpecific(w, data);
+                if (data.BackingFileName is { } backing)
+                {
+                    w.WriteString("full-backing-filename", FullBacking ?? backing);
+                    w.WriteString("backing-filename", backing);
+                }
+
+                if (data.Encryption != EncryptionMethod.None)
+                {
+                    w.WriteBoolean("encrypted", true);
+                }
+
+                w.WriteBoolean("dirty-flag", data.Dirty);
+            }
+
+            w.WriteEndObject();
+        }
+
+        private void WriteFormatSpecific(Utf8JsonWriter w, ImageInfo info)
+        {
+            w.WriteStartObject("format-specific");
+            w.WriteString("type", "qcow2");
+            w.WriteStartObject("data");
+            w.WriteString("compat", info.Compat);
+            w.WriteString("compression-type", CompressionName(info.CompressionType));
+            if (info.Version >= 3)
+            {
+                w.WriteBoolean("lazy-refcounts", info.LazyRefcounts);
+                if (Image?.Bitmaps is { Count: > 0 } bitmaps)
+                {
+                    w.WriteStartArray("bitmaps");
+                    foreach (var bitmap in bitmaps)
+                    {
+                        w.WriteStartObject();
+                        w.WriteStartArray("flags");
+                        FlagNames(bitmap.Flags).ForEach(w.WriteStringValue);
+                        w.WriteEndArray();
+                        w.WriteString("name", bitmap.Name);
+                        w.WriteNumber("granularity", bitmap.Granularity);
+                        w.WriteEndObject();
+                    }
+
+                    w.WriteEndArray();
+                }
+            }
+
+            w.WriteNumber("refcount-bits", info.RefcountBits);
+            if (info.DataFile is { } dataFile)
+            {
+                w.WriteString("data-file", dataFile);
+                w.WriteBoolean("data-file-raw", info.DataFileRaw);
+            }
+
+            if (info.Version >= 3)
+            {
+                w.WriteBoolean("corrupt", info.Corrupt);
+                w.WriteBoolean("extended-l2", info.ExtendedL2);
+            }
+
+            if (info.UnknownCompatibleBits != 0)
+            {
+                w.WriteString("unknown-compatible-features", $"0x{info.UnknownCompatibleBits:x}");
+            }
+
+            if (info.UnknownAutoclearBits != 0)
+            {
+                w.WriteString("unknown-autoclear-features", $"0x{info.UnknownAutoclearBits:x}");
+            }
+
+            if (info.UnknownExtensions.Count > 0)
+            {
+                w.WriteStartArray("unknown-extensions");
+                foreach (var extension in info.UnknownExtensions)
+                {
+                    w.WriteStartObject();
+                    w.WriteString("magic", $"0x{extension.Type:x8}");
+                    w.WriteNumber("length", extension.Data.Length);
+                    w.WriteEndObject();
+                }
+
+                w.WriteEndArray();
+            }
+
+            w.WriteEndObject();
+            w.WriteEndObject();
+        }
+    }
+
+    private static IEnumerable<string> UnknownFeatureNotes(ImageInfo info)
+    {
+        if (info.UnknownCompatibleBits != 0)
+        {
+            yield return $"unknown compatible features: 0x{info.UnknownCompatibleBits:x}";
+        }
+
+        if (info.UnknownAutoclearBits != 0)
+        {
+            var names = Enumerable.Range(0, 64).Where(b => (info.UnknownAutoclearBits & (1UL << b)) != 0)
+                .Select(b => info.FeatureNames.FirstOrDefault(f => f.Kind == FeatureKind.Autoclear && f.Bit == b)?.Name is { } n ? $"{n} (bit {b})" : $"bit {b}");
+            yield return $"unknown autoclear features: {string.Join(", ", names)}";
+        }
+
+        foreach (var extension in info.UnknownExtensions)
+        {
+            yield return $"unknown header extension: 0x{extension.Type:x8} ({extension.Data.Length} bytes)";
+        }
+    }
+
+    internal static string CompressionName(CompressionType type) => type == CompressionType.Zstd ? "zstd" : "zlib";
+
+    private static string Bool(bool value) => value ? "true" : "false";
+
+    private static List<string> FlagNames(BitmapFlags flags)
+    {
+        var names = new List<string>();
+        if ((flags & BitmapFlags.InUse) != 0)
+        {
+            names.Add("in-use");
+        }
+
+        if ((flags & BitmapFlags.Auto) != 0)
+        {
+            names.Add("auto");
+        }
+
+        return names;
+    }
+}
+
+/// <summary>The --output option: human (default) or json.</summary>
+internal static class OutputMode
+{
+    public static bool IsJson(string? value) => value switch
+    {
+        null or "human" => false,
+        "json" => true,
+        _ => throw new UsageException($"--output must be 'human' or 'json', not '{value}'"),
+    };
+}
+
+/// <summary>qemu-img's snapshot list columns.</summary>
+internal static class SnapshotTable
+{
+    public static string Header => Row("ID", "TAG", "VM SIZE", "DATE", "VM CLOCK", "ICOUNT");
+
+    public static string Row(SnapshotTableEntry snapshot)
+    {
+        var date = DateTimeOffset.FromUnixTimeSeconds(snapshot.DateSeconds).ToLocalTime().ToString("yyyy-MM-dd HH:mm:ss", CultureInfo.InvariantCulture);
+        var clockMs = snapshot.VmClockNanoseconds / 1_000_000;
+        var clock = string.Create(CultureInfo.InvariantCulture, $"{clockMs / 3_600_000:00}:{clockMs / 60_000 % 60:00}:{clockMs / 1000 % 60:00}.{clockMs % 1000:000}");
+        var icount = snapshot.InstructionCount is long count && count != -1 ? count.ToString(CultureInfo.InvariantCulture) : string.Empty;
+        return Row(snapshot.Id, snapshot.Name, Sizes.Format(snapshot.VmStateSize), date, clock, icount);
+    }
+
+    private static string Row(string id, string tag, string size, string date, string clock, string icount) =>
+        $"{id,-9} {tag,-17} {size,7}{date,20}{clock,13}{icount,11}";
+}

@@ -1,0 +1,109 @@
+using System.Buffers.Binary;
+using QcowDedup.Qcow2.Format;
+using QcowDedup.Qcow2.Image;
+using QcowDedup.Qcow2.Storage;
+
+namespace QcowDedup.Cli;
+
+/// <summary>An input disk of a verb: a qcow2 image or a raw file, chosen by -f or by the magic number.</summary>
+internal sealed class DiskSource : IDisposable
+{
+    private readonly Qcow2Image? _image;
+    private readonly FileStorage? _raw;
+
+    private DiskSource(string path, Qcow2Image image)
+    {
+        Path = path;
+        _image = image;
+        Format = "qcow2";
+        Size = image.Size;
+    }
+
+    private DiskSource(string path, FileStorage raw)
+    {
+        Path = path;
+        _raw = raw;
+        Format = "raw";
+        Size = raw.Length;
+    }
+
+    public string Path { get; }
+
+    public string Format { get; }
+
+    public long Size { get; }
+
+    public Qcow2Image? Image => _image;
+
+    public static DiskSource Open(string path, string? format, bool writable = false, Qcow2OpenOptions? options = null)
+    {
+        if (!File.Exists(path))
+        {
+            throw new FileNotFoundException($"Could not open '{path}': No such file or directory", path);
+        }
+
+        format ??= Probe(path);
+        switch (format)
+        {
+            case "qcow2":
+                var openOptions = options ?? new Qcow2OpenOptions { Writable = writable };
+                return new DiskSource(path, Qcow2Image.Open(path, openOptions));
+            case "raw":
+                return new DiskSource(path, FileStorage.Open(path, writable));
+            default:
+                throw new UsageException($"unknown or unsupported format '{format}' (use qcow2 or raw)");
+        }
+    }
+
+    public static string Probe(string path)
+    {
+        using var file = File.OpenRead(path);
+        Span<byte> magic = stackalloc byte[4];
+        return file.ReadAtLeast(magic, 4, throwOnEndOfStream: false) == 4 && BinaryPrimitives.ReadUInt32BigEndian(magic) == Qcow2Layout.Magic ? "qcow2" : "raw";
+    }
+
+    public void Read(long offset, Span<byte> buffer)
+    {
+        if (_image is not null)
+        {
+            _image.Read(offset, buffer);
+            return;
+        }
+
+        var read = _raw!.Read(offset, buffer);
+        buffer[read..].Clear();
+    }
+
+    /// <summary>Block status of [offset, offset + length) through the chain; raw files report holes.</summary>
+    public IReadOnlyList<MapEntry> Map(long offset, long length)
+    {
+        if (_image is not null)
+        {
+            return _image.GetMap(offset, length);
+        }
+
+        var entries = new List<MapEntry>();
+        var position = offset;
+        var end = offset + length;
+        while (position < end)
+        {
+            if (!_raw!.TryGetDataExtent(position, out var isData, out var extentEnd) || extentEnd <= position)
+            {
+                isData = true;
+                extentEnd = end;
+            }
+
+            var next = Math.Min(end, extentEnd);
+            entries.Add(new MapEntry(position, next - position, 0, true, !isData, isData, position, Path));
+            position = next;
+        }
+
+        return entries;
+    }
+
+    public void Dispose()
+    {
+        _image?.Dispose();
+        _raw?.Dispose();
+    }
+}

@@ -1,0 +1,44 @@
+namespace QcowDedup.Cli;
+
+/// <summary>
+/// qemu-img's -p progress line, "    (12.34/100%)" rewritten in place. Shown only on a terminal,
+/// so redirected output stays clean.
+/// </summary>
+internal sealed class Progress
+{
+    private readonly bool _enabled;
+    private double _last = -1;
+
+    public Progress(bool requested)
+    {
+        _enabled = requested && !Console.IsOutputRedirected;
+        Report(0);
+    }
+
+    public void Report(double fraction)
+    {
+        if (!_enabled)
+        {
+            return;
+        }
+
+        var percent = Math.Clamp(fraction * 100, 0, 100);
+        if (percent - _last < 0.5 && percent < 100)
+        {
+            return;
+        }
+
+        _last = percent;
+        Console.Out.Write(string.Create(System.Globalization.CultureInfo.InvariantCulture, $"    ({percent:0.00}/100%)\r"));
+        Console.Out.Flush();
+    }
+
+    public void Finish()
+    {
+        if (_enabled)
+        {
+            Report(1);
+            Console.Out.WriteLine();
+        }
+    }
+}
