@@ -10,11 +10,13 @@ public abstract class TempDirectoryFixture
     {
         Directory = Path.Combine(Path.GetTempPath(), "qcowdedup-tests", $"{GetType().Name}-{Guid.NewGuid():N}");
         System.IO.Directory.CreateDirectory(Directory);
+        Qemu.WorkingDirectory.Value = Directory;
     }
 
     [TearDown]
     public void DeleteDirectory()
     {
+        Qemu.WorkingDirectory.Value = null;
         if (System.IO.Directory.Exists(Directory))
         {
             System.IO.Directory.Delete(Directory, recursive: true);
