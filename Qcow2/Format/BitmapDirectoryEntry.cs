@@ -47,6 +47,12 @@ public sealed record BitmapDirectoryEntry
     /// <summary>Extra data, kept verbatim.</summary>
     public ReadOnlyMemory<byte> ExtraData { get; init; }
 
+    /// <summary>Bytes the entry occupies in the directory (padded to 8).</summary>
+    public int StoredLength => (FixedSize + ExtraData.Length + System.Text.Encoding.UTF8.GetByteCount(Name) + 7) & ~7;
+
+    /// <summary>Offset of the flags field inside an entry.</summary>
+    public const int FlagsOffset = 12;
+
     /// <summary>Guest bytes one bit covers.</summary>
     public long Granularity => GranularityBits < 63 ? 1L << GranularityBits : long.MaxValue;
 

@@ -62,6 +62,53 @@ internal sealed class ImageCore : IDisposable
 
     public IGuestDisk? Backing { get; set; }
 
+    /// <summary>Host ranges extensions own without refcounts; never allocated.</summary>
+    public HostReservations Reservations { get; } = new();
+
+    /// <summary>Where data clusters go (the allocator seam).</summary>
+    public IClusterAllocator Allocator { get; set; } = FreshClusterAllocator.Instance;
+
+    /// <summary>Refcount changes and allocation; present once the image is writable.</summary>
+    public RefcountManager? RefcountManager { get; set; }
+
+    /// <summary>Changes to the active tables; present once the image is writable.</summary>
+    public ActiveTables? Tables { get; set; }
+
+    /// <summary>Guest clusters sharing host clusters through the allocator in this session.</summary>
+    public SharedReferrers Referrers { get; } = new();
+
+    /// <summary>Host clusters that dropped to one referrer which could not be found yet (COPIED to set).</summary>
+    public HashSet<long> PendingCopiedFixups { get; } = [];
+
+    /// <summary>Whether refcount updates may be postponed (compatible bit 0).</summary>
+    public bool LazyRefcounts => (Header.Header.Compatible & CompatibleFeatures.LazyRefcounts) != 0;
+
+    /// <summary>Feature names written into a rewritten header: QEMU's, plus those of loaded extensions.</summary>
+    public IReadOnlyList<FeatureName> FeatureNamesToWrite { get; set; } = FeatureName.Standard;
+
+    /// <summary>Rewrites cluster 0 (preserving unknown extensions and fields) and flushes it.</summary>
+    public async ValueTask RewriteHeaderAsync(HeaderCluster header, bool async, CancellationToken cancellationToken)
+    {
+        var updated = header with { FeatureNames = header.Header.Version >= 3 ? FeatureNamesToWrite : header.FeatureNames };
+        var bytes = updated.Serialize();
+        await File.WriteAsync(0, bytes, async, cancellationToken).ConfigureAwait(false);
+        await File.FlushAsync(async, cancellationToken).ConfigureAwait(false);
+        Header = HeaderCluster.Parse(bytes);
+    }
+
+    /// <summary>
+    /// Writes header fields in place and flushes (QEMU's targeted header updates: each call stays
+    /// inside the first sector, so it is atomic), then updates the in-memory header.
+    /// </summary>
+    public async ValueTask WriteHeaderFieldsAsync(Qcow2Header updated, int fieldOffset, int length, bool async, CancellationToken cancellationToken)
+    {
+        var bytes = new byte[Math.Max(updated.Version == 2 ? Qcow2Layout.V2HeaderLength : updated.HeaderLength, Qcow2Layout.V2HeaderLength)];
+        updated.Write(bytes);
+        await File.WriteAsync(fieldOffset, bytes.AsMemory(fieldOffset, length), async, cancellationToken).ConfigureAwait(false);
+        await File.FlushAsync(async, cancellationToken).ConfigureAwait(false);
+        Header = Header with { Header = updated };
+    }
+
     /// <summary>The refcount table, loaded on first use (read-only images rarely need it).</summary>
     public RefcountTable? Refcounts { get; set; }
 
@@ -82,7 +129,10 @@ internal sealed class ImageCore : IDisposable
     /// <summary>Length of the image file as last seen; grows as this library writes.</summary>
     public long FileLength => Interlocked.Read(ref _fileLength);
 
-    /// <summary>Records that bytes up to <paramref name="end"/> now exist in the image file.</summary>
+    /// <summary>
+    /// Records that bytes up to <paramref name="end"/> now belong to the image file: written, or
+    /// allocated and about to be (the physical file may still be shorter; reads there return zeros).
+    /// </summary>
     public void NoteFileEnd(long end)
     {
         var current = Interlocked.Read(ref _fileLength);

@@ -53,7 +53,7 @@ public sealed partial class Qcow2Image
     }
 
     /// <summary>The read path: one metadata lookup per mapping run, data transferred outside the lock.</summary>
-    internal async ValueTask ReadCoreAsync(long offset, Memory<byte> buffer, bool async, CancellationToken cancellationToken)
+    internal async ValueTask ReadCoreAsync(long offset, Memory<byte> buffer, bool async, CancellationToken cancellationToken, bool lockRange = true)
     {
         if (buffer.IsEmpty)
         {
@@ -61,7 +61,7 @@ public sealed partial class Qcow2Image
         }
 
         ThrowIfEncrypted();
-        using var range = IsWritable
+        using var range = IsWritable && lockRange
             ? await _core.GuestLock.AcquireAsync(_core.Geometry.StartOfCluster(offset), offset + buffer.Length, exclusive: false, async, cancellationToken).ConfigureAwait(false)
             : default;
         var done = 0;

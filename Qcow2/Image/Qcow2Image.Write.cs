@@ -1,31 +1,287 @@
+using System.Buffers;
+using QcowDedup.Qcow2.Format;
+using QcowDedup.Qcow2.Metadata;
+using QcowDedup.Qcow2.Storage;
+
 namespace QcowDedup.Qcow2.Image;
 
 public sealed partial class Qcow2Image
 {
-    /// <summary>Writes guest bytes. This build reads only; the writer lands separately.</summary>
-    /// <exception cref="NotSupportedException">Always, until the writer lands.</exception>
-    public void Write(long offset, ReadOnlySpan<byte> buffer) => throw WritingUnsupported();
-
-    /// <inheritdoc cref="Write(long, ReadOnlySpan{byte})"/>
-    public ValueTask WriteAsync(long offset, ReadOnlyMemory<byte> buffer, CancellationToken cancellationToken = default) => throw WritingUnsupported();
-
-    /// <summary>Makes written data durable.</summary>
-    public void Flush() => ThrowIfDisposed();
-
-    /// <inheritdoc cref="Flush"/>
-    public ValueTask FlushAsync(CancellationToken cancellationToken = default)
+    /// <summary>Writes guest bytes at <paramref name="offset"/>; the range must lie inside the disk.</summary>
+    /// <exception cref="NotSupportedException">The image is read-only.</exception>
+    /// <exception cref="ArgumentOutOfRangeException">The range extends past <see cref="Size"/>.</exception>
+    public void Write(long offset, ReadOnlySpan<byte> buffer)
     {
-        ThrowIfDisposed();
-        return ValueTask.CompletedTask;
+        var rented = ArrayPool<byte>.Shared.Rent(buffer.Length);
+        try
+        {
+            buffer.CopyTo(rented);
+            Write(offset, rented, 0, buffer.Length);
+        }
+        finally
+        {
+            ArrayPool<byte>.Shared.Return(rented);
+        }
     }
 
-    /// <summary>Changes the virtual size.</summary>
-    /// <exception cref="NotSupportedException">Always, until the writer lands.</exception>
-    public void Resize(long newSize) => throw WritingUnsupported();
+    /// <inheritdoc cref="Write(long, ReadOnlySpan{byte})"/>
+    public void Write(long offset, byte[] buffer, int index, int count)
+    {
+        ArgumentNullException.ThrowIfNull(buffer);
+        ThrowIfNotWritable(offset, count);
+        SyncOver.Run(WriteCoreAsync(offset, buffer.AsMemory(index, count), async: false, CancellationToken.None));
+    }
 
-    private ValueTask PrepareForWritingAsync(bool async, CancellationToken cancellationToken) => throw WritingUnsupported();
+    /// <inheritdoc cref="Write(long, ReadOnlySpan{byte})"/>
+    public ValueTask WriteAsync(long offset, ReadOnlyMemory<byte> buffer, CancellationToken cancellationToken = default)
+    {
+        ThrowIfNotWritable(offset, buffer.Length);
+        return WriteCoreAsync(offset, buffer, async: true, cancellationToken);
+    }
 
-    private static ValueTask CloseCoreAsync(bool async, CancellationToken cancellationToken) => ValueTask.CompletedTask;
+    private void ThrowIfNotWritable(long offset, long length)
+    {
+        ThrowIfDisposed();
+        if (!IsWritable)
+        {
+            throw new NotSupportedException(_isSnapshotView ? "Snapshot views are read-only." : "The image was opened read-only.");
+        }
 
-    private static NotSupportedException WritingUnsupported() => new("Writing qcow2 images is not available in this build.");
+        ThrowIfOutOfRange(offset, length);
+    }
+
+    private async ValueTask WriteCoreAsync(long offset, ReadOnlyMemory<byte> data, bool async, CancellationToken cancellationToken)
+    {
+        if (data.IsEmpty)
+        {
+            return;
+        }
+
+        var geometry = _core.Geometry;
+        var end = offset + data.Length;
+        using var range = await LockClustersAsync(offset, end, async, cancellationToken).ConfigureAwait(false);
+        var fingerprints = DescribeFullClusters(offset, data);
+        var done = 0;
+        var clusterNumber = 0;
+        while (done < data.Length)
+        {
+            var position = offset + done;
+            var clusterStart = geometry.StartOfCluster(position);
+            var from = (int)(position - clusterStart);
+            var length = (int)Math.Min(geometry.ClusterSize - from, data.Length - done);
+            await WriteClusterAsync(clusterStart, from, data.Slice(done, length), fingerprints?[clusterNumber], async, cancellationToken).ConfigureAwait(false);
+            done += length;
+            clusterNumber++;
+        }
+    }
+
+    private ValueTask<RangeLock.Releaser> LockClustersAsync(long start, long end, bool async, CancellationToken cancellationToken) =>
+        _core.GuestLock.AcquireAsync(_core.Geometry.StartOfCluster(start), _core.Geometry.RoundUpToCluster(end), exclusive: true, async, cancellationToken);
+
+    /// <summary>
+    /// Hashes (or otherwise describes) every whole cluster of a large write in parallel before the
+    /// per-cluster work, when the allocator wants it. Index i belongs to the i-th cluster touched.
+    /// </summary>
+    private object?[]? DescribeFullClusters(long offset, ReadOnlyMemory<byte> data)
+    {
+        var allocator = _core.Allocator;
+        var geometry = _core.Geometry;
+        if (!allocator.SharesClusters || data.Length < 2 * geometry.ClusterSize)
+        {
+            return null;
+        }
+
+        var first = geometry.ClusterIndex(offset);
+        var last = geometry.ClusterIndex(offset + data.Length - 1);
+        var fingerprints = new object?[last - first + 1];
+        Parallel.For(0, fingerprints.Length, i =>
+        {
+            var clusterStart = (first + i) << geometry.ClusterBits;
+            if (clusterStart >= offset && clusterStart + geometry.ClusterSize <= offset + data.Length)
+            {
+                fingerprints[i] = allocator.Describe(data.Span.Slice((int)(clusterStart - offset), geometry.ClusterSize));
+            }
+        });
+        return fingerprints;
+    }
+
+    /// <summary>Writes <paramref name="data"/> at byte <paramref name="from"/> of the guest cluster at <paramref name="clusterStart"/>.</summary>
+    private async ValueTask WriteClusterAsync(long clusterStart, int from, ReadOnlyMemory<byte> data, object? fingerprint, bool async, CancellationToken cancellationToken)
+    {
+        if (from == 0 && data.Length == ClusterBytesAt(clusterStart) && !data.Span.ContainsAnyExcept((byte)0)
+            && await ZeroDetectedClusterAsync(clusterStart, async, cancellationToken).ConfigureAwait(false))
+        {
+            return;
+        }
+
+        ClusterState state;
+        using (await _core.MetadataLock.AcquireAsync(async, cancellationToken).ConfigureAwait(false))
+        {
+            state = await InspectClusterLockedAsync(clusterStart, async, cancellationToken).ConfigureAwait(false);
+        }
+
+        if (state.InPlace)
+        {
+            await WriteInPlaceAsync(state, from, data, async, cancellationToken).ConfigureAwait(false);
+        }
+        else
+        {
+            await WriteToNewClusterAsync(state, from, data, fingerprint, async, cancellationToken).ConfigureAwait(false);
+        }
+    }
+
+    /// <summary>Guest bytes of the cluster at <paramref name="clusterStart"/> that lie inside the disk.</summary>
+    private int ClusterBytesAt(long clusterStart) => (int)Math.Min(_core.Geometry.ClusterSize, Size - clusterStart);
+
+    /// <summary>Reads a cluster's mapping and decides whether it can be written in place.</summary>
+    private async ValueTask<ClusterState> InspectClusterLockedAsync(long clusterStart, bool async, CancellationToken cancellationToken)
+    {
+        var (entry, bitmap) = await _core.Tables!.ReadEntryAsync(clusterStart, async, cancellationToken).ConfigureAwait(false);
+        var geometry = _core.Geometry;
+        var type = entry.GetClusterType(geometry.ExtendedL2, geometry.ExternalDataFile);
+        var host = type is ClusterType.Normal or ClusterType.ZeroAllocated ? entry.HostOffset : -1;
+        if (host >= 0 && !geometry.IsClusterAligned(host))
+        {
+            throw Qcow2Corruption.Create("L2 table", $"the entry for guest offset 0x{clusterStart:x} points at data cluster offset 0x{host:x}, which is not cluster aligned");
+        }
+
+        var inPlace = false;
+        if (host >= 0)
+        {
+            if (geometry.ExternalDataFile)
+            {
+                inPlace = true;
+            }
+            else
+            {
+                var refcount = await _core.RefcountManager!.GetAsync(host >> geometry.ClusterBits, async, cancellationToken).ConfigureAwait(false);
+                if (refcount == 0)
+                {
+                    throw Qcow2Corruption.Create("refcount block", $"data cluster 0x{host:x} (guest offset 0x{clusterStart:x}) is in use but its refcount is 0");
+                }
+
+                // Trust the refcount, not COPIED: a shared cluster is never written in place.
+                inPlace = refcount == 1 && _core.Allocator.AllowOverwriteInPlace(host, clusterStart);
+            }
+        }
+
+        return new ClusterState(clusterStart, entry, bitmap, type, host, inPlace);
+    }
+
+    private async ValueTask WriteInPlaceAsync(ClusterState state, int from, ReadOnlyMemory<byte> data, bool async, CancellationToken cancellationToken)
+    {
+        var geometry = _core.Geometry;
+        var to = from + data.Length;
+        var entry = state.Entry.WithCopied(true);
+        var bitmap = state.Bitmap;
+        if (!geometry.ExtendedL2 && state.Type == ClusterType.ZeroAllocated)
+        {
+            // The cluster reads as zeros: its new content is zeros plus the written bytes.
+            await WriteComposedAsync(state.Host, 0, geometry.ClusterSize, from, data, zeroBase: true, state.ClusterStart, async, cancellationToken).ConfigureAwait(false);
+            entry = L2Entry.Normal(state.Host, copied: true);
+        }
+        else if (geometry.ExtendedL2)
+        {
+            var (spanStart, spanEnd) = SubclusterSpan(from, to);
+            var firstPartial = from != spanStart && state.SubclusterType(geometry.SubclusterIndex(state.ClusterStart + from)) != SubclusterType.Normal;
+            var lastPartial = to != spanEnd && state.SubclusterType(geometry.SubclusterIndex(state.ClusterStart + to - 1)) != SubclusterType.Normal;
+            if (firstPartial || lastPartial)
+            {
+                await WriteComposedAsync(state.Host + spanStart, spanStart, spanEnd - spanStart, from, data, zeroBase: false, state.ClusterStart, async, cancellationToken).ConfigureAwait(false);
+            }
+            else
+            {
+                await WriteDataAsync(state.Host + from, data, async, cancellationToken).ConfigureAwait(false);
+            }
+
+            bitmap = WithAllocatedSpan(bitmap, spanStart, spanEnd);
+        }
+        else
+        {
+            await WriteDataAsync(state.Host + from, data, async, cancellationToken).ConfigureAwait(false);
+        }
+
+        if (entry != state.Entry || bitmap != state.Bitmap)
+        {
+            using (await _core.MetadataLock.AcquireAsync(async, cancellationToken).ConfigureAwait(false))
+            {
+                using var table = await _core.Tables!.GetWritableAsync(state.ClusterStart, async, cancellationToken).ConfigureAwait(false);
+                // Setting COPIED must not reach the disk before the decrement that made the refcount 1.
+                await _core.Tables.OrderAfterRefcountsAsync(async, cancellationToken).ConfigureAwait(false);
+                _core.L2Cache.FlushStorageBeforeWrite = true;
+                _core.Tables.SetEntry(table, state.ClusterStart, entry, bitmap);
+            }
+        }
+    }
+
+    /// <summary>
+    /// Writes bytes [spanStart, spanStart + spanLength) of a cluster to <paramref name="host"/>: the
+    /// cluster's current content (or zeros) with <paramref name="data"/> laid over it at <paramref name="from"/>.
+    /// </summary>
+    private async ValueTask WriteComposedAsync(long host, int spanStart, int spanLength, int from, ReadOnlyMemory<byte> data, bool zeroBase, long clusterStart, bool async, CancellationToken cancellationToken)
+    {
+        var buffer = ArrayPool<byte>.Shared.Rent(spanLength);
+        try
+        {
+            var span = buffer.AsMemory(0, spanLength);
+            if (zeroBase)
+            {
+                span.Span.Clear();
+            }
+            else
+            {
+                await ReadWithinDiskAsync(clusterStart + spanStart, span, async, cancellationToken).ConfigureAwait(false);
+            }
+
+            data.Span.CopyTo(span.Span[(from - spanStart)..]);
+            await WriteDataAsync(host, span, async, cancellationToken).ConfigureAwait(false);
+        }
+        finally
+        {
+            ArrayPool<byte>.Shared.Return(buffer);
+        }
+    }
+
+    /// <summary>Reads guest bytes while the caller already holds the clusters' range lock; bytes past the disk read as zeros.</summary>
+    private async ValueTask ReadWithinDiskAsync(long offset, Memory<byte> buffer, bool async, CancellationToken cancellationToken)
+    {
+        var inside = (int)Math.Clamp(Size - offset, 0, buffer.Length);
+        buffer.Span[inside..].Clear();
+        if (inside > 0)
+        {
+            await ReadCoreAsync(offset, buffer[..inside], async, cancellationToken, lockRange: false).ConfigureAwait(false);
+        }
+    }
+
+    /// <summary>Writes guest data to the data file (the image itself or the external data file).</summary>
+    private async ValueTask WriteDataAsync(long host, ReadOnlyMemory<byte> data, bool async, CancellationToken cancellationToken)
+    {
+        await _core.DataFile.WriteAsync(host, data, async, cancellationToken).ConfigureAwait(false);
+        if (!_core.Geometry.ExternalDataFile)
+        {
+            _core.NoteFileEnd(host + data.Length);
+        }
+    }
+
+    /// <summary>The subcluster-aligned span covering bytes [from, to) of a cluster.</summary>
+    private (int Start, int End) SubclusterSpan(int from, int to)
+    {
+        var size = _core.Geometry.SubclusterSize;
+        return (from / size * size, (to + size - 1) / size * size);
+    }
+
+    /// <summary>The bitmap with the span's subclusters allocated and no longer zero.</summary>
+    private SubclusterBitmap WithAllocatedSpan(SubclusterBitmap bitmap, int spanStart, int spanEnd)
+    {
+        var bits = _core.Geometry.SubclusterBits;
+        var first = spanStart >> bits;
+        var count = (spanEnd - spanStart) >> bits;
+        return new SubclusterBitmap((bitmap.Raw & ~SubclusterBitmap.ZeroRange(first, count)) | SubclusterBitmap.AllocatedRange(first, count));
+    }
+
+    /// <summary>A guest cluster's mapping as the write path found it.</summary>
+    private readonly record struct ClusterState(long ClusterStart, L2Entry Entry, SubclusterBitmap Bitmap, ClusterType Type, long Host, bool InPlace)
+    {
+        public SubclusterType SubclusterType(int index) => Bitmap.GetSubclusterType(Type, index);
+    }
 }

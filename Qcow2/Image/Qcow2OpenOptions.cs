@@ -40,6 +40,12 @@ public sealed class Qcow2OpenOptions
     /// <summary>Most memory the refcount block cache may use (at least four blocks are kept).</summary>
     public long RefcountCacheBytes { get; init; } = DefaultRefcountCacheBytes;
 
+    /// <summary>
+    /// Decides where written data clusters go (the allocator seam). Null means fresh clusters; a
+    /// deduplicating allocator shares clusters holding the same bytes. One instance per image.
+    /// </summary>
+    public IClusterAllocator? Allocator { get; init; }
+
     /// <summary>For images opened from a stream: leave the stream open when the image is disposed.</summary>
     public bool LeaveOpen { get; init; }
 }

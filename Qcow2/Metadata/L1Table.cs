@@ -10,6 +10,7 @@ namespace QcowDedup.Qcow2.Metadata;
 /// </summary>
 internal sealed class L1Table
 {
+    private readonly SortedSet<long> _dirty = [];
     private ulong[] _entries;
 
     public L1Table(long offset, ulong[] entries)
@@ -65,22 +66,74 @@ internal sealed class L1Table
         return buffer;
     }
 
-    /// <summary>Changes one entry in memory and writes it to disk.</summary>
+    /// <summary>Whether entries changed in memory have not been written yet.</summary>
+    public bool HasDirtyEntries => _dirty.Count > 0;
+
+    /// <summary>Changes one entry in memory and writes it to disk now.</summary>
     public async ValueTask SetAsync(IStorage storage, long index, L1Entry entry, bool async, CancellationToken cancellationToken)
     {
         _entries[index] = entry.Raw;
+        _dirty.Remove(index);
         var bytes = new byte[Qcow2Layout.L1EntrySize];
         BinaryPrimitives.WriteUInt64BigEndian(bytes, entry.Raw);
         await storage.WriteAsync(Offset + (index * Qcow2Layout.L1EntrySize), bytes, async, cancellationToken).ConfigureAwait(false);
     }
 
+    /// <summary>
+    /// Changes one entry in memory; it is written by <see cref="WriteDirtyAsync"/>, which the flush
+    /// calls only after the L2 tables (and their refcounts) are on disk.
+    /// </summary>
+    public void SetDeferred(long index, L1Entry entry)
+    {
+        _entries[index] = entry.Raw;
+        _dirty.Add(index);
+    }
+
+    /// <summary>Writes every deferred entry, grouping neighbours into one write.</summary>
+    public async ValueTask WriteDirtyAsync(IStorage storage, bool async, CancellationToken cancellationToken)
+    {
+        while (_dirty.Count > 0)
+        {
+            var first = _dirty.Min;
+            var last = first;
+            while (_dirty.Contains(last + 1))
+            {
+                last++;
+            }
+
+            var bytes = new byte[(last - first + 1) * Qcow2Layout.L1EntrySize];
+            for (var i = first; i <= last; i++)
+            {
+                BinaryPrimitives.WriteUInt64BigEndian(bytes.AsSpan((int)(i - first) * 8), _entries[i]);
+                _dirty.Remove(i);
+            }
+
+            await storage.WriteAsync(Offset + (first * Qcow2Layout.L1EntrySize), bytes, async, cancellationToken).ConfigureAwait(false);
+        }
+    }
+
     /// <summary>Changes one entry in memory only (the caller writes the whole table).</summary>
     public void SetInMemory(long index, L1Entry entry) => _entries[index] = entry.Raw;
+
+    /// <summary>Index of the last entry pointing at an L2 table, or −1.</summary>
+    public long LastAllocatedIndex()
+    {
+        for (var i = _entries.Length - 1; i >= 0; i--)
+        {
+            if (new L1Entry(_entries[i]).IsAllocated)
+            {
+                return i;
+            }
+        }
+
+        return -1;
+    }
 
     /// <summary>Points this object at a new table (after an L1 move on resize).</summary>
     public void Replace(long offset, ulong[] entries)
     {
         Offset = offset;
         _entries = entries;
+        _dirty.Clear();
     }
 }

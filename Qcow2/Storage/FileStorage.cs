@@ -111,6 +111,15 @@ public sealed class FileStorage : IStorage
     }
 
     /// <inheritdoc />
+    public void Reserve(long offset, long length)
+    {
+        if (!SparseFile.TryAllocate(_handle, offset, length) && offset + length > Length)
+        {
+            SetLength(offset + length);
+        }
+    }
+
+    /// <inheritdoc />
     public bool TryGetDataExtent(long offset, out bool isData, out long extentEnd) =>
         SparseFile.TryGetDataExtent(_handle, offset, Length, out isData, out extentEnd);
 

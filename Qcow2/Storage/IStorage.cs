@@ -38,6 +38,18 @@ public interface IStorage : IDisposable
     ValueTask FlushAsync(CancellationToken cancellationToken);
 
     /// <summary>
+    /// Reserves disk space for [offset, offset + length) without writing it (fallocate), extending
+    /// the file if needed. Storages that cannot reserve space just extend the file.
+    /// </summary>
+    void Reserve(long offset, long length)
+    {
+        if (offset + length > Length)
+        {
+            SetLength(offset + length);
+        }
+    }
+
+    /// <summary>
     /// Finds where the file's allocated data starts and ends around <paramref name="offset"/>
     /// (SEEK_DATA/SEEK_HOLE). Returns false when the storage cannot tell; then every byte counts as data.
     /// </summary>

@@ -74,6 +74,40 @@ internal static partial class SparseFile
         }
     }
 
+    /// <summary>posix_fallocate: reserve blocks without writing them. False when unsupported.</summary>
+    public static bool TryAllocate(SafeFileHandle handle, long offset, long length)
+    {
+        if (!OperatingSystem.IsLinux() || length <= 0)
+        {
+            return false;
+        }
+
+        var success = false;
+        handle.DangerousAddRef(ref success);
+        try
+        {
+            return PosixFallocate((int)handle.DangerousGetHandle(), offset, length) == 0;
+        }
+        catch (EntryPointNotFoundException)
+        {
+            return false;
+        }
+        catch (DllNotFoundException)
+        {
+            return false;
+        }
+        finally
+        {
+            if (success)
+            {
+                handle.DangerousRelease();
+            }
+        }
+    }
+
+    [LibraryImport("libc", EntryPoint = "posix_fallocate")]
+    private static partial int PosixFallocate(int fd, long offset, long length);
+
     [LibraryImport("libc", EntryPoint = "lseek", SetLastError = true)]
     private static partial long LSeek(int fd, long offset, int whence);
 }

@@ -1,0 +1,404 @@
+using System.Buffers.Binary;
+using QcowDedup.Qcow2.Format;
+using QcowDedup.Qcow2.Image;
+using QcowDedup.Qcow2.Metadata;
+using QcowDedup.Qcow2.Storage;
+
+namespace QcowDedup.Qcow2.Check;
+
+/// <summary>
+/// Builds the in-memory refcount table of QEMU's check (calculate_refcounts): one reference per
+/// cluster touched by the header, the active L1/L2 tables and their data, every snapshot's
+/// tables and data, the snapshot table, the refcount table and blocks, the LUKS area and the
+/// bitmaps. Every inconsistency it meets is counted the way qemu-img check counts it.
+/// </summary>
+internal sealed class ReferenceCounter
+{
+    private const ulong BitmapTableOffsetMask = 0x00ff_ffff_ffff_fe00;
+    private const ulong BitmapTableReservedMask = 0xff00_0000_0000_01fe;
+
+    private readonly ImageCore _core;
+    private readonly Geometry _geometry;
+    private readonly CheckReport _report;
+    private readonly ulong _max;
+    private long _fileLength;
+
+    public ReferenceCounter(ImageCore core, CheckReport report)
+    {
+        _core = core;
+        _geometry = core.Geometry;
+        _report = report;
+        _max = Math.Min(_geometry.MaxRefcount, uint.MaxValue);
+        _fileLength = core.File.Length;
+        References = new uint[_geometry.ClustersFor(_fileLength)];
+    }
+
+    /// <summary>Computed references per host cluster (index = cluster number).</summary>
+    public uint[] References { get; private set; }
+
+    /// <summary>Whether a refcount block problem means the whole structure must be rebuilt.</summary>
+    public bool RebuildNeeded { get; private set; }
+
+    /// <summary>Counts every reference. Fragmentation figures are gathered for the active L1 only.</summary>
+    public async ValueTask CalculateAsync(RefcountTable refcounts, bool fixErrors, bool async, CancellationToken cancellationToken)
+    {
+        var header = _core.Header.Header;
+        Add(0, _geometry.ClusterSize);
+        await CountL1Async(header.L1TableOffset, header.L1Size, active: true, async, cancellationToken).ConfigureAwait(false);
+
+        if (_geometry.ExternalDataFile && _core.Snapshots.Count > 0)
+        {
+            _report.Error($"ERROR {_core.Snapshots.Count} snapshots in image with data file");
+        }
+
+        long snapshotTableSize = 0;
+        foreach (var snapshot in _core.Snapshots)
+        {
+            snapshotTableSize += snapshot.StoredLength;
+            if (!_geometry.IsClusterAligned(snapshot.L1TableOffset))
+            {
+                _report.Error($"ERROR snapshot {snapshot.Id} ({snapshot.Name}) l1_offset=0x{snapshot.L1TableOffset:x}: L1 table is not cluster aligned; snapshot table entry corrupted");
+                continue;
+            }
+
+            if ((long)snapshot.L1Size * Qcow2Layout.L1EntrySize > Qcow2Layout.MaxL1TableBytes)
+            {
+                _report.Error($"ERROR snapshot {snapshot.Id} ({snapshot.Name}) l1_size=0x{snapshot.L1Size:x}: L1 table is too large; snapshot table entry corrupted");
+                continue;
+            }
+
+            await CountL1Async(snapshot.L1TableOffset, snapshot.L1Size, active: false, async, cancellationToken).ConfigureAwait(false);
+        }
+
+        Add(header.SnapshotsOffset, snapshotTableSize);
+        Add(refcounts.Offset, (long)refcounts.Size * Qcow2Layout.RefcountTableEntrySize);
+        if (_core.Header.EncryptionHeader is { } luks)
+        {
+            Add(luks.Offset, luks.Length);
+        }
+
+        await CountBitmapsAsync(async, cancellationToken).ConfigureAwait(false);
+        CountRefcountBlocks(refcounts, fixErrors);
+    }
+
+    /// <summary>Adds one reference to every cluster of [offset, offset + size) (qcow2_inc_refcounts_imrt).</summary>
+    public void Add(long offset, long size)
+    {
+        if (size <= 0)
+        {
+            return;
+        }
+
+        if (offset + size - _fileLength >= _geometry.ClusterSize)
+        {
+            _report.Error($"ERROR: counting reference for region exceeding the end of the file by one cluster or more: offset 0x{offset:x} size 0x{size:x}");
+            return;
+        }
+
+        var first = offset >> _geometry.ClusterBits;
+        var last = (offset + size - 1) >> _geometry.ClusterBits;
+        if (last >= References.Length)
+        {
+            var grown = References;
+            Array.Resize(ref grown, (int)(last + 1));
+            References = grown;
+        }
+
+        for (var cluster = first; cluster <= last; cluster++)
+        {
+            if (References[cluster] >= _max)
+            {
+                _report.Error($"ERROR: overflow cluster offset=0x{cluster << _geometry.ClusterBits:x}");
+                _report.Note("Use qemu-img amend to increase the refcount entry width or qemu-img convert to create a clean copy if the image cannot be opened for writing");
+                continue;
+            }
+
+            References[cluster]++;
+        }
+    }
+
+    private async ValueTask CountL1Async(long offset, int size, bool active, bool async, CancellationToken cancellationToken)
+    {
+        if (size == 0)
+        {
+            return;
+        }
+
+        Add(offset, (long)size * Qcow2Layout.L1EntrySize);
+        var bytes = new byte[(long)size * Qcow2Layout.L1EntrySize];
+        if (await _core.File.ReadAsync(offset, bytes, async, cancellationToken).ConfigureAwait(false) < bytes.Length)
+        {
+            _report.CheckError("ERROR: I/O error in check_refcounts_l1");
+            return;
+        }
+
+        for (var i = 0; i < size; i++)
+        {
+            var entry = new L1Entry(BinaryPrimitives.ReadUInt64BigEndian(bytes.AsSpan(i * 8)));
+            if (entry.Raw == 0)
+            {
+                continue;
+            }
+
+            if (entry.ReservedBits != 0)
+            {
+                _report.Error($"ERROR found L1 entry with reserved bits set: {entry.Raw:x}");
+            }
+
+            var l2Offset = (long)(entry.Raw & L1Entry.OffsetMask);
+            Add(l2Offset, _geometry.ClusterSize);
+            if (!_geometry.IsClusterAligned(l2Offset))
+            {
+                _report.Error($"ERROR l2_offset={l2Offset:x}: Table is not cluster aligned; L1 entry corrupted");
+            }
+
+            await CountL2Async(l2Offset, active ? new FragmentationTracker() : null, async, cancellationToken).ConfigureAwait(false);
+        }
+    }
+
+    private async ValueTask CountL2Async(long l2Offset, FragmentationTracker? fragmentation, bool async, CancellationToken cancellationToken)
+    {
+        var table = new byte[_geometry.ClusterSize];
+        if (await _core.File.ReadAsync(l2Offset, table, async, cancellationToken).ConfigureAwait(false) < table.Length && l2Offset >= _fileLength)
+        {
+            _report.CheckError("ERROR: I/O error in check_refcounts_l2");
+            return;
+        }
+
+        for (var i = 0; i < _geometry.L2Entries; i++)
+        {
+            var entry = L2Table.ReadEntry(table, i, _geometry.ExtendedL2);
+            var bitmap = L2Table.ReadBitmap(table, i, _geometry.ExtendedL2);
+            var type = entry.GetClusterType(_geometry.ExtendedL2, _geometry.ExternalDataFile);
+            if (type != ClusterType.Compressed && entry.StandardReservedBits != 0)
+            {
+                _report.Error($"ERROR found l2 entry with reserved bits set: {entry.Raw:x}");
+            }
+
+            switch (type)
+            {
+                case ClusterType.Compressed:
+                    CountCompressed(i, entry, bitmap, fragmentation);
+                    break;
+                case ClusterType.Normal:
+                case ClusterType.ZeroAllocated:
+                    var offset = entry.HostOffset;
+                    if (bitmap.HasOverlap)
+                    {
+                        _report.Error($"ERROR offset={offset:x}: Allocated cluster has corrupted subcluster allocation bitmap");
+                    }
+
+                    if (!_geometry.IsClusterAligned(offset))
+                    {
+                        var containsData = _geometry.ExtendedL2 ? (bitmap.Raw & SubclusterBitmap.AllAllocatedMask) != 0 : !entry.HasZeroFlag;
+                        _report.Error(containsData
+                            ? $"ERROR offset={offset:x}: Data cluster is not properly aligned; L2 entry corrupted."
+                            : $"ERROR offset={offset:x}: Preallocated cluster is not properly aligned; L2 entry corrupted.");
+                    }
+
+                    fragmentation?.Allocated(offset, _geometry.ClusterSize);
+                    if (!_geometry.ExternalDataFile)
+                    {
+                        Add(offset, _geometry.ClusterSize);
+                    }
+
+                    break;
+                case ClusterType.Unallocated when (bitmap.Raw & SubclusterBitmap.AllAllocatedMask) != 0:
+                    _report.Error("ERROR: Unallocated cluster has non-zero subcluster allocation map");
+                    break;
+            }
+        }
+
+        if (fragmentation is not null)
+        {
+            _report.Allocated += fragmentation.AllocatedCount;
+            _report.Fragmented += fragmentation.FragmentedCount;
+        }
+    }
+
+    private void CountCompressed(int index, L2Entry entry, SubclusterBitmap bitmap, FragmentationTracker? fragmentation)
+    {
+        var descriptor = CompressedClusterDescriptor.Decode(entry, _geometry.ClusterBits);
+        if (entry.IsCopied)
+        {
+            _report.Error($"ERROR: coffset=0x{descriptor.HostOffset:x}: copied flag must never be set for compressed clusters");
+        }
+
+        if (_geometry.ExternalDataFile)
+        {
+            _report.Error($"ERROR compressed cluster {index} with data file, entry=0x{entry.Raw:x}");
+            return;
+        }
+
+        if (bitmap.Raw != 0)
+        {
+            _report.Error($"ERROR compressed cluster {index} with non-zero subcluster allocation bitmap, entry=0x{entry.Raw:x}");
+            return;
+        }
+
+        Add(descriptor.HostOffset, descriptor.CompressedLength);
+        if (fragmentation is not null)
+        {
+            fragmentation.Compressed();
+            _report.Compressed++;
+        }
+    }
+
+    private async ValueTask CountBitmapsAsync(bool async, CancellationToken cancellationToken)
+    {
+        if (_core.Bitmaps.Count == 0 || _core.Header.Bitmaps is not { } extension)
+        {
+            return;
+        }
+
+        Add(extension.DirectoryOffset, extension.DirectorySize);
+        foreach (var bitmap in _core.Bitmaps)
+        {
+            Add(bitmap.TableOffset, (long)bitmap.TableSize * 8);
+            var table = new byte[(long)bitmap.TableSize * 8];
+            if (await _core.File.ReadAsync(bitmap.TableOffset, table, async, cancellationToken).ConfigureAwait(false) < table.Length)
+            {
+                _report.Error($"ERROR bitmap '{bitmap.Name}': bitmap table could not be read");
+                continue;
+            }
+
+            for (var i = 0; i < bitmap.TableSize; i++)
+            {
+                var entry = BinaryPrimitives.ReadUInt64BigEndian(table.AsSpan(i * 8));
+                var offset = (long)(entry & BitmapTableOffsetMask);
+                if ((entry & BitmapTableReservedMask) != 0 || !_geometry.IsClusterAligned(offset) || (offset != 0 && (entry & 1) != 0))
+                {
+                    _report.Error($"ERROR bitmap '{bitmap.Name}': invalid bitmap table entry 0x{entry:x}");
+                    continue;
+                }
+
+                if (offset != 0)
+                {
+                    Add(offset, _geometry.ClusterSize);
+                }
+            }
+        }
+    }
+
+    /// <summary>QEMU's check_refblocks: every refcount block counted once; problems force a rebuild.</summary>
+    private void CountRefcountBlocks(RefcountTable refcounts, bool fixErrors)
+    {
+        for (var i = 0L; i < refcounts.Size; i++)
+        {
+            var entry = refcounts[i];
+            var offset = (long)(entry.Raw & RefcountTableEntry.OffsetMask);
+            if (entry.ReservedBits != 0)
+            {
+                _report.Error($"ERROR refcount table entry {i} has reserved bits set");
+                RebuildNeeded = true;
+                continue;
+            }
+
+            if (!_geometry.IsClusterAligned(offset))
+            {
+                _report.Error($"ERROR refcount block {i} is not cluster aligned; refcount table entry corrupted");
+                RebuildNeeded = true;
+                continue;
+            }
+
+            if (offset == 0)
+            {
+                continue;
+            }
+
+            var cluster = offset >> _geometry.ClusterBits;
+            if (cluster >= _geometry.ClustersFor(_fileLength))
+            {
+                if (fixErrors && _core.File.CanWrite)
+                {
+                    // QEMU extends the file to cover the block and counts that as fixed.
+                    _report.Note($"Repairing refcount block {i} is outside image");
+                    _core.File.SetLength(offset + _geometry.ClusterSize);
+                    _fileLength = _core.File.Length;
+                    _report.CorruptionsFixed++;
+                }
+                else
+                {
+                    _report.Error($"ERROR refcount block {i} is outside image");
+                    continue;
+                }
+            }
+
+            Add(offset, _geometry.ClusterSize);
+            if (References[cluster] != 1)
+            {
+                _report.Error($"ERROR refcount block {i} refcount={References[cluster]}");
+                RebuildNeeded = true;
+            }
+        }
+    }
+
+    /// <summary>Counts allocated and fragmented clusters of one L2 table, as QEMU's check does.</summary>
+    private sealed class FragmentationTracker
+    {
+        private long _nextContiguous;
+
+        public long AllocatedCount { get; private set; }
+
+        public long FragmentedCount { get; private set; }
+
+        public void Allocated(long offset, int clusterSize)
+        {
+            AllocatedCount++;
+            if (_nextContiguous != 0 && offset != _nextContiguous)
+            {
+                FragmentedCount++;
+            }
+
+            _nextContiguous = offset + clusterSize;
+        }
+
+        public void Compressed()
+        {
+            AllocatedCount++;
+            FragmentedCount++; // compressed clusters are fragmented by nature
+        }
+    }
+}
+
+/// <summary>Counters and messages collected while checking.</summary>
+internal sealed class CheckReport
+{
+    public int CheckErrors { get; set; }
+
+    public int Corruptions { get; set; }
+
+    public int Leaks { get; set; }
+
+    public int CorruptionsFixed { get; set; }
+
+    public int LeaksFixed { get; set; }
+
+    public long Allocated { get; set; }
+
+    public long Fragmented { get; set; }
+
+    public long Compressed { get; set; }
+
+    public List<string> Messages { get; } = [];
+
+    public void Error(string message)
+    {
+        Corruptions++;
+        Messages.Add(message);
+    }
+
+    public void CheckError(string message)
+    {
+        CheckErrors++;
+        Messages.Add(message);
+    }
+
+    public void Note(string message) => Messages.Add(message);
+
+    public (int CheckErrors, int Corruptions, int Leaks, int CorruptionsFixed, int LeaksFixed) Counters
+    {
+        get => (CheckErrors, Corruptions, Leaks, CorruptionsFixed, LeaksFixed);
+        set => (CheckErrors, Corruptions, Leaks, CorruptionsFixed, LeaksFixed) = value;
+    }
+}

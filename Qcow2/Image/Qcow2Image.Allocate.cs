@@ -1,0 +1,248 @@
+using System.Buffers;
+using QcowDedup.Qcow2.Format;
+using QcowDedup.Qcow2.Metadata;
+
+namespace QcowDedup.Qcow2.Image;
+
+public sealed partial class Qcow2Image
+{
+    /// <summary>
+    /// Writes a cluster that needs a new host cluster (unallocated, zero, compressed, shared, or a
+    /// rewrite the allocator kept out of place): builds the cluster's new content, asks the
+    /// allocator where it goes, writes it, links it, then releases the old cluster.
+    /// </summary>
+    private async ValueTask WriteToNewClusterAsync(ClusterState state, int from, ReadOnlyMemory<byte> data, object? fingerprint, bool async, CancellationToken cancellationToken)
+    {
+        var geometry = _core.Geometry;
+        var clusterSize = geometry.ClusterSize;
+        var to = from + data.Length;
+        var buffer = ArrayPool<byte>.Shared.Rent(clusterSize);
+        try
+        {
+            // With extended L2 a cluster without a host cluster only needs the written subclusters.
+            var (writeStart, writeEnd) = geometry.ExtendedL2 && state.Type == ClusterType.Unallocated ? SubclusterSpan(from, to) : (0, clusterSize);
+            var content = buffer.AsMemory(0, clusterSize);
+            if (from != writeStart || to != writeEnd)
+            {
+                await ReadWithinDiskAsync(state.ClusterStart + writeStart, content[writeStart..writeEnd], async, cancellationToken).ConfigureAwait(false);
+            }
+
+            data.Span.CopyTo(content.Span[from..]);
+            var bitmap = NewBitmap(state, writeStart, writeEnd, from, to);
+            var whole = writeStart == 0 && writeEnd == clusterSize && (!geometry.ExtendedL2 || (bitmap.Raw & SubclusterBitmap.AllAllocatedMask) == SubclusterBitmap.AllAllocatedMask);
+            var request = new ClusterPlacementRequest(state.ClusterStart, content, fingerprint);
+            if (whole && fingerprint is null && _core.Allocator.SharesClusters && !geometry.ExternalDataFile)
+            {
+                request = request with { Fingerprint = _core.Allocator.Describe(content.Span) };
+            }
+
+            var (host, shared) = await PlaceAsync(state, request, whole, async, cancellationToken).ConfigureAwait(false);
+            if (!shared)
+            {
+                await WriteDataAsync(host + writeStart, content[writeStart..writeEnd], async, cancellationToken).ConfigureAwait(false);
+            }
+
+            using (await _core.MetadataLock.AcquireAsync(async, cancellationToken).ConfigureAwait(false))
+            {
+                await LinkAsync(state, L2Entry.Normal(host, copied: !shared), bitmap, async, cancellationToken).ConfigureAwait(false);
+                if (shared)
+                {
+                    _core.Referrers.Add(host, state.ClusterStart);
+                }
+                else if (whole && !geometry.ExternalDataFile)
+                {
+                    _core.Allocator.OnStored(request, host);
+                }
+            }
+        }
+        finally
+        {
+            ArrayPool<byte>.Shared.Return(buffer);
+        }
+    }
+
+    /// <summary>The subcluster bitmap after the write (unused without extended L2).</summary>
+    private SubclusterBitmap NewBitmap(ClusterState state, int writeStart, int writeEnd, int from, int to)
+    {
+        if (!_core.Geometry.ExtendedL2)
+        {
+            return default;
+        }
+
+        if (state.Type == ClusterType.Compressed)
+        {
+            return SubclusterBitmap.AllAllocated; // the copy holds the whole decompressed cluster
+        }
+
+        var (spanStart, spanEnd) = SubclusterSpan(from, to);
+        return WithAllocatedSpan(state.Bitmap, Math.Max(spanStart, writeStart), Math.Min(spanEnd, writeEnd));
+    }
+
+    /// <summary>Chooses the host cluster: the guest offset with an external data file, else the allocator's answer.</summary>
+    private async ValueTask<(long Host, bool Shared)> PlaceAsync(ClusterState state, ClusterPlacementRequest request, bool whole, bool async, CancellationToken cancellationToken)
+    {
+        if (_core.Geometry.ExternalDataFile)
+        {
+            return (state.ClusterStart, false); // data file clusters map 1:1 and are not refcounted
+        }
+
+        using (await _core.MetadataLock.AcquireAsync(async, cancellationToken).ConfigureAwait(false))
+        {
+            if (whole)
+            {
+                var placement = _core.Allocator.Place(request);
+                if (placement.IsExisting)
+                {
+                    var shared = await TryShareAsync(placement, async, cancellationToken).ConfigureAwait(false);
+                    _core.Allocator.OnPlacementResolved(request, placement, shared);
+                    if (shared)
+                    {
+                        return (placement.ExistingHostOffset, true);
+                    }
+                }
+            }
+
+            return (await _core.RefcountManager!.AllocateClustersAsync(1, async, cancellationToken).ConfigureAwait(false), false);
+        }
+    }
+
+    /// <summary>
+    /// Verifies and takes an allocator's "existing cluster" answer: the cluster must be allocated,
+    /// below the refcount maximum, and mapped by a guest cluster we can see. A sole referrer loses
+    /// COPIED before the refcount rises, so the disk never shows refcount 2 with COPIED set.
+    /// </summary>
+    private async ValueTask<bool> TryShareAsync(ClusterPlacement placement, bool async, CancellationToken cancellationToken)
+    {
+        var geometry = _core.Geometry;
+        var host = placement.ExistingHostOffset;
+        if (!geometry.IsClusterAligned(host) || host <= 0)
+        {
+            return false;
+        }
+
+        var refcounts = _core.RefcountManager!;
+        var refcount = await refcounts.GetAsync(host >> geometry.ClusterBits, async, cancellationToken).ConfigureAwait(false);
+        if (refcount == 0 || refcount >= geometry.MaxRefcount)
+        {
+            return false;
+        }
+
+        long? referrer = null;
+        foreach (var candidate in _core.Referrers.Get(host).Prepend(placement.ReferrerGuestOffset).ToList())
+        {
+            var (entry, bitmap) = await _core.Tables!.ReadEntryAsync(candidate, async, cancellationToken).ConfigureAwait(false);
+            if (entry.GetClusterType(geometry.ExtendedL2, geometry.ExternalDataFile) == ClusterType.Normal && entry.HostOffset == host
+                && (!geometry.ExtendedL2 || bitmap == SubclusterBitmap.AllAllocated))
+            {
+                referrer = candidate;
+                if (refcount == 1 && entry.IsCopied)
+                {
+                    using var table = await _core.Tables.GetWritableAsync(candidate, async, cancellationToken).ConfigureAwait(false);
+                    _core.Tables.SetEntry(table, candidate, entry.WithCopied(false), bitmap);
+                    await _core.Tables.OrderRefcountsAfterTablesAsync(async, cancellationToken).ConfigureAwait(false);
+                }
+
+                break;
+            }
+        }
+
+        if (referrer is not long verified)
+        {
+            return false;
+        }
+
+        await refcounts.ChangeAsync(host >> geometry.ClusterBits, +1, ClusterUse.Data, async, cancellationToken).ConfigureAwait(false);
+        _core.Referrers.Add(host, verified);
+        return true;
+    }
+
+    /// <summary>
+    /// Points the guest cluster at its new mapping (after the data and refcounts it depends on) and
+    /// releases what it pointed at before. Caller holds the metadata lock.
+    /// </summary>
+    private async ValueTask LinkAsync(ClusterState state, L2Entry entry, SubclusterBitmap bitmap, bool async, CancellationToken cancellationToken)
+    {
+        var tables = _core.Tables!;
+        using (var table = await tables.GetWritableAsync(state.ClusterStart, async, cancellationToken).ConfigureAwait(false))
+        {
+            var index = _core.Geometry.L2Index(state.ClusterStart);
+            var current = L2Table.ReadEntry(table.Span, index, _core.Geometry.ExtendedL2);
+            if (current != state.Entry)
+            {
+                throw new InvalidOperationException($"The L2 entry of guest offset 0x{state.ClusterStart:x} changed during a write that held its range lock.");
+            }
+
+            await tables.OrderAfterRefcountsAsync(async, cancellationToken).ConfigureAwait(false);
+            _core.L2Cache.FlushStorageBeforeWrite = true; // copied data before the entry that exposes it
+            tables.SetEntry(table, state.ClusterStart, entry, bitmap);
+        }
+
+        await ReleaseAsync(state.Entry, state.Type, state.ClusterStart, async, cancellationToken).ConfigureAwait(false);
+    }
+
+    /// <summary>
+    /// Drops the reference an old L2 entry held. When a shared data cluster is left with a single
+    /// referrer that the seam tracked, that referrer's COPIED flag is set again.
+    /// </summary>
+    private async ValueTask ReleaseAsync(L2Entry oldEntry, ClusterType oldType, long guestOffset, bool async, CancellationToken cancellationToken)
+    {
+        var geometry = _core.Geometry;
+        if (geometry.ExternalDataFile)
+        {
+            return;
+        }
+
+        var refcounts = _core.RefcountManager!;
+        switch (oldType)
+        {
+            case ClusterType.Normal:
+            case ClusterType.ZeroAllocated:
+                var host = oldEntry.HostOffset;
+                var remaining = await refcounts.ChangeAsync(host >> geometry.ClusterBits, -1, ClusterUse.Data, async, cancellationToken).ConfigureAwait(false);
+                _core.Referrers.RemoveGuest(host, guestOffset);
+                if (remaining == 1)
+                {
+                    await RestoreCopiedAsync(host, async, cancellationToken).ConfigureAwait(false);
+                }
+
+                break;
+            case ClusterType.Compressed:
+                var descriptor = CompressedClusterDescriptor.Decode(oldEntry, geometry.ClusterBits);
+                var start = descriptor.HostOffset & ~(long)(Qcow2Layout.SectorSize - 1);
+                await refcounts.FreeBytesAsync(start, (long)descriptor.SectorCount * Qcow2Layout.SectorSize, async, cancellationToken).ConfigureAwait(false);
+                _core.Decompressed.Invalidate();
+                break;
+        }
+    }
+
+    /// <summary>Sets COPIED on the one guest cluster still mapping <paramref name="host"/>, if the seam saw who it is.</summary>
+    private async ValueTask RestoreCopiedAsync(long host, bool async, CancellationToken cancellationToken)
+    {
+        var geometry = _core.Geometry;
+        var tables = _core.Tables!;
+        foreach (var guest in _core.Referrers.Get(host).ToList())
+        {
+            var (entry, bitmap) = await tables.ReadEntryAsync(guest, async, cancellationToken).ConfigureAwait(false);
+            var type = entry.GetClusterType(geometry.ExtendedL2, geometry.ExternalDataFile);
+            if (type is ClusterType.Normal or ClusterType.ZeroAllocated && entry.HostOffset == host)
+            {
+                if (!entry.IsCopied)
+                {
+                    using var table = await tables.GetWritableAsync(guest, async, cancellationToken).ConfigureAwait(false);
+                    await tables.OrderAfterRefcountsAsync(async, cancellationToken).ConfigureAwait(false);
+                    tables.SetEntry(table, guest, entry.WithCopied(true), bitmap);
+                }
+
+                _core.Referrers.Forget(host);
+                return;
+            }
+
+            _core.Referrers.RemoveGuest(host, guest);
+        }
+
+        if (_core.Allocator.SharesClusters)
+        {
+            _core.PendingCopiedFixups.Add(host); // shared before this session: found by a scan at flush
+        }
+    }
+}

@@ -1,0 +1,228 @@
+using System.Numerics;
+using QcowDedup.Qcow2.Format;
+using QcowDedup.Qcow2.Storage;
+
+namespace QcowDedup.Qcow2.Image;
+
+public sealed partial class Qcow2Image
+{
+    /// <summary>
+    /// Creates a qcow2 image as qemu-img create does — header in cluster 0, refcount table in
+    /// cluster 1, its first block in cluster 2, the L1 table after them — and returns it open for
+    /// writing. An existing file is overwritten.
+    /// </summary>
+    /// <exception cref="ArgumentException">The options contradict each other or qcow2's limits.</exception>
+    public static Qcow2Image Create(string path, Qcow2CreateOptions options)
+    {
+        ArgumentException.ThrowIfNullOrEmpty(path);
+        ArgumentNullException.ThrowIfNull(options);
+        var fullPath = Path.GetFullPath(path);
+        ResolveCreateSize(options, fullPath);
+        return Create(FileStorage.Create(fullPath), options, leaveOpen: false);
+    }
+
+    /// <summary>Creates a qcow2 image in <paramref name="storage"/> (its content is replaced).</summary>
+    /// <param name="storage">Where the image goes; its Path, if any, anchors relative backing and data file names.</param>
+    /// <param name="options">Create options.</param>
+    /// <param name="leaveOpen">Whether disposing the image leaves <paramref name="storage"/> open.</param>
+    public static Qcow2Image Create(IStorage storage, Qcow2CreateOptions options, bool leaveOpen = false)
+    {
+        ArgumentNullException.ThrowIfNull(storage);
+        ArgumentNullException.ThrowIfNull(options);
+        var (size, backingFormat) = ResolveCreateSize(options, storage.Path);
+        Validate(options, size);
+        try
+        {
+            storage.SetLength(0);
+            if (options.DataFile is { } dataFile)
+            {
+                using var data = FileStorage.Create(DefaultBackingFileResolver.ResolvePath(dataFile, storage.Path));
+                if (options.DataFileRaw || options.Preallocation != Preallocation.Off)
+                {
+                    data.SetLength(size);
+                }
+            }
+
+            WriteEmptyImage(storage, options, backingFormat);
+        }
+        catch
+        {
+            if (!leaveOpen)
+            {
+                storage.Dispose();
+            }
+
+            throw;
+        }
+
+        var openOptions = options.OpenOptions ?? new Qcow2OpenOptions();
+        var image = SyncOver.Run(OpenCoreAsync(storage, CopyWritable(openOptions), ownsStorage: !leaveOpen, new ChainContext(), async: false, CancellationToken.None));
+        try
+        {
+            image.SetInitialSize(size);
+            var preallocation = options.DataFileRaw && options.Preallocation == Preallocation.Off ? Preallocation.Metadata : options.Preallocation;
+            if (preallocation != Preallocation.Off)
+            {
+                SyncOver.Run(image.PreallocateAsync(preallocation, async: false, CancellationToken.None));
+            }
+
+            image.Flush();
+            return image;
+        }
+        catch
+        {
+            image.Dispose();
+            throw;
+        }
+    }
+
+    private static Qcow2OpenOptions CopyWritable(Qcow2OpenOptions options) => new()
+    {
+        Writable = true,
+        BackingFiles = options.BackingFiles,
+        BackingResolver = options.BackingResolver,
+        DataFilePath = options.DataFilePath,
+        L2CacheBytes = options.L2CacheBytes,
+        RefcountCacheBytes = options.RefcountCacheBytes,
+        Allocator = options.Allocator,
+    };
+
+    private static (long Size, string? BackingFormat) ResolveCreateSize(Qcow2CreateOptions options, string? path)
+    {
+        if (options.BackingFile is not { } backing)
+        {
+            return (options.Size ?? throw new ArgumentException("A size is needed when there is no backing file.", nameof(options)), options.BackingFormat);
+        }
+
+        if (options.Size is long given && options.BackingFormat is { } format)
+        {
+            return (given, format);
+        }
+
+        using var storage = options.BackingResolver.Open(new FileReference(backing, FileReferenceKind.BackingFile, path, Writable: false));
+        var probed = options.BackingFormat ?? SyncOver.Run(ProbeFormatAsync(storage, async: false, CancellationToken.None));
+        if (options.Size is long size)
+        {
+            return (size, probed);
+        }
+
+        if (probed == "raw")
+        {
+            return (storage.Length, probed);
+        }
+
+        var header = SyncOver.Run(ReadHeaderClusterAsync(storage, async: false, CancellationToken.None));
+        return (header.Header.Size, probed);
+    }
+
+    private static void Validate(Qcow2CreateOptions options, long size)
+    {
+        static ArgumentException Bad(string message) => new(message, nameof(options));
+        if (options.Version is not (2 or 3))
+        {
+            throw Bad($"qcow2 version {options.Version} does not exist; use 2 (compat=0.10) or 3 (compat=1.1).");
+        }
+
+        if (!BitOperations.IsPow2(options.ClusterSize) || options.ClusterSize < Qcow2Layout.ClusterSize(Qcow2Layout.MinClusterBits) || options.ClusterSize > Qcow2Layout.ClusterSize(Qcow2Layout.MaxClusterBits))
+        {
+            throw Bad($"Cluster size {options.ClusterSize} must be a power of two between 512 and 2097152 bytes.");
+        }
+
+        if (!BitOperations.IsPow2(options.RefcountBits) || options.RefcountBits > 64)
+        {
+            throw Bad($"Refcount width {options.RefcountBits} must be a power of two up to 64 bits.");
+        }
+
+        if (size < 0 || size % Qcow2Layout.SectorSize != 0)
+        {
+            throw Bad($"The size {size} must be a non-negative multiple of 512 bytes.");
+        }
+
+        if (options.Version == 2 && (options.RefcountBits != 16 || options.LazyRefcounts || options.ExtendedL2 || options.CompressionType != CompressionType.Deflate || options.DataFile is not null))
+        {
+            throw Bad("compat=0.10 images support only 16-bit refcounts and none of lazy_refcounts, extended_l2, zstd compression or data files.");
+        }
+
+        if (options.ExtendedL2 && options.ClusterSize < 1 << Qcow2Layout.MinExtendedL2ClusterBits)
+        {
+            throw Bad("Extended L2 entries are only supported with cluster sizes of at least 16384 bytes.");
+        }
+
+        if (options.DataFileRaw && options.DataFile is null)
+        {
+            throw Bad("data_file_raw needs a data_file.");
+        }
+
+        if (options.DataFileRaw && options.BackingFile is not null)
+        {
+            throw Bad("Backing file and data_file_raw cannot be used at the same time.");
+        }
+
+        if (options.BackingFile is not null && options.Preallocation != Preallocation.Off && !options.ExtendedL2)
+        {
+            throw Bad("Backing file and preallocation can only be used at the same time if extended_l2 is on.");
+        }
+
+        if (Qcow2Header.RequiredL1Entries(size, BitOperations.Log2((uint)options.ClusterSize), options.ExtendedL2) > Qcow2Layout.MaxL1TableBytes / Qcow2Layout.L1EntrySize)
+        {
+            throw Bad($"{size} bytes need an L1 table larger than QEMU's 32 MiB limit.");
+        }
+    }
+
+    /// <summary>Writes header, one-cluster refcount table and one refcount block counting clusters 0–2.</summary>
+    private static void WriteEmptyImage(IStorage storage, Qcow2CreateOptions options, string? backingFormat)
+    {
+        var clusterBits = BitOperations.Log2((uint)options.ClusterSize);
+        var clusterSize = options.ClusterSize;
+        var incompatible = IncompatibleFeatures.None;
+        if (options.CompressionType != CompressionType.Deflate)
+        {
+            incompatible |= IncompatibleFeatures.CompressionType;
+        }
+
+        if (options.ExtendedL2)
+        {
+            incompatible |= IncompatibleFeatures.ExtendedL2;
+        }
+
+        if (options.DataFile is not null)
+        {
+            incompatible |= IncompatibleFeatures.ExternalDataFile;
+        }
+
+        var header = new HeaderCluster
+        {
+            Header = new Qcow2Header
+            {
+                Version = options.Version,
+                ClusterBits = clusterBits,
+                Size = 0,
+                RefcountTableOffset = clusterSize,
+                RefcountTableClusters = 1,
+                RefcountOrder = BitOperations.Log2((uint)options.RefcountBits),
+                HeaderLength = options.Version == 2 ? Qcow2Layout.V2HeaderLength : Qcow2Layout.V3HeaderLength,
+                Incompatible = incompatible,
+                Compatible = options.LazyRefcounts ? CompatibleFeatures.LazyRefcounts : CompatibleFeatures.None,
+                Autoclear = options.DataFileRaw ? AutoclearFeatures.RawExternalData : AutoclearFeatures.None,
+                CompressionType = options.CompressionType,
+            },
+            BackingFileName = options.BackingFile,
+            BackingFormat = options.BackingFile is null ? null : backingFormat,
+            ExternalDataFileName = options.DataFile,
+            FeatureNames = options.Version >= 3 ? FeatureName.Standard : [],
+        };
+        storage.Write(0, header.Serialize());
+        var table = new byte[clusterSize];
+        System.Buffers.Binary.BinaryPrimitives.WriteUInt64BigEndian(table, (ulong)(2L * clusterSize));
+        storage.Write(clusterSize, table);
+        var block = new byte[clusterSize];
+        var order = BitOperations.Log2((uint)options.RefcountBits);
+        for (var cluster = 0; cluster < 3; cluster++) // a block covers at least 64 clusters
+        {
+            RefcountBlock.Set(block, cluster, order, 1);
+        }
+
+        storage.Write(2L * clusterSize, block);
+        storage.Flush();
+    }
+}

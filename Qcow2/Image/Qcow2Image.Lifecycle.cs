@@ -1,0 +1,293 @@
+using System.Buffers.Binary;
+using QcowDedup.Qcow2.Check;
+using QcowDedup.Qcow2.Format;
+using QcowDedup.Qcow2.Metadata;
+using QcowDedup.Qcow2.Storage;
+
+namespace QcowDedup.Qcow2.Image;
+
+public sealed partial class Qcow2Image
+{
+    /// <summary>Makes everything written so far durable: guest data, then refcounts, L2 and L1 tables.</summary>
+    public void Flush()
+    {
+        ThrowIfDisposed();
+        SyncOver.Run(FlushCoreAsync(async: false, CancellationToken.None));
+    }
+
+    /// <inheritdoc cref="Flush"/>
+    public ValueTask FlushAsync(CancellationToken cancellationToken = default)
+    {
+        ThrowIfDisposed();
+        return FlushCoreAsync(async: true, cancellationToken);
+    }
+
+    /// <summary>
+    /// Checks the image the way qemu-img check does and, when asked, repairs it (the image must
+    /// be writable to repair). Dirty and corrupt bits are cleared when a repair leaves it clean.
+    /// </summary>
+    public CheckResult Check(CheckRepair repair = CheckRepair.None)
+    {
+        ThrowIfDisposed();
+        return SyncOver.Run(CheckCoreAsync(repair, async: false, CancellationToken.None));
+    }
+
+    /// <inheritdoc cref="Check"/>
+    public ValueTask<CheckResult> CheckAsync(CheckRepair repair = CheckRepair.None, CancellationToken cancellationToken = default)
+    {
+        ThrowIfDisposed();
+        return CheckCoreAsync(repair, async: true, cancellationToken);
+    }
+
+    private async ValueTask<CheckResult> CheckCoreAsync(CheckRepair repair, bool async, CancellationToken cancellationToken)
+    {
+        if (repair != CheckRepair.None && !IsWritable)
+        {
+            throw new NotSupportedException("Repairing needs the image opened for writing.");
+        }
+
+        using (await _core.MetadataLock.AcquireAsync(async, cancellationToken).ConfigureAwait(false))
+        {
+            return await CheckLockedAsync(repair, async, cancellationToken).ConfigureAwait(false);
+        }
+    }
+
+    private async ValueTask<CheckResult> CheckLockedAsync(CheckRepair repair, bool async, CancellationToken cancellationToken)
+    {
+        if (IsWritable)
+        {
+            await FlushLockedAsync(async, cancellationToken).ConfigureAwait(false);
+        }
+
+        var result = await new RefcountChecker(_core).RunAsync(repair, async, cancellationToken).ConfigureAwait(false);
+        if (repair != CheckRepair.None)
+        {
+            await FlushLockedAsync(async, cancellationToken).ConfigureAwait(false);
+            if (result.CheckErrors == 0 && result.Corruptions == 0)
+            {
+                await SetIncompatibleBitsAsync(IncompatibleFeatures.Dirty | IncompatibleFeatures.Corrupt, false, async, cancellationToken).ConfigureAwait(false);
+            }
+        }
+
+        return result;
+    }
+
+    private async ValueTask FlushCoreAsync(bool async, CancellationToken cancellationToken)
+    {
+        if (!IsWritable)
+        {
+            return;
+        }
+
+        using (await _core.MetadataLock.AcquireAsync(async, cancellationToken).ConfigureAwait(false))
+        {
+            await FlushLockedAsync(async, cancellationToken).ConfigureAwait(false);
+        }
+    }
+
+    /// <summary>
+    /// Data first (so no table can point at unwritten data), then refcount blocks and L2 tables in
+    /// their dependency order, then the L1 entries of new L2 tables, each step flushed.
+    /// </summary>
+    private async ValueTask FlushLockedAsync(bool async, CancellationToken cancellationToken)
+    {
+        if (_core.PendingCopiedFixups.Count > 0)
+        {
+            await ResolvePendingCopiedLockedAsync(async, cancellationToken).ConfigureAwait(false);
+        }
+
+        if (_core.Geometry.ExternalDataFile)
+        {
+            await _core.DataFile.FlushAsync(async, cancellationToken).ConfigureAwait(false);
+        }
+
+        await _core.File.FlushAsync(async, cancellationToken).ConfigureAwait(false);
+        _core.L2Cache.FlushStorageBeforeWrite = false;
+        await _core.RefcountCache.FlushAsync(async, cancellationToken).ConfigureAwait(false);
+        await _core.L2Cache.FlushAsync(async, cancellationToken).ConfigureAwait(false);
+        if (_core.ActiveL1.HasDirtyEntries)
+        {
+            await _core.ActiveL1.WriteDirtyAsync(_core.File, async, cancellationToken).ConfigureAwait(false);
+            await _core.File.FlushAsync(async, cancellationToken).ConfigureAwait(false);
+        }
+    }
+
+    private async ValueTask CloseCoreAsync(bool async, CancellationToken cancellationToken)
+    {
+        if (!IsWritable || _core.RefcountManager is null)
+        {
+            return;
+        }
+
+        using (await _core.MetadataLock.AcquireAsync(async, cancellationToken).ConfigureAwait(false))
+        {
+            await FlushLockedAsync(async, cancellationToken).ConfigureAwait(false);
+            await SetIncompatibleBitsAsync(IncompatibleFeatures.Dirty, false, async, cancellationToken).ConfigureAwait(false);
+        }
+    }
+
+    /// <summary>
+    /// Read-write open, as QEMU does it: clear auto-clear bits no loaded code maintains, mark
+    /// persistent bitmaps in use (writes are not tracked in them), repair a dirty image, and arm
+    /// lazy refcounts to set the dirty bit before the first postponed refcount update.
+    /// </summary>
+    private async ValueTask PrepareForWritingAsync(bool async, CancellationToken cancellationToken)
+    {
+        using var locked = await _core.MetadataLock.AcquireAsync(async, cancellationToken).ConfigureAwait(false);
+        var header = _core.Header;
+        var maintained = AutoclearFeatures.RawExternalData | AutoclearFeatures.Bitmaps;
+        if ((header.Header.Autoclear & ~maintained) != 0)
+        {
+            await _core.RewriteHeaderAsync(header with { Header = header.Header with { Autoclear = header.Header.Autoclear & maintained } }, async, cancellationToken).ConfigureAwait(false);
+        }
+
+        await MarkBitmapsInUseAsync(async, cancellationToken).ConfigureAwait(false);
+        var table = await _core.GetRefcountsLockedAsync(async, cancellationToken).ConfigureAwait(false);
+        _core.RefcountManager = new RefcountManager(_core.File, _core.Geometry, table, _core.RefcountCache, _core.L2Cache, _core.Reservations, CommitRefcountTableAsync, OnClusterFreed, _core.NoteFileEnd);
+        _core.Tables = new ActiveTables(_core.File, _core.Geometry, _core.ActiveL1, _core.L2Cache, _core.RefcountCache, _core.RefcountManager, () => !_core.LazyRefcounts);
+        _core.Allocator = _core.Options.Allocator ?? FreshClusterAllocator.Instance;
+        _core.Allocator.Attach(new AllocatorContext(_core));
+
+        if ((_core.Header.Header.Incompatible & IncompatibleFeatures.Dirty) != 0)
+        {
+            var result = await CheckLockedAsync(CheckRepair.All, async, cancellationToken).ConfigureAwait(false);
+            if (result.CheckErrors > 0 || result.Corruptions > 0)
+            {
+                throw Qcow2Corruption.Create("header", $"could not repair the dirty image ({result.CheckErrors} check errors, {result.Corruptions} corruptions remain): {string.Join("; ", result.Messages.Take(5))}");
+            }
+        }
+
+        if (_core.LazyRefcounts)
+        {
+            _core.RefcountManager.BeforeFirstChange = (a, c) => SetIncompatibleBitsAsync(IncompatibleFeatures.Dirty, true, a, c);
+        }
+    }
+
+    private async ValueTask MarkBitmapsInUseAsync(bool async, CancellationToken cancellationToken)
+    {
+        if (_core.Bitmaps.Count == 0 || _core.Header.Bitmaps is not { } extension)
+        {
+            return;
+        }
+
+        var position = extension.DirectoryOffset;
+        var updated = new List<BitmapDirectoryEntry>(_core.Bitmaps.Count);
+        foreach (var bitmap in _core.Bitmaps)
+        {
+            if ((bitmap.Flags & BitmapFlags.InUse) == 0)
+            {
+                var flags = new byte[4];
+                BinaryPrimitives.WriteUInt32BigEndian(flags, (uint)(bitmap.Flags | BitmapFlags.InUse));
+                await _core.File.WriteAsync(position + BitmapDirectoryEntry.FlagsOffset, flags, async, cancellationToken).ConfigureAwait(false);
+            }
+
+            updated.Add(bitmap with { Flags = bitmap.Flags | BitmapFlags.InUse });
+            position += bitmap.StoredLength;
+        }
+
+        await _core.File.FlushAsync(async, cancellationToken).ConfigureAwait(false);
+        _core.Bitmaps = updated;
+    }
+
+    /// <summary>Sets or clears incompatible bits with one small durable header write (v3 only).</summary>
+    private async ValueTask SetIncompatibleBitsAsync(IncompatibleFeatures bits, bool set, bool async, CancellationToken cancellationToken)
+    {
+        var header = _core.Header.Header;
+        var updated = set ? header.Incompatible | bits : header.Incompatible & ~bits;
+        if (header.Version < 3 || updated == header.Incompatible)
+        {
+            return;
+        }
+
+        if (set)
+        {
+            // Nothing may reach the disk under the dirty bit's protection before the bit itself.
+            await _core.File.FlushAsync(async, cancellationToken).ConfigureAwait(false);
+        }
+
+        await _core.WriteHeaderFieldsAsync(header with { Incompatible = updated }, Qcow2Header.IncompatibleFeaturesOffset, 8, async, cancellationToken).ConfigureAwait(false);
+    }
+
+    private ValueTask CommitRefcountTableAsync(long offset, int clusters, bool async, CancellationToken cancellationToken) =>
+        _core.WriteHeaderFieldsAsync(_core.Header.Header with { RefcountTableOffset = offset, RefcountTableClusters = clusters }, Qcow2Header.RefcountTableOffsetOffset, 12, async, cancellationToken);
+
+    /// <summary>A cluster's refcount reached zero: drop cached copies and tell the allocator about data.</summary>
+    private void OnClusterFreed(long cluster, ClusterUse use)
+    {
+        var offset = cluster << _core.Geometry.ClusterBits;
+        _core.L2Cache.Forget(offset);
+        _core.RefcountCache.Forget(offset);
+        if (use is ClusterUse.Data or ClusterUse.Compressed)
+        {
+            _core.Decompressed.Invalidate();
+            _core.Referrers.Forget(offset);
+            _core.Allocator.OnFreed(offset);
+        }
+    }
+
+    /// <summary>
+    /// Finds the one remaining referrer of each shared cluster that dropped to refcount 1 without
+    /// a known referrer, by scanning the active L2 tables once, and sets its COPIED flag.
+    /// </summary>
+    private async ValueTask ResolvePendingCopiedLockedAsync(bool async, CancellationToken cancellationToken)
+    {
+        var geometry = _core.Geometry;
+        var pending = _core.PendingCopiedFixups;
+        var found = new Dictionary<long, List<long>>();
+        for (long l1Index = 0; l1Index < _core.ActiveL1.Size; l1Index++)
+        {
+            var l2Offset = _core.ActiveL1[l1Index].L2TableOffset;
+            if (l2Offset == 0)
+            {
+                continue;
+            }
+
+            using var table = await _core.L2Cache.GetAsync(l2Offset, async, cancellationToken).ConfigureAwait(false);
+            for (var i = 0; i < geometry.L2Entries; i++)
+            {
+                var entry = L2Table.ReadEntry(table.Span, i, geometry.ExtendedL2);
+                if (entry.GetClusterType(geometry.ExtendedL2, geometry.ExternalDataFile) is ClusterType.Normal or ClusterType.ZeroAllocated
+                    && pending.Contains(entry.HostOffset))
+                {
+                    var guest = (l1Index << geometry.L2CoverageBits) + ((long)i << geometry.ClusterBits);
+                    if (!found.TryGetValue(entry.HostOffset, out var guests))
+                    {
+                        found[entry.HostOffset] = guests = [];
+                    }
+
+                    guests.Add(guest);
+                }
+            }
+        }
+
+        foreach (var (host, guests) in found)
+        {
+            if (guests.Count == 1 && await _core.RefcountManager!.GetAsync(host >> geometry.ClusterBits, async, cancellationToken).ConfigureAwait(false) == 1)
+            {
+                var (entry, bitmap) = await _core.Tables!.ReadEntryAsync(guests[0], async, cancellationToken).ConfigureAwait(false);
+                using var writable = await _core.Tables.GetWritableAsync(guests[0], async, cancellationToken).ConfigureAwait(false);
+                await _core.Tables.OrderAfterRefcountsAsync(async, cancellationToken).ConfigureAwait(false);
+                _core.Tables.SetEntry(writable, guests[0], entry.WithCopied(true), bitmap);
+            }
+        }
+
+        pending.Clear();
+    }
+
+    /// <summary>What the allocator may ask of this image.</summary>
+    private sealed class AllocatorContext(ImageCore core) : IClusterAllocatorContext
+    {
+        public int ClusterSize => core.Geometry.ClusterSize;
+
+        public ulong MaxRefcount => core.Geometry.MaxRefcount;
+
+        public ulong GetRefcount(long hostOffset) =>
+            SyncOver.Run(core.RefcountManager!.GetAsync(hostOffset >> core.Geometry.ClusterBits, async: false, CancellationToken.None));
+
+        public void ReadHost(long hostOffset, Span<byte> buffer)
+        {
+            var read = core.DataFile.Read(hostOffset, buffer);
+            buffer[read..].Clear();
+        }
+    }
+}

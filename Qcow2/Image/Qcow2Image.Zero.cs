@@ -1,0 +1,313 @@
+using System.Buffers;
+using QcowDedup.Qcow2.Compression;
+using QcowDedup.Qcow2.Format;
+using QcowDedup.Qcow2.Storage;
+
+namespace QcowDedup.Qcow2.Image;
+
+public sealed partial class Qcow2Image
+{
+    /// <summary>
+    /// Makes [offset, offset + length) read as zeros without writing zero data where the format can
+    /// say so: whole clusters get the zero flag (v3, keeping an allocated host cluster unless
+    /// <paramref name="unmap"/>), or are unallocated (v2, where no backing file shows through);
+    /// partial clusters are written with zeros.
+    /// </summary>
+    public void WriteZeroes(long offset, long length, bool unmap = false)
+    {
+        ThrowIfNotWritable(offset, length);
+        SyncOver.Run(WriteZeroesCoreAsync(offset, length, unmap, async: false, CancellationToken.None));
+    }
+
+    /// <inheritdoc cref="WriteZeroes"/>
+    public ValueTask WriteZeroesAsync(long offset, long length, bool unmap = false, CancellationToken cancellationToken = default)
+    {
+        ThrowIfNotWritable(offset, length);
+        return WriteZeroesCoreAsync(offset, length, unmap, async: true, cancellationToken);
+    }
+
+    /// <summary>
+    /// Discards whole clusters in [offset, offset + length), as a guest TRIM: their host clusters
+    /// are freed and they read as zeros on v3 images (v2 images may show the backing file again,
+    /// as in QEMU). Partial clusters at either end are left alone.
+    /// </summary>
+    public void Discard(long offset, long length)
+    {
+        ThrowIfNotWritable(offset, length);
+        SyncOver.Run(DiscardCoreAsync(offset, length, async: false, CancellationToken.None));
+    }
+
+    /// <inheritdoc cref="Discard"/>
+    public ValueTask DiscardAsync(long offset, long length, CancellationToken cancellationToken = default)
+    {
+        ThrowIfNotWritable(offset, length);
+        return DiscardCoreAsync(offset, length, async: true, cancellationToken);
+    }
+
+    /// <summary>
+    /// Writes one whole cluster compressed (as qemu-img convert -c does). Clusters that do not
+    /// shrink, and images with an external data file, store it uncompressed.
+    /// </summary>
+    /// <param name="offset">Cluster-aligned guest offset.</param>
+    /// <param name="cluster">The cluster's bytes (shorter only for the last cluster of the disk).</param>
+    public void WriteCompressed(long offset, ReadOnlySpan<byte> cluster)
+    {
+        var rented = ArrayPool<byte>.Shared.Rent(cluster.Length);
+        try
+        {
+            cluster.CopyTo(rented);
+            ThrowIfNotWritable(offset, cluster.Length);
+            SyncOver.Run(WriteCompressedCoreAsync(offset, rented.AsMemory(0, cluster.Length), async: false, CancellationToken.None));
+        }
+        finally
+        {
+            ArrayPool<byte>.Shared.Return(rented);
+        }
+    }
+
+    private async ValueTask WriteZeroesCoreAsync(long offset, long length, bool unmap, bool async, CancellationToken cancellationToken)
+    {
+        if (length == 0)
+        {
+            return;
+        }
+
+        var geometry = _core.Geometry;
+        var end = offset + length;
+        using var range = await LockClustersAsync(offset, end, async, cancellationToken).ConfigureAwait(false);
+        var zeros = ArrayPool<byte>.Shared.Rent(geometry.ClusterSize);
+        try
+        {
+            Array.Clear(zeros, 0, geometry.ClusterSize);
+            for (var position = offset; position < end;)
+            {
+                var clusterStart = geometry.StartOfCluster(position);
+                var from = (int)(position - clusterStart);
+                var count = (int)Math.Min(geometry.ClusterSize - from, end - position);
+                var whole = from == 0 && count == ClusterBytesAt(clusterStart);
+                var zeroed = false;
+                if (whole)
+                {
+                    using (await _core.MetadataLock.AcquireAsync(async, cancellationToken).ConfigureAwait(false))
+                    {
+                        zeroed = await ZeroClusterLockedAsync(clusterStart, unmap, async, cancellationToken).ConfigureAwait(false);
+                    }
+                }
+
+                if (!zeroed)
+                {
+                    await WriteClusterAsync(clusterStart, from, zeros.AsMemory(0, count), null, async, cancellationToken).ConfigureAwait(false);
+                }
+
+                position += count;
+            }
+        }
+        finally
+        {
+            ArrayPool<byte>.Shared.Return(zeros);
+        }
+    }
+
+    /// <summary>
+    /// A whole-cluster write of zeros: nothing to do when the cluster already reads as zeros
+    /// without any metadata, otherwise the zero-cluster path. False means zeros must be written.
+    /// </summary>
+    private async ValueTask<bool> ZeroDetectedClusterAsync(long clusterStart, bool async, CancellationToken cancellationToken)
+    {
+        using (await _core.MetadataLock.AcquireAsync(async, cancellationToken).ConfigureAwait(false))
+        {
+            var (entry, bitmap) = await _core.Tables!.ReadEntryAsync(clusterStart, async, cancellationToken).ConfigureAwait(false);
+            if (entry.Raw == 0 && bitmap.Raw == 0 && !BackingShowsThrough(clusterStart))
+            {
+                return true;
+            }
+
+            return await ZeroClusterLockedAsync(clusterStart, unmap: false, async, cancellationToken).ConfigureAwait(false);
+        }
+    }
+
+    private bool BackingShowsThrough(long clusterStart) => _core.Backing is { } backing && clusterStart < backing.Size;
+
+    /// <summary>
+    /// QEMU's zero_in_l2_slice for one whole cluster. Returns false when the image cannot express
+    /// zeros here (v2 with a backing file showing through), so the caller writes zero data.
+    /// </summary>
+    private async ValueTask<bool> ZeroClusterLockedAsync(long clusterStart, bool unmap, bool async, CancellationToken cancellationToken)
+    {
+        var geometry = _core.Geometry;
+        var tables = _core.Tables!;
+        var (entry, bitmap) = await tables.ReadEntryAsync(clusterStart, async, cancellationToken).ConfigureAwait(false);
+        var type = entry.GetClusterType(geometry.ExtendedL2, geometry.ExternalDataFile);
+        var allocated = type is ClusterType.Normal or ClusterType.ZeroAllocated;
+        L2Entry newEntry;
+        SubclusterBitmap newBitmap = default;
+        bool release;
+        if (_core.Header.Header.Version < 3)
+        {
+            if (BackingShowsThrough(clusterStart))
+            {
+                return false;
+            }
+
+            newEntry = L2Entry.Unallocated;
+            release = type != ClusterType.Unallocated;
+        }
+        else
+        {
+            release = type == ClusterType.Compressed || (unmap && allocated);
+            if (geometry.ExtendedL2)
+            {
+                newEntry = release ? L2Entry.Unallocated : entry;
+                newBitmap = SubclusterBitmap.AllZero;
+            }
+            else
+            {
+                newEntry = new L2Entry((release ? 0 : entry.Raw) | L2Entry.ZeroFlag);
+            }
+        }
+
+        await ClearRawDataFileAsync(clusterStart, async, cancellationToken).ConfigureAwait(false);
+        if (newEntry == entry && newBitmap == bitmap)
+        {
+            return true;
+        }
+
+        using (var table = await tables.GetWritableAsync(clusterStart, async, cancellationToken).ConfigureAwait(false))
+        {
+            tables.SetEntry(table, clusterStart, newEntry, newBitmap);
+        }
+
+        if (release)
+        {
+            await ReleaseAsync(entry, type, clusterStart, async, cancellationToken).ConfigureAwait(false);
+        }
+
+        return true;
+    }
+
+    /// <summary>A raw external data file must always hold the guest's bytes, so zeroing a cluster zeroes it there too.</summary>
+    private async ValueTask ClearRawDataFileAsync(long clusterStart, bool async, CancellationToken cancellationToken)
+    {
+        if ((_core.Header.Header.Autoclear & AutoclearFeatures.RawExternalData) == 0)
+        {
+            return;
+        }
+
+        var length = ClusterBytesAt(clusterStart);
+        var zeros = ArrayPool<byte>.Shared.Rent(length);
+        try
+        {
+            Array.Clear(zeros, 0, length);
+            await _core.DataFile.WriteAsync(clusterStart, zeros.AsMemory(0, length), async, cancellationToken).ConfigureAwait(false);
+        }
+        finally
+        {
+            ArrayPool<byte>.Shared.Return(zeros);
+        }
+    }
+
+    private async ValueTask DiscardCoreAsync(long offset, long length, bool async, CancellationToken cancellationToken)
+    {
+        var geometry = _core.Geometry;
+        var first = geometry.RoundUpToCluster(offset);
+        var end = offset + length;
+        var last = end == Size ? geometry.RoundUpToCluster(end) : geometry.StartOfCluster(end);
+        if (first >= last)
+        {
+            return;
+        }
+
+        using var range = await LockClustersAsync(first, last, async, cancellationToken).ConfigureAwait(false);
+        for (var clusterStart = first; clusterStart < last; clusterStart += geometry.ClusterSize)
+        {
+            using (await _core.MetadataLock.AcquireAsync(async, cancellationToken).ConfigureAwait(false))
+            {
+                await DiscardClusterLockedAsync(clusterStart, async, cancellationToken).ConfigureAwait(false);
+            }
+        }
+    }
+
+    /// <summary>QEMU's discard_in_l2_slice for a guest discard request (not a full discard).</summary>
+    private async ValueTask DiscardClusterLockedAsync(long clusterStart, bool async, CancellationToken cancellationToken)
+    {
+        var geometry = _core.Geometry;
+        var tables = _core.Tables!;
+        var (entry, bitmap) = await tables.ReadEntryAsync(clusterStart, async, cancellationToken).ConfigureAwait(false);
+        var type = entry.GetClusterType(geometry.ExtendedL2, geometry.ExternalDataFile);
+        var allocated = type is ClusterType.Normal or ClusterType.ZeroAllocated or ClusterType.Compressed;
+        if (_core.Backing is null && !allocated)
+        {
+            return;
+        }
+
+        L2Entry newEntry;
+        SubclusterBitmap newBitmap = default;
+        if (geometry.ExtendedL2)
+        {
+            newEntry = L2Entry.Unallocated;
+            newBitmap = SubclusterBitmap.AllZero;
+        }
+        else
+        {
+            newEntry = _core.Header.Header.Version >= 3 ? L2Entry.ZeroPlain : L2Entry.Unallocated;
+        }
+
+        if (newEntry == entry && newBitmap == bitmap)
+        {
+            return;
+        }
+
+        await ClearRawDataFileAsync(clusterStart, async, cancellationToken).ConfigureAwait(false);
+        using (var table = await tables.GetWritableAsync(clusterStart, async, cancellationToken).ConfigureAwait(false))
+        {
+            tables.SetEntry(table, clusterStart, newEntry, newBitmap);
+        }
+
+        await ReleaseAsync(entry, type, clusterStart, async, cancellationToken).ConfigureAwait(false);
+    }
+
+    private async ValueTask WriteCompressedCoreAsync(long offset, ReadOnlyMemory<byte> cluster, bool async, CancellationToken cancellationToken)
+    {
+        var geometry = _core.Geometry;
+        if (!geometry.IsClusterAligned(offset) || cluster.Length != ClusterBytesAt(offset))
+        {
+            throw new ArgumentException($"A compressed write must cover exactly the cluster at a cluster-aligned offset ({ClusterBytesAt(offset)} bytes at 0x{offset:x}).", nameof(cluster));
+        }
+
+        var full = ArrayPool<byte>.Shared.Rent(geometry.ClusterSize);
+        var compressed = ArrayPool<byte>.Shared.Rent(geometry.ClusterSize);
+        try
+        {
+            // The last cluster of a disk may be short; it is compressed as a whole, zero-padded cluster.
+            var clusterBytes = full.AsMemory(0, geometry.ClusterSize);
+            cluster.CopyTo(clusterBytes);
+            clusterBytes.Span[cluster.Length..].Clear();
+            var length = geometry.ExternalDataFile ? -1 : ClusterCompression.Compress(_core.Header.Header.CompressionType, clusterBytes.Span, compressed);
+            if (length < 0 || !cluster.Span.ContainsAnyExcept((byte)0))
+            {
+                await WriteCoreAsync(offset, cluster, async, cancellationToken).ConfigureAwait(false);
+                return;
+            }
+
+            using var range = await LockClustersAsync(offset, offset + 1, async, cancellationToken).ConfigureAwait(false);
+            ClusterState state;
+            long host;
+            using (await _core.MetadataLock.AcquireAsync(async, cancellationToken).ConfigureAwait(false))
+            {
+                state = await InspectClusterLockedAsync(offset, async, cancellationToken).ConfigureAwait(false);
+                host = await _core.RefcountManager!.AllocateBytesAsync(length, async, cancellationToken).ConfigureAwait(false);
+            }
+
+            await WriteDataAsync(host, compressed.AsMemory(0, length), async, cancellationToken).ConfigureAwait(false);
+            using (await _core.MetadataLock.AcquireAsync(async, cancellationToken).ConfigureAwait(false))
+            {
+                await LinkAsync(state, CompressedClusterDescriptor.Encode(host, length, geometry.ClusterBits), default, async, cancellationToken).ConfigureAwait(false);
+            }
+        }
+        finally
+        {
+            ArrayPool<byte>.Shared.Return(full);
+            ArrayPool<byte>.Shared.Return(compressed);
+        }
+    }
+}

@@ -1,0 +1,321 @@
+using System.Buffers.Binary;
+using QcowDedup.Qcow2.Format;
+using QcowDedup.Qcow2.Storage;
+
+namespace QcowDedup.Qcow2.Metadata;
+
+/// <summary>What a cluster whose refcount changes holds (decides what happens when it is freed).</summary>
+internal enum ClusterUse
+{
+    /// <summary>A guest data cluster (standard L2 entry).</summary>
+    Data,
+
+    /// <summary>Part of a compressed cluster's byte range.</summary>
+    Compressed,
+
+    /// <summary>An L2 table.</summary>
+    L2Table,
+
+    /// <summary>Other metadata: L1 tables, refcount structures, snapshot table, bitmaps.</summary>
+    Metadata,
+}
+
+/// <summary>
+/// Refcounts and cluster allocation (QEMU's qcow2-refcount.c): reading and changing refcounts,
+/// finding free clusters (freed space is reused first), allocating refcount blocks and growing
+/// the refcount table, byte-granular allocation for compressed clusters. Callers hold the
+/// metadata lock. Decrements make the refcount cache depend on the L2 cache, so an L2 entry is
+/// always written before the refcount that frees its cluster.
+/// </summary>
+internal sealed partial class RefcountManager
+{
+    private readonly IStorage _file;
+    private readonly Geometry _geometry;
+    private readonly TableCache _blocks;
+    private readonly TableCache _l2Cache;
+    private readonly HostReservations _reservations;
+    private readonly Func<long, int, bool, CancellationToken, ValueTask> _commitTableLocation;
+    private readonly Action<long, ClusterUse> _onFreed;
+    private readonly Action<long> _onAllocated;
+    private long _freeClusterHint;
+    private long _freeByteOffset;
+
+    /// <param name="file">The image file.</param>
+    /// <param name="geometry">Index arithmetic.</param>
+    /// <param name="table">The loaded refcount table.</param>
+    /// <param name="blocks">The refcount block cache.</param>
+    /// <param name="l2Cache">The L2 cache (decrements are ordered after it).</param>
+    /// <param name="reservations">Ranges never to allocate.</param>
+    /// <param name="commitTableLocation">Writes a new refcount table offset and size into the header, durably.</param>
+    /// <param name="onFreed">Told about every cluster whose refcount reaches zero.</param>
+    /// <param name="onAllocated">Told the end offset of every allocation (the clusters exist from now on, written or not).</param>
+    public RefcountManager(IStorage file, Geometry geometry, RefcountTable table, TableCache blocks, TableCache l2Cache, HostReservations reservations,
+        Func<long, int, bool, CancellationToken, ValueTask> commitTableLocation, Action<long, ClusterUse> onFreed, Action<long> onAllocated)
+    {
+        _onAllocated = onAllocated;
+        _file = file;
+        _geometry = geometry;
+        Table = table;
+        _blocks = blocks;
+        _l2Cache = l2Cache;
+        _reservations = reservations;
+        _commitTableLocation = commitTableLocation;
+        _onFreed = onFreed;
+    }
+
+    public RefcountTable Table { get; }
+
+    /// <summary>Called once before the first refcount change (lazy refcounts set the dirty bit here).</summary>
+    public Func<bool, CancellationToken, ValueTask>? BeforeFirstChange { get; set; }
+
+    /// <summary>The refcount of host cluster <paramref name="cluster"/>.</summary>
+    public ValueTask<ulong> GetAsync(long cluster, bool async, CancellationToken cancellationToken) =>
+        Table.GetAsync(cluster, long.MaxValue, async, cancellationToken);
+
+    /// <summary>Allocates <paramref name="count"/> contiguous clusters with refcount 1 and returns the host offset of the first.</summary>
+    public async ValueTask<long> AllocateClustersAsync(int count, bool async, CancellationToken cancellationToken)
+    {
+        ArgumentOutOfRangeException.ThrowIfNegativeOrZero(count);
+        while (true)
+        {
+            var start = await FindFreeRunAsync(count, async, cancellationToken).ConfigureAwait(false);
+            if (await EnsureBlocksAsync(start, count, async, cancellationToken).ConfigureAwait(false))
+            {
+                continue; // refcount metadata was allocated, possibly inside the run: search again
+            }
+
+            for (var i = 0; i < count; i++)
+            {
+                await ChangeAsync(start + i, +1, ClusterUse.Metadata, async, cancellationToken).ConfigureAwait(false);
+            }
+
+            if (start <= _freeClusterHint)
+            {
+                _freeClusterHint = start + count;
+            }
+
+            _onAllocated((start + count) << _geometry.ClusterBits);
+            return start << _geometry.ClusterBits;
+        }
+    }
+
+    /// <summary>
+    /// Allocates <paramref name="length"/> bytes for compressed data, packed after the previous
+    /// allocation when it fits in the same cluster (QEMU's qcow2_alloc_bytes). The cluster's refcount
+    /// counts every compressed cluster stored in it.
+    /// </summary>
+    public async ValueTask<long> AllocateBytesAsync(int length, bool async, CancellationToken cancellationToken)
+    {
+        ArgumentOutOfRangeException.ThrowIfGreaterThanOrEqual(length, _geometry.ClusterSize);
+        if (_freeByteOffset != 0)
+        {
+            var cluster = _freeByteOffset >> _geometry.ClusterBits;
+            var free = _geometry.ClusterSize - _geometry.OffsetInCluster(_freeByteOffset);
+            if (free < length || await GetAsync(cluster, async, cancellationToken).ConfigureAwait(false) >= _geometry.MaxRefcount)
+            {
+                _freeByteOffset = 0;
+            }
+        }
+
+        long offset;
+        if (_freeByteOffset == 0)
+        {
+            offset = await AllocateClustersAsync(1, async, cancellationToken).ConfigureAwait(false);
+        }
+        else
+        {
+            offset = _freeByteOffset;
+            await ChangeAsync(offset >> _geometry.ClusterBits, +1, ClusterUse.Compressed, async, cancellationToken).ConfigureAwait(false);
+        }
+
+        _freeByteOffset = _geometry.IsClusterAligned(offset + length) ? 0 : offset + length;
+        return offset;
+    }
+
+    /// <summary>
+    /// Adds <paramref name="delta"/> to a cluster's refcount and returns the new value. A refcount
+    /// block is allocated if an increment needs one; reaching zero frees the cluster.
+    /// </summary>
+    /// <exception cref="InvalidOperationException">The refcount would exceed the width's maximum.</exception>
+    /// <exception cref="InvalidDataException">A decrement below zero (the refcounts are corrupt).</exception>
+    public async ValueTask<ulong> ChangeAsync(long cluster, long delta, ClusterUse use, bool async, CancellationToken cancellationToken)
+    {
+        if (BeforeFirstChange is { } hook)
+        {
+            BeforeFirstChange = null;
+            await hook(async, cancellationToken).ConfigureAwait(false);
+        }
+
+        var blockOffset = Table.BlockOffsetFor(cluster, long.MaxValue);
+        if (blockOffset == 0)
+        {
+            if (delta < 0)
+            {
+                throw Qcow2Corruption.Create("refcount table", $"cluster {cluster} is in use but has no refcount block", Table.Offset);
+            }
+
+            await EnsureBlocksAsync(cluster, 1, async, cancellationToken).ConfigureAwait(false);
+            blockOffset = Table.BlockOffsetFor(cluster, long.MaxValue);
+        }
+
+        if (delta < 0)
+        {
+            await _blocks.SetDependencyAsync(_l2Cache, async, cancellationToken).ConfigureAwait(false);
+        }
+
+        ulong updated;
+        using (var block = await _blocks.GetAsync(blockOffset, async, cancellationToken).ConfigureAwait(false))
+        {
+            var index = (int)(cluster & (_geometry.RefcountBlockEntries - 1));
+            var current = RefcountBlock.Get(block.Span, index, _geometry.RefcountOrder);
+            if (delta < 0 && current < (ulong)-delta)
+            {
+                throw Qcow2Corruption.Create("refcount block", $"the refcount of cluster {cluster} is {current} and cannot drop by {-delta}", blockOffset);
+            }
+
+            updated = delta < 0 ? current - (ulong)-delta : current + (ulong)delta;
+            if (delta > 0 && (updated > _geometry.MaxRefcount || updated < current))
+            {
+                throw new InvalidOperationException($"The refcount of cluster {cluster} would exceed the {1 << _geometry.RefcountOrder}-bit maximum {_geometry.MaxRefcount}.");
+            }
+
+            RefcountBlock.Set(block.Span, index, _geometry.RefcountOrder, updated);
+            TableCache.MarkDirty(block);
+        }
+
+        if (updated == 0)
+        {
+            _freeClusterHint = Math.Min(_freeClusterHint, cluster);
+            _onFreed(cluster, use);
+        }
+
+        return updated;
+    }
+
+    /// <summary>Decrements every cluster a byte range touches (compressed data).</summary>
+    public async ValueTask FreeBytesAsync(long offset, long length, bool async, CancellationToken cancellationToken)
+    {
+        var first = offset >> _geometry.ClusterBits;
+        var last = (offset + length - 1) >> _geometry.ClusterBits;
+        for (var cluster = first; cluster <= last; cluster++)
+        {
+            await ChangeAsync(cluster, -1, ClusterUse.Compressed, async, cancellationToken).ConfigureAwait(false);
+        }
+    }
+
+    /// <summary>Forgets where free space starts (after a refcount rebuild).</summary>
+    public void ResetAllocationHints()
+    {
+        _freeClusterHint = 0;
+        _freeByteOffset = 0;
+    }
+
+    private async ValueTask<long> FindFreeRunAsync(int count, bool async, CancellationToken cancellationToken)
+    {
+        var candidate = _freeClusterHint;
+        while (true)
+        {
+            if (_reservations.FirstOverlapEnd(candidate, count) is long after)
+            {
+                candidate = after;
+                continue;
+            }
+
+            var free = true;
+            for (var i = 0; i < count; i++)
+            {
+                if (await GetAsync(candidate + i, async, cancellationToken).ConfigureAwait(false) != 0)
+                {
+                    if (i == 0 && candidate == _freeClusterHint)
+                    {
+                        _freeClusterHint++;
+                    }
+
+                    candidate += i + 1;
+                    free = false;
+                    break;
+                }
+            }
+
+            if (free)
+            {
+                return candidate;
+            }
+        }
+    }
+
+    /// <summary>
+    /// Makes sure refcount blocks exist for clusters [start, start + count). Returns true when it
+    /// had to allocate metadata (the caller then searches for free space again).
+    /// </summary>
+    private async ValueTask<bool> EnsureBlocksAsync(long start, long count, bool async, CancellationToken cancellationToken)
+    {
+        var firstBlock = start >> _geometry.RefcountBlockBits;
+        var lastBlock = (start + count - 1) >> _geometry.RefcountBlockBits;
+        for (var blockIndex = firstBlock; blockIndex <= lastBlock; blockIndex++)
+        {
+            if (blockIndex >= Table.Size)
+            {
+                await GrowTableAsync(lastBlock + 1, start, count, async, cancellationToken).ConfigureAwait(false);
+                return true;
+            }
+
+            if (Table[blockIndex].BlockOffset == 0)
+            {
+                await AllocateBlockAsync(blockIndex, start, count, async, cancellationToken).ConfigureAwait(false);
+                return true;
+            }
+        }
+
+        return false;
+    }
+
+    /// <summary>
+    /// Allocates the refcount block with table index <paramref name="blockIndex"/>, inside the range
+    /// it describes when possible so that it counts itself (as QEMU places them).
+    /// </summary>
+    private async ValueTask AllocateBlockAsync(long blockIndex, long avoidStart, long avoidCount, bool async, CancellationToken cancellationToken)
+    {
+        var rangeStart = blockIndex << _geometry.RefcountBlockBits;
+        var rangeEnd = rangeStart + _geometry.RefcountBlockEntries;
+        var cluster = rangeStart;
+        while (cluster < rangeEnd)
+        {
+            if (cluster >= avoidStart && cluster < avoidStart + avoidCount)
+            {
+                cluster = avoidStart + avoidCount;
+            }
+            else if (_reservations.FirstOverlapEnd(cluster, 1) is long after)
+            {
+                cluster = after;
+            }
+            else
+            {
+                break;
+            }
+        }
+
+        long offset;
+        if (cluster < rangeEnd)
+        {
+            offset = cluster << _geometry.ClusterBits;
+            _onAllocated(offset + _geometry.ClusterSize);
+            using var block = await _blocks.CreateAsync(offset, async, cancellationToken).ConfigureAwait(false);
+            RefcountBlock.Set(block.Span, (int)(cluster - rangeStart), _geometry.RefcountOrder, 1);
+        }
+        else
+        {
+            // Every cluster of the range is reserved or wanted: store the block elsewhere.
+            offset = await AllocateClustersAsync(1, async, cancellationToken).ConfigureAwait(false);
+            using var block = await _blocks.CreateAsync(offset, async, cancellationToken).ConfigureAwait(false);
+        }
+
+        // The block must be on disk before the table points at it.
+        await _blocks.FlushAsync(async, cancellationToken).ConfigureAwait(false);
+        Table.SetInMemory(blockIndex, offset);
+        var entry = new byte[Qcow2Layout.RefcountTableEntrySize];
+        BinaryPrimitives.WriteUInt64BigEndian(entry, (ulong)offset);
+        await _file.WriteAsync(Table.Offset + (blockIndex * Qcow2Layout.RefcountTableEntrySize), entry, async, cancellationToken).ConfigureAwait(false);
+        await _file.FlushAsync(async, cancellationToken).ConfigureAwait(false);
+    }
+}
