@@ -14,6 +14,18 @@ public sealed class SparseModel
 
     public long Size { get; private set; }
 
+    /// <summary>An independent copy.</summary>
+    public SparseModel Clone()
+    {
+        var copy = new SparseModel(Size);
+        foreach (var (key, chunk) in _chunks)
+        {
+            copy._chunks[key] = (byte[])chunk.Clone();
+        }
+
+        return copy;
+    }
+
     public void Read(long offset, Span<byte> destination)
     {
         for (var done = 0; done < destination.Length;)

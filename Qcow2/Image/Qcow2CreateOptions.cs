@@ -19,7 +19,7 @@ public enum Preallocation
 }
 
 /// <summary>Options for <see cref="Qcow2Image.Create(string, Qcow2CreateOptions)"/>, named after qemu-img's -o options.</summary>
-public sealed class Qcow2CreateOptions
+public sealed record Qcow2CreateOptions
 {
     /// <summary>Virtual size in bytes (a multiple of 512). Null takes the backing file's size.</summary>
     public long? Size { get; init; }

@@ -17,7 +17,8 @@ public sealed partial class Qcow2Image
         ArgumentException.ThrowIfNullOrEmpty(path);
         ArgumentNullException.ThrowIfNull(options);
         var fullPath = Path.GetFullPath(path);
-        ResolveCreateSize(options, fullPath);
+        var (size, _) = ResolveCreateSize(options, fullPath);
+        Validate(options, size);
         return Create(FileStorage.Create(fullPath), options, leaveOpen: false);
     }
 

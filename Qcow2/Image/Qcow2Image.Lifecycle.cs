@@ -23,6 +23,46 @@ public sealed partial class Qcow2Image
     }
 
     /// <summary>
+    /// Points the image at another backing file (or none) by rewriting the header only, like
+    /// qemu-img rebase -u: guest data is not touched, so what shows through may change.
+    /// </summary>
+    /// <param name="name">New backing file name as it should be stored, or null to remove it.</param>
+    /// <param name="format">Its format ("qcow2" or "raw"), or null to probe when opening.</param>
+    public void SetBackingFile(string? name, string? format)
+    {
+        ThrowIfDisposed();
+        if (!IsWritable)
+        {
+            throw new NotSupportedException("The image was opened read-only.");
+        }
+
+        SyncOver.Run(SetBackingFileCoreAsync(name, format, async: false, CancellationToken.None));
+    }
+
+    private async ValueTask SetBackingFileCoreAsync(string? name, string? format, bool async, CancellationToken cancellationToken)
+    {
+        if (name is not null && (_core.Header.Header.Autoclear & AutoclearFeatures.RawExternalData) != 0)
+        {
+            throw new InvalidOperationException("An image whose data file is raw cannot have a backing file.");
+        }
+
+        using var everything = await _core.GuestLock.AcquireAsync(0, long.MaxValue, exclusive: true, async, cancellationToken).ConfigureAwait(false);
+        using var locked = await _core.MetadataLock.AcquireAsync(async, cancellationToken).ConfigureAwait(false);
+        IGuestDisk? backing = null;
+        if (name is not null && _core.Options.BackingFiles == BackingFileMode.Open)
+        {
+            var chain = new ChainContext();
+            chain.Enter(_core.File.Path ?? "(stream)");
+            backing = await OpenBackingAsync(name, format, _core.File.Path, _core.Options, chain, async, cancellationToken).ConfigureAwait(false);
+        }
+
+        await FlushLockedAsync(async, cancellationToken).ConfigureAwait(false);
+        await _core.RewriteHeaderAsync(_core.Header with { BackingFileName = name, BackingFormat = name is null ? null : format }, async, cancellationToken).ConfigureAwait(false);
+        _core.Backing?.Dispose();
+        _core.Backing = backing;
+    }
+
+    /// <summary>
     /// Checks the image the way qemu-img check does and, when asked, repairs it (the image must
     /// be writable to repair). Dirty and corrupt bits are cleared when a repair leaves it clean.
     /// </summary>

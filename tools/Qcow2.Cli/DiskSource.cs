@@ -24,7 +24,7 @@ internal sealed class DiskSource : IDisposable
         Path = path;
         _raw = raw;
         Format = "raw";
-        Size = raw.Length;
+        Size = (raw.Length + 511) / 512 * 512; // QEMU's raw driver rounds the size up to whole sectors
     }
 
     public string Path { get; }

@@ -11,6 +11,9 @@ internal static class Program
         ["map"] = (MapCommand.Run, MapCommand.Usage),
         ["convert"] = (ConvertCommand.Run, ConvertCommand.Usage),
         ["compare"] = (CompareCommand.Run, CompareCommand.Usage),
+        ["create"] = (CreateCommand.Run, CreateCommand.Usage),
+        ["resize"] = (ResizeCommand.Run, ResizeCommand.Usage),
+        ["io"] = (IoCommand.Run, IoCommand.Usage),
     };
 
     public static int Main(string[] args)

@@ -1,27 +1,45 @@
 using System.Buffers;
+using QcowDedup.Qcow2.Image;
 using QcowDedup.Qcow2.Storage;
 
 namespace QcowDedup.Cli.Commands;
 
-/// <summary>qcow2 convert [-f FMT] -O raw [-p] SRC DST</summary>
+/// <summary>qcow2 convert [-f FMT] -O raw|qcow2 [-c] [-o OPTIONS] [-p] SRC DST</summary>
 internal static class ConvertCommand
 {
-    public const string Usage = "qcow2 convert [-f FMT] -O raw|qcow2 [-c] [-o OPTIONS] [-p] SRC DST";
+    public const string Usage = "qcow2 convert [-f FMT] [-O raw|qcow2] [-c] [-o OPTIONS] [-p] [-q] SRC DST";
     private const int ChunkSize = 2 << 20;
 
     public static int Run(IReadOnlyList<string> args)
     {
-        var line = CommandLine.Parse(args, ["-f", "-O", "-o"], ["-p", "-c", "-U", "--force-share"]);
+        var line = CommandLine.Parse(args, ["-f", "-O", "-o"], ["-p", "-c", "-q", "-U", "--force-share"]);
         line.ExpectPositionals(2, 2, Usage);
         var target = line.Value("-O") ?? "raw";
-        if (target != "raw")
+        using var source = DiskSource.Open(line.Positionals[0], line.Value("-f"));
+        var progress = new Progress(line.Has("-p") && !line.Has("-q"));
+        switch (target)
         {
-            throw new UsageException($"output format '{target}' is not supported; use -O raw");
+            case "raw":
+                if (line.Has("-c") || line.Values("-o").Count > 0)
+                {
+                    throw new UsageException("-c and -o apply to -O qcow2 only");
+                }
+
+                ToRaw(source, line.Positionals[1], progress);
+                break;
+            case "qcow2":
+                var parser = new CreateOptionParser(line.Values("-o"), Extensions.CreateOptionKeys);
+                var options = parser.Build(source.Size, backingFile: null, backingFormat: null);
+                using (var image = Extensions.Create(line.Positionals[1], options with { Size = source.Size }, parser))
+                {
+                    ToQcow2(source, image, line.Has("-c"), progress);
+                }
+
+                break;
+            default:
+                throw new UsageException($"output format '{target}' is not supported; use raw or qcow2");
         }
 
-        using var source = DiskSource.Open(line.Positionals[0], line.Value("-f"));
-        var progress = new Progress(line.Has("-p"));
-        ToRaw(source, line.Positionals[1], progress);
         progress.Finish();
         return 0;
     }
@@ -31,36 +49,96 @@ internal static class ConvertCommand
     {
         using var output = FileStorage.Create(destination);
         output.SetLength(source.Size);
+        CopyData(source, progress, granularity: 4096, (position, chunk) => output.Write(position, chunk));
+        output.Flush();
+    }
+
+    /// <summary>
+    /// Writes the source's non-zero clusters into a fresh image; all-zero clusters stay
+    /// unallocated. With <paramref name="compress"/> each cluster is stored compressed unless it
+    /// does not shrink (then plainly, like qemu-img).
+    /// </summary>
+    private static void ToQcow2(DiskSource source, Qcow2Image image, bool compress, Progress progress)
+    {
+        var clusterSize = image.ClusterSize;
+        CopyData(source, progress, clusterSize, (position, chunk) =>
+        {
+            for (var done = 0; done < chunk.Length;)
+            {
+                var offset = position + done;
+                var inCluster = (int)(offset % clusterSize);
+                var count = Math.Min(clusterSize - inCluster, chunk.Length - done);
+                var piece = chunk.Slice(done, count);
+                if (piece.ContainsAnyExcept((byte)0))
+                {
+                    if (compress && inCluster == 0 && (count == clusterSize || offset + count == image.Size))
+                    {
+                        image.WriteCompressed(offset, piece);
+                    }
+                    else
+                    {
+                        image.Write(offset, piece);
+                    }
+                }
+
+                done += count;
+            }
+        });
+    }
+
+    /// <summary>
+    /// Reads the source in chunks aligned to <paramref name="granularity"/> (the target's cluster
+    /// size), skipping ranges its map reports as zeros, and hands every chunk holding data to
+    /// <paramref name="write"/>.
+    /// </summary>
+    private static void CopyData(DiskSource source, Progress progress, int granularity, ChunkWriter write)
+    {
         var buffer = ArrayPool<byte>.Shared.Rent(ChunkSize);
         try
         {
-            foreach (var entry in source.Map(0, source.Size))
+            foreach (var (start, end) in DataRanges(source, granularity))
             {
-                if (entry.Zero)
+                for (var position = start; position < end;)
                 {
-                    progress.Report((double)entry.End / Math.Max(1, source.Size));
-                    continue;
-                }
-
-                for (var position = entry.Start; position < entry.End; position += ChunkSize)
-                {
-                    var length = (int)Math.Min(ChunkSize, entry.End - position);
-                    var chunk = buffer.AsSpan(0, length);
+                    var next = Math.Min(end, (position / ChunkSize * ChunkSize) + ChunkSize);
+                    var chunk = buffer.AsSpan(0, (int)(next - position));
                     source.Read(position, chunk);
                     if (chunk.ContainsAnyExcept((byte)0))
                     {
-                        output.Write(position, chunk);
+                        write(position, chunk);
                     }
 
-                    progress.Report((double)(position + length) / source.Size);
+                    position = next;
+                    progress.Report((double)position / Math.Max(1, source.Size));
                 }
             }
-
-            output.Flush();
         }
         finally
         {
             ArrayPool<byte>.Shared.Return(buffer);
         }
     }
+
+    /// <summary>Ranges the map does not report as zeros, widened to whole granules and merged.</summary>
+    private static List<(long Start, long End)> DataRanges(DiskSource source, int granularity)
+    {
+        var ranges = new List<(long Start, long End)>();
+        foreach (var entry in source.Map(0, source.Size).Where(e => !e.Zero))
+        {
+            var start = entry.Start / granularity * granularity;
+            var end = Math.Min(source.Size, (entry.End + granularity - 1) / granularity * granularity);
+            if (ranges.Count > 0 && ranges[^1].End >= start)
+            {
+                ranges[^1] = (ranges[^1].Start, Math.Max(ranges[^1].End, end));
+            }
+            else
+            {
+                ranges.Add((start, end));
+            }
+        }
+
+        return ranges;
+    }
+
+    private delegate void ChunkWriter(long position, ReadOnlySpan<byte> chunk);
 }

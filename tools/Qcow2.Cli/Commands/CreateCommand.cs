@@ -1,0 +1,47 @@
+namespace QcowDedup.Cli.Commands;
+
+/// <summary>qcow2 create [-f qcow2] [-o OPTIONS] [-b BACKING [-F FMT]] [-u] [-q] FILE [SIZE]</summary>
+internal static class CreateCommand
+{
+    public const string Usage = "qcow2 create [-f qcow2] [-o OPTIONS] [-b BACKING [-F FMT]] [-u] [-q] FILE [SIZE]";
+
+    public static int Run(IReadOnlyList<string> args)
+    {
+        var line = CommandLine.Parse(args, ["-f", "-o", "-b", "-F"], ["-u", "-q"]);
+        line.ExpectPositionals(1, 2, Usage);
+        if (line.Value("-f") is { } format && format != "qcow2")
+        {
+            throw new UsageException($"only qcow2 images can be created, not '{format}'");
+        }
+
+        var path = line.Positionals[0];
+        long? size = line.Positionals.Count > 1 ? ParseImageSize(line.Positionals[1]) : null;
+        var parser = new CreateOptionParser(line.Values("-o"), Extensions.CreateOptionKeys);
+        var options = parser.Build(size, line.Value("-b"), line.Value("-F"));
+        if (options.Size is null && options.BackingFile is null)
+        {
+            throw new UsageException("an image size is needed without a backing file");
+        }
+
+        using var image = Extensions.Create(path, options, parser);
+        if (!line.Has("-q"))
+        {
+            Console.Out.WriteLine(CreateOptionParser.Describe(path, options, image.Size, parser.Has("compat")));
+        }
+
+        return 0;
+    }
+
+    /// <summary>qemu-img's image size syntax, with its error wording.</summary>
+    public static long ParseImageSize(string text)
+    {
+        try
+        {
+            return Sizes.Parse(text);
+        }
+        catch (UsageException)
+        {
+            throw new UsageException("Invalid image size specified. You may use k, M, G, T, P or E suffixes for kilobytes, megabytes, gigabytes, terabytes, petabytes and exabytes.");
+        }
+    }
+}
