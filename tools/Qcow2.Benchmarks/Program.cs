@@ -8,6 +8,9 @@ var all = new Dictionary<string, Action<string>>(StringComparer.Ordinal)
 {
     ["open-1t"] = OpenBenchmarks.OpenHugeSparseImage,
     ["read-seq"] = ReadBenchmarks.SequentialRead,
+    ["write-seq"] = WriteBenchmarks.SequentialWrite,
+    ["write-rand"] = WriteBenchmarks.RandomWrite,
+    ["convert"] = WriteBenchmarks.Convert,
 };
 
 var selected = args.Length == 0 ? [.. all.Keys] : args;
