@@ -57,7 +57,7 @@ public sealed partial class Qcow2Image
         }
 
         var openOptions = options.OpenOptions ?? new Qcow2OpenOptions();
-        var image = SyncOver.Run(OpenCoreAsync(storage, CopyWritable(openOptions), ownsStorage: !leaveOpen, new ChainContext(), async: false, CancellationToken.None));
+        var image = SyncOver.Run(OpenCoreAsync(storage, openOptions with { Writable = true }, ownsStorage: !leaveOpen, new ChainContext(), async: false, CancellationToken.None));
         try
         {
             image.SetInitialSize(size);
@@ -76,17 +76,6 @@ public sealed partial class Qcow2Image
             throw;
         }
     }
-
-    private static Qcow2OpenOptions CopyWritable(Qcow2OpenOptions options) => new()
-    {
-        Writable = true,
-        BackingFiles = options.BackingFiles,
-        BackingResolver = options.BackingResolver,
-        DataFilePath = options.DataFilePath,
-        L2CacheBytes = options.L2CacheBytes,
-        RefcountCacheBytes = options.RefcountCacheBytes,
-        Allocator = options.Allocator,
-    };
 
     private static (long Size, string? BackingFormat) ResolveCreateSize(Qcow2CreateOptions options, string? path)
     {

@@ -264,13 +264,8 @@ public sealed partial class Qcow2Image
             switch (format)
             {
                 case "qcow2":
-                    var backingOptions = new Qcow2OpenOptions
-                    {
-                        BackingFiles = options.BackingFiles,
-                        BackingResolver = options.BackingResolver,
-                        L2CacheBytes = options.L2CacheBytes,
-                        RefcountCacheBytes = options.RefcountCacheBytes,
-                    };
+                    // Backing files are read-only, keep their own data files and never use this image's allocator.
+                    var backingOptions = options with { Writable = false, Allocator = null, DataFilePath = null, LeaveOpen = false };
                     return await OpenCoreAsync(storage, backingOptions, ownsStorage: true, chain, async, cancellationToken).ConfigureAwait(false);
                 case "raw":
                     chain.Enter(key);

@@ -11,7 +11,7 @@ public enum BackingFileMode
 }
 
 /// <summary>Options for <see cref="Qcow2Image.Open(string, Qcow2OpenOptions?)"/>. The defaults suit almost everyone.</summary>
-public sealed class Qcow2OpenOptions
+public sealed record Qcow2OpenOptions
 {
     /// <summary>Default L2 cache limit, as QEMU's on Linux (32 MiB).</summary>
     public const long DefaultL2CacheBytes = 32L << 20;

@@ -22,83 +22,47 @@ internal static partial class SparseFile
             return false;
         }
 
-        var success = false;
-        handle.DangerousAddRef(ref success);
-        try
+        var result = WithDescriptor(handle, fd =>
         {
-            var fd = (int)handle.DangerousGetHandle();
             var data = LSeek(fd, offset, SeekData);
             if (data < 0)
             {
-                if (Marshal.GetLastPInvokeError() != NoSuchDeviceOrAddress)
-                {
-                    return false;
-                }
-
-                isData = false;
-                extentEnd = length;
-                return true;
+                // ENXIO: the offset lies in a hole that runs to the end of the file.
+                return Marshal.GetLastPInvokeError() == NoSuchDeviceOrAddress ? (true, false, length) : (false, true, length);
             }
 
             if (data > offset)
             {
-                isData = false;
-                extentEnd = Math.Min(data, length);
-                return true;
+                return (true, false, Math.Min(data, length));
             }
 
             var hole = LSeek(fd, offset, SeekHole);
-            if (hole < 0)
-            {
-                return false;
-            }
-
-            isData = true;
-            extentEnd = Math.Min(hole, length);
-            return true;
-        }
-        catch (EntryPointNotFoundException)
-        {
-            return false;
-        }
-        catch (DllNotFoundException)
-        {
-            return false;
-        }
-        finally
-        {
-            if (success)
-            {
-                handle.DangerousRelease();
-            }
-        }
+            return hole < 0 ? (false, true, length) : (true, true, Math.Min(hole, length));
+        });
+        (isData, extentEnd) = (result.Known ? result.IsData : true, result.Known ? result.End : length);
+        return result.Known;
     }
 
     /// <summary>posix_fallocate: reserve blocks without writing them. False when unsupported.</summary>
-    public static bool TryAllocate(SafeFileHandle handle, long offset, long length)
-    {
-        if (!OperatingSystem.IsLinux() || length <= 0)
-        {
-            return false;
-        }
+    public static bool TryAllocate(SafeFileHandle handle, long offset, long length) =>
+        OperatingSystem.IsLinux() && length > 0 && WithDescriptor(handle, fd => (PosixFallocate(fd, offset, length) == 0, false, 0L)).Known;
 
-        var success = false;
-        handle.DangerousAddRef(ref success);
+    /// <summary>Runs <paramref name="call"/> with the raw descriptor, kept alive; missing libc means "unknown".</summary>
+    private static (bool Known, bool IsData, long End) WithDescriptor(SafeFileHandle handle, Func<int, (bool Known, bool IsData, long End)> call)
+    {
+        var added = false;
+        handle.DangerousAddRef(ref added);
         try
         {
-            return PosixFallocate((int)handle.DangerousGetHandle(), offset, length) == 0;
+            return call((int)handle.DangerousGetHandle());
         }
-        catch (EntryPointNotFoundException)
+        catch (Exception error) when (error is EntryPointNotFoundException or DllNotFoundException)
         {
-            return false;
-        }
-        catch (DllNotFoundException)
-        {
-            return false;
+            return default;
         }
         finally
         {
-            if (success)
+            if (added)
             {
                 handle.DangerousRelease();
             }
