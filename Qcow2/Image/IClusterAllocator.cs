@@ -44,8 +44,9 @@ public interface IClusterAllocator
     void OnStored(in ClusterPlacementRequest request, long hostOffset);
 
     /// <summary>
-    /// The answer of <see cref="Place"/> was used (<paramref name="shared"/> true) or rejected and
-    /// replaced by a fresh cluster (then <see cref="OnStored"/> follows).
+    /// The answer of <see cref="Place"/> was used (<paramref name="shared"/> true: the existing cluster
+    /// gained a reference, or it is the one the guest cluster already maps and nothing was written) or
+    /// rejected and replaced by a fresh cluster (then <see cref="OnStored"/> follows).
     /// </summary>
     void OnPlacementResolved(in ClusterPlacementRequest request, ClusterPlacement placement, bool shared);
 
@@ -57,7 +58,10 @@ public interface IClusterAllocator
     /// (its refcount is 1). Return false to make the image place the new contents elsewhere
     /// through <see cref="Place"/> and free the old cluster instead.
     /// </summary>
-    bool AllowOverwriteInPlace(long hostOffset, long guestOffset);
+    /// <param name="hostOffset">The cluster about to change.</param>
+    /// <param name="guestOffset">The guest cluster being written.</param>
+    /// <param name="wholeCluster">Whether the write replaces the whole cluster (then placing it anew costs no extra read).</param>
+    bool AllowOverwriteInPlace(long hostOffset, long guestOffset, bool wholeCluster);
 }
 
 /// <summary>One full guest cluster of data waiting for a host cluster.</summary>
@@ -133,5 +137,5 @@ public sealed class FreshClusterAllocator : IClusterAllocator
     }
 
     /// <inheritdoc />
-    public bool AllowOverwriteInPlace(long hostOffset, long guestOffset) => true;
+    public bool AllowOverwriteInPlace(long hostOffset, long guestOffset, bool wholeCluster) => true;
 }

@@ -28,6 +28,7 @@ internal sealed class ImageCore : IDisposable
         var refcountCapacity = (int)Math.Clamp(options.RefcountCacheBytes / Geometry.ClusterSize, 4, 1 << 20);
         RefcountCache = new TableCache(file, Geometry.ClusterSize, refcountCapacity, "refcount block");
         ActiveL1 = new L1Table(header.Header.L1TableOffset, []);
+        FeatureNamesToWrite = [.. FeatureName.Standard, .. options.Extensions.Select(e => new FeatureName(FeatureKind.Autoclear, e.AutoclearBit, e.FeatureName))];
     }
 
     /// <summary>The image file (all metadata, and data unless there is an external data file).</summary>
@@ -111,6 +112,16 @@ internal sealed class ImageCore : IDisposable
 
     /// <summary>The refcount table, loaded on first use (read-only images rarely need it).</summary>
     public RefcountTable? Refcounts { get; set; }
+
+    /// <summary>Optional features loaded with the image.</summary>
+    public IReadOnlyList<IImageExtension> Extensions => Options.Extensions;
+
+    /// <summary>The refcount of a host cluster, synchronously. Caller holds the metadata lock.</summary>
+    public ulong GetRefcountLocked(long hostOffset)
+    {
+        var table = RefcountManager?.Table ?? SyncOver.Run(GetRefcountsLockedAsync(async: false, CancellationToken.None));
+        return SyncOver.Run(table.GetAsync(hostOffset >> Geometry.ClusterBits, long.MaxValue, async: false, CancellationToken.None));
+    }
 
     /// <summary>Loads the refcount table if needed. Caller holds the metadata lock.</summary>
     public async ValueTask<RefcountTable> GetRefcountsLockedAsync(bool async, CancellationToken cancellationToken)

@@ -50,8 +50,11 @@ public sealed record ImageInfo
     /// <summary>Unknown incompatible bits are never here (such images do not open).</summary>
     public ulong UnknownCompatibleBits => (ulong)(CompatibleFeatures & ~CompatibleFeatures.Known);
 
-    /// <summary>Auto-clear bits the core library does not know (extensions may own some).</summary>
-    public ulong UnknownAutoclearBits => (ulong)(AutoclearFeatures & ~AutoclearFeatures.Known);
+    /// <summary>Auto-clear bits owned by extensions loaded with the image.</summary>
+    public ulong ExtensionAutoclearBits { get; init; }
+
+    /// <summary>Auto-clear bits neither the core nor a loaded extension knows.</summary>
+    public ulong UnknownAutoclearBits => (ulong)(AutoclearFeatures & ~AutoclearFeatures.Known) & ~ExtensionAutoclearBits;
 
     /// <summary>Encryption method.</summary>
     public EncryptionMethod Encryption { get; init; }
@@ -71,7 +74,7 @@ public sealed record ImageInfo
     /// <summary>Bytes the image file occupies on disk.</summary>
     public long ActualSize { get; init; }
 
-    /// <summary>Header extensions the core does not interpret, kept verbatim.</summary>
+    /// <summary>Header extensions neither the core nor a loaded extension interprets, kept verbatim.</summary>
     public IReadOnlyList<HeaderExtension> UnknownExtensions { get; init; } = [];
 
     /// <summary>The image's feature name table.</summary>

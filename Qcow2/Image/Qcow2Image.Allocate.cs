@@ -36,7 +36,13 @@ public sealed partial class Qcow2Image
                 request = request with { Fingerprint = _core.Allocator.Describe(content.Span) };
             }
 
-            var (host, shared) = await PlaceAsync(state, request, whole, async, cancellationToken).ConfigureAwait(false);
+            var (host, outcome) = await PlaceAsync(state, request, whole, async, cancellationToken).ConfigureAwait(false);
+            if (outcome == PlacementOutcome.Unchanged)
+            {
+                return; // the guest cluster already maps a host cluster holding exactly these bytes
+            }
+
+            var shared = outcome == PlacementOutcome.Shared;
             if (!shared)
             {
                 await WriteDataAsync(host + writeStart, content[writeStart..writeEnd], async, cancellationToken).ConfigureAwait(false);
@@ -78,12 +84,25 @@ public sealed partial class Qcow2Image
         return WithAllocatedSpan(state.Bitmap, Math.Max(spanStart, writeStart), Math.Min(spanEnd, writeEnd));
     }
 
+    /// <summary>Where a new cluster's content ends up.</summary>
+    private enum PlacementOutcome
+    {
+        /// <summary>A freshly allocated host cluster the caller must write.</summary>
+        Fresh,
+
+        /// <summary>An existing host cluster with the same bytes gained a reference; nothing to write.</summary>
+        Shared,
+
+        /// <summary>The allocator named the host cluster this guest cluster already maps: nothing changes.</summary>
+        Unchanged,
+    }
+
     /// <summary>Chooses the host cluster: the guest offset with an external data file, else the allocator's answer.</summary>
-    private async ValueTask<(long Host, bool Shared)> PlaceAsync(ClusterState state, ClusterPlacementRequest request, bool whole, bool async, CancellationToken cancellationToken)
+    private async ValueTask<(long Host, PlacementOutcome Outcome)> PlaceAsync(ClusterState state, ClusterPlacementRequest request, bool whole, bool async, CancellationToken cancellationToken)
     {
         if (_core.Geometry.ExternalDataFile)
         {
-            return (state.ClusterStart, false); // data file clusters map 1:1 and are not refcounted
+            return (state.ClusterStart, PlacementOutcome.Fresh); // data file clusters map 1:1 and are not refcounted
         }
 
         using (await _core.MetadataLock.AcquireAsync(async, cancellationToken).ConfigureAwait(false))
@@ -93,16 +112,24 @@ public sealed partial class Qcow2Image
                 var placement = _core.Allocator.Place(request);
                 if (placement.IsExisting)
                 {
+                    // Rewriting the bytes a fully allocated cluster already holds needs no write at all.
+                    if (state.Type == ClusterType.Normal && state.Entry.HostOffset == placement.ExistingHostOffset
+                        && (!_core.Geometry.ExtendedL2 || state.Bitmap == SubclusterBitmap.AllAllocated))
+                    {
+                        _core.Allocator.OnPlacementResolved(request, placement, shared: true);
+                        return (placement.ExistingHostOffset, PlacementOutcome.Unchanged);
+                    }
+
                     var shared = await TryShareAsync(placement, async, cancellationToken).ConfigureAwait(false);
                     _core.Allocator.OnPlacementResolved(request, placement, shared);
                     if (shared)
                     {
-                        return (placement.ExistingHostOffset, true);
+                        return (placement.ExistingHostOffset, PlacementOutcome.Shared);
                     }
                 }
             }
 
-            return (await _core.RefcountManager!.AllocateClustersAsync(1, async, cancellationToken).ConfigureAwait(false), false);
+            return (await _core.RefcountManager!.AllocateClustersAsync(1, async, cancellationToken).ConfigureAwait(false), PlacementOutcome.Fresh);
         }
     }
 

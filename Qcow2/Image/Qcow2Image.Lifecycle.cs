@@ -122,6 +122,10 @@ public sealed partial class Qcow2Image
         using (await _core.MetadataLock.AcquireAsync(async, cancellationToken).ConfigureAwait(false))
         {
             await FlushLockedAsync(async, cancellationToken).ConfigureAwait(false);
+            foreach (var extension in _core.Extensions)
+            {
+                extension.Flush(new ExtensionHost(this, extension));
+            }
         }
     }
 
@@ -161,6 +165,11 @@ public sealed partial class Qcow2Image
 
         using (await _core.MetadataLock.AcquireAsync(async, cancellationToken).ConfigureAwait(false))
         {
+            foreach (var extension in _core.Extensions)
+            {
+                extension.Close(new ExtensionHost(this, extension));
+            }
+
             await FlushLockedAsync(async, cancellationToken).ConfigureAwait(false);
             await SetIncompatibleBitsAsync(IncompatibleFeatures.Dirty, false, async, cancellationToken).ConfigureAwait(false);
         }
@@ -176,6 +185,11 @@ public sealed partial class Qcow2Image
         using var locked = await _core.MetadataLock.AcquireAsync(async, cancellationToken).ConfigureAwait(false);
         var header = _core.Header;
         var maintained = AutoclearFeatures.RawExternalData | AutoclearFeatures.Bitmaps;
+        foreach (var extension in _core.Extensions)
+        {
+            maintained |= (AutoclearFeatures)(1UL << extension.AutoclearBit);
+        }
+
         if ((header.Header.Autoclear & ~maintained) != 0)
         {
             await _core.RewriteHeaderAsync(header with { Header = header.Header with { Autoclear = header.Header.Autoclear & maintained } }, async, cancellationToken).ConfigureAwait(false);
@@ -185,7 +199,8 @@ public sealed partial class Qcow2Image
         var table = await _core.GetRefcountsLockedAsync(async, cancellationToken).ConfigureAwait(false);
         _core.RefcountManager = new RefcountManager(_core.File, _core.Geometry, table, _core.RefcountCache, _core.L2Cache, _core.Reservations, CommitRefcountTableAsync, OnClusterFreed, _core.NoteFileEnd);
         _core.Tables = new ActiveTables(_core.File, _core.Geometry, _core.ActiveL1, _core.L2Cache, _core.RefcountCache, _core.RefcountManager, () => !_core.LazyRefcounts);
-        _core.Allocator = _core.Options.Allocator ?? FreshClusterAllocator.Instance;
+        OpenExtensions();
+        _core.Allocator = _core.Options.Allocator ?? _core.Extensions.Select(e => e.Allocator).FirstOrDefault(a => a is not null) ?? FreshClusterAllocator.Instance;
         _core.Allocator.Attach(new AllocatorContext(_core));
 
         if ((_core.Header.Header.Incompatible & IncompatibleFeatures.Dirty) != 0)
@@ -202,6 +217,35 @@ public sealed partial class Qcow2Image
             _core.RefcountManager.BeforeFirstChange = (a, c) => SetIncompatibleBitsAsync(IncompatibleFeatures.Dirty, true, a, c);
         }
     }
+
+    /// <summary>Hands every extension its header extension payload and whether its auto-clear bit survived.</summary>
+    private void OpenExtensions()
+    {
+        foreach (var extension in _core.Extensions)
+        {
+            var stored = _core.Header.OtherExtensions.FirstOrDefault(e => e.Type == extension.HeaderExtensionType);
+            var bitSet = ((ulong)_core.Header.Header.Autoclear & (1UL << extension.AutoclearBit)) != 0;
+            extension.Open(new ExtensionHost(this, extension), stored?.Data, bitSet);
+        }
+    }
+
+    /// <summary>
+    /// Runs <paramref name="action"/> under the metadata lock, for extension code that must change
+    /// its own state consistently with the image's mappings (not for application code: calling
+    /// image methods inside would deadlock).
+    /// </summary>
+    internal T RunLocked<T>(Func<T> action)
+    {
+        ThrowIfDisposed();
+        using (SyncOver.Run(_core.MetadataLock.AcquireAsync(async: false, CancellationToken.None)))
+        {
+            return action();
+        }
+    }
+
+    /// <summary>The loaded extension of type <typeparamref name="T"/>, if any.</summary>
+    public T? GetExtension<T>()
+        where T : class, IImageExtension => _core.Extensions.OfType<T>().FirstOrDefault();
 
     private async ValueTask MarkBitmapsInUseAsync(bool async, CancellationToken cancellationToken)
     {
@@ -321,8 +365,7 @@ public sealed partial class Qcow2Image
 
         public ulong MaxRefcount => core.Geometry.MaxRefcount;
 
-        public ulong GetRefcount(long hostOffset) =>
-            SyncOver.Run(core.RefcountManager!.GetAsync(hostOffset >> core.Geometry.ClusterBits, async: false, CancellationToken.None));
+        public ulong GetRefcount(long hostOffset) => core.GetRefcountLocked(hostOffset);
 
         public void ReadHost(long hostOffset, Span<byte> buffer)
         {

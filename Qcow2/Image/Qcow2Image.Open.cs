@@ -98,6 +98,13 @@ public sealed partial class Qcow2Image
             {
                 await image.PrepareForWritingAsync(async, cancellationToken).ConfigureAwait(false);
             }
+            else
+            {
+                using (await core.MetadataLock.AcquireAsync(async, cancellationToken).ConfigureAwait(false))
+                {
+                    image.OpenExtensions();
+                }
+            }
 
             return image;
         }
@@ -264,8 +271,8 @@ public sealed partial class Qcow2Image
             switch (format)
             {
                 case "qcow2":
-                    // Backing files are read-only, keep their own data files and never use this image's allocator.
-                    var backingOptions = options with { Writable = false, Allocator = null, DataFilePath = null, LeaveOpen = false };
+                    // Backing files are read-only, keep their own data files and never use this image's allocator or extensions.
+                    var backingOptions = options with { Writable = false, Allocator = null, Extensions = [], DataFilePath = null, LeaveOpen = false };
                     return await OpenCoreAsync(storage, backingOptions, ownsStorage: true, chain, async, cancellationToken).ConfigureAwait(false);
                 case "raw":
                     chain.Enter(key);

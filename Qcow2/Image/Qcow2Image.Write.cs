@@ -117,7 +117,7 @@ public sealed partial class Qcow2Image
         ClusterState state;
         using (await _core.MetadataLock.AcquireAsync(async, cancellationToken).ConfigureAwait(false))
         {
-            state = await InspectClusterLockedAsync(clusterStart, async, cancellationToken).ConfigureAwait(false);
+            state = await InspectClusterLockedAsync(clusterStart, wholeCluster: from == 0 && data.Length == ClusterBytesAt(clusterStart), async, cancellationToken).ConfigureAwait(false);
         }
 
         if (state.InPlace)
@@ -134,7 +134,7 @@ public sealed partial class Qcow2Image
     private int ClusterBytesAt(long clusterStart) => (int)Math.Min(_core.Geometry.ClusterSize, Size - clusterStart);
 
     /// <summary>Reads a cluster's mapping and decides whether it can be written in place.</summary>
-    private async ValueTask<ClusterState> InspectClusterLockedAsync(long clusterStart, bool async, CancellationToken cancellationToken)
+    private async ValueTask<ClusterState> InspectClusterLockedAsync(long clusterStart, bool wholeCluster, bool async, CancellationToken cancellationToken)
     {
         var (entry, bitmap) = await _core.Tables!.ReadEntryAsync(clusterStart, async, cancellationToken).ConfigureAwait(false);
         var geometry = _core.Geometry;
@@ -161,7 +161,7 @@ public sealed partial class Qcow2Image
                 }
 
                 // Trust the refcount, not COPIED: a shared cluster is never written in place.
-                inPlace = refcount == 1 && _core.Allocator.AllowOverwriteInPlace(host, clusterStart);
+                inPlace = refcount == 1 && _core.Allocator.AllowOverwriteInPlace(host, clusterStart, wholeCluster);
             }
         }
 

@@ -294,7 +294,7 @@ public sealed partial class Qcow2Image
             long host;
             using (await _core.MetadataLock.AcquireAsync(async, cancellationToken).ConfigureAwait(false))
             {
-                state = await InspectClusterLockedAsync(offset, async, cancellationToken).ConfigureAwait(false);
+                state = await InspectClusterLockedAsync(offset, wholeCluster: true, async, cancellationToken).ConfigureAwait(false);
                 host = await _core.RefcountManager!.AllocateBytesAsync(length, async, cancellationToken).ConfigureAwait(false);
             }
 

@@ -64,7 +64,8 @@ public sealed partial class Qcow2Image : IDisposable, IAsyncDisposable, IGuestDi
                 BackingFormat = header.BackingFormat,
                 DataFile = header.ExternalDataFileName,
                 ActualSize = FileSystemInfoProbe.AllocatedBytes(_core.File),
-                UnknownExtensions = header.OtherExtensions,
+                UnknownExtensions = [.. header.OtherExtensions.Where(e => _core.Extensions.All(x => x.HeaderExtensionType != e.Type))],
+                ExtensionAutoclearBits = _core.Extensions.Aggregate(0UL, (bits, x) => bits | (1UL << x.AutoclearBit)),
                 FeatureNames = header.FeatureNames,
             };
         }

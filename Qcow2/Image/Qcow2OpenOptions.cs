@@ -46,6 +46,12 @@ public sealed record Qcow2OpenOptions
     /// </summary>
     public IClusterAllocator? Allocator { get; init; }
 
+    /// <summary>
+    /// Optional features that keep data in the image (e.g. a deduplication index). Their
+    /// auto-clear bits survive a read-write open; every other unknown auto-clear bit is cleared.
+    /// </summary>
+    public IReadOnlyList<IImageExtension> Extensions { get; init; } = [];
+
     /// <summary>For images opened from a stream: leave the stream open when the image is disposed.</summary>
     public bool LeaveOpen { get; init; }
 }

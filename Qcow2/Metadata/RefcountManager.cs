@@ -210,6 +210,13 @@ internal sealed partial class RefcountManager
         _freeByteOffset = 0;
     }
 
+    /// <summary>
+    /// Finds <paramref name="count"/> contiguous clusters with refcount 0 that nobody reserved,
+    /// without allocating them (extensions reserve them instead). Returns the first's offset.
+    /// </summary>
+    public async ValueTask<long> FindFreeClustersAsync(long count, bool async, CancellationToken cancellationToken) =>
+        await FindFreeRunAsync(checked((int)count), async, cancellationToken).ConfigureAwait(false) << _geometry.ClusterBits;
+
     private async ValueTask<long> FindFreeRunAsync(int count, bool async, CancellationToken cancellationToken)
     {
         var candidate = _freeClusterHint;

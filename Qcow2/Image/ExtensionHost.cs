@@ -1,0 +1,95 @@
+using QcowDedup.Qcow2.Check;
+using QcowDedup.Qcow2.Format;
+using QcowDedup.Qcow2.Storage;
+
+namespace QcowDedup.Qcow2.Image;
+
+public sealed partial class Qcow2Image
+{
+    /// <summary>
+    /// What extensions may do to this image. Every call except Read runs under the metadata lock,
+    /// so it uses the synchronous forms of the core routines.
+    /// </summary>
+    private sealed class ExtensionHost(Qcow2Image image, IImageExtension extension) : IImageExtensionHost
+    {
+        private ImageCore Core => image._core;
+
+        public bool IsWritable => image.IsWritable;
+
+        public int ClusterSize => Core.Geometry.ClusterSize;
+
+        public long VirtualSize => image.Size;
+
+        public ulong MaxRefcount => Core.Geometry.MaxRefcount;
+
+        public ulong GetRefcount(long hostOffset) => Core.GetRefcountLocked(hostOffset);
+
+        public long AllocateReservedClusters(long count)
+        {
+            ThrowIfReadOnly();
+            var offset = SyncOver.Run(Core.RefcountManager!.FindFreeClustersAsync(count, async: false, CancellationToken.None));
+            ReserveClusters(offset, count);
+            return offset;
+        }
+
+        public void ReserveClusters(long hostOffset, long count)
+        {
+            var first = hostOffset >> Core.Geometry.ClusterBits;
+            Core.Reservations.Add(first, first + count);
+        }
+
+        public void ReleaseClusters(long hostOffset, long count)
+        {
+            var first = hostOffset >> Core.Geometry.ClusterBits;
+            Core.Reservations.Remove(first, first + count);
+        }
+
+        public void Read(long hostOffset, Span<byte> buffer)
+        {
+            var read = Core.File.Read(hostOffset, buffer);
+            buffer[read..].Clear();
+        }
+
+        public void Write(long hostOffset, ReadOnlySpan<byte> buffer)
+        {
+            ThrowIfReadOnly();
+            var bits = Core.Geometry.ClusterBits;
+            if (!Core.Reservations.Covers(hostOffset >> bits, (hostOffset + buffer.Length + Core.Geometry.ClusterSize - 1) >> bits))
+            {
+                throw new InvalidOperationException($"Extension '{extension.FeatureName}' may only write inside clusters it reserved (0x{hostOffset:x}, {buffer.Length} bytes).");
+            }
+
+            Core.File.Write(hostOffset, buffer);
+            Core.NoteFileEnd(hostOffset + buffer.Length);
+        }
+
+        public void FlushImage() => SyncOver.Run(image.FlushLockedAsync(async: false, CancellationToken.None));
+
+        public void FlushFile() => Core.File.Flush();
+
+        public bool CheckAndRepair()
+        {
+            ThrowIfReadOnly();
+            return SyncOver.Run(image.CheckLockedAsync(CheckRepair.All, async: false, CancellationToken.None)).IsClean;
+        }
+
+        public void SetHeaderExtension(ReadOnlySpan<byte> payload, bool autoclearBitSet)
+        {
+            ThrowIfReadOnly();
+            var header = Core.Header;
+            var bit = (AutoclearFeatures)(1UL << extension.AutoclearBit);
+            var others = header.OtherExtensions.Where(e => e.Type != extension.HeaderExtensionType).ToList();
+            others.Add(new HeaderExtension(extension.HeaderExtensionType, payload.ToArray()));
+            var autoclear = autoclearBitSet ? header.Header.Autoclear | bit : header.Header.Autoclear & ~bit;
+            SyncOver.Run(Core.RewriteHeaderAsync(header with { Header = header.Header with { Autoclear = autoclear }, OtherExtensions = others }, async: false, CancellationToken.None));
+        }
+
+        private void ThrowIfReadOnly()
+        {
+            if (!IsWritable)
+            {
+                throw new InvalidOperationException("The image is open read-only.");
+            }
+        }
+    }
+}
