@@ -1,0 +1,403 @@
+using System.Buffers.Binary;
+using System.Security.Cryptography;
+using QcowDedup.Qcow2.Dedup.Format;
+using QcowDedup.Qcow2.Dedup.Journal;
+using QcowDedup.Qcow2.Dedup.Stores;
+using QcowDedup.Qcow2.Image;
+
+namespace QcowDedup.Qcow2.Dedup;
+
+/// <summary>What state an image's index was found in.</summary>
+public enum DedupIndexState
+{
+    /// <summary>The image has no dedup index and none was asked for.</summary>
+    Absent,
+
+    /// <summary>The index is in use.</summary>
+    Active,
+
+    /// <summary>
+    /// A dedup extension exists but its auto-clear bit was cleared (another program wrote the
+    /// image) or it is unreadable: it is ignored, and a read-write open starts a new index.
+    /// </summary>
+    Stale,
+}
+
+/// <summary>
+/// The deduplication index of one image: the journal and log store hold the newest entries, the
+/// hash store the frozen older ones. It answers "which host cluster already holds these bytes"
+/// without ever naming a cluster whose bytes may have changed: every entry carries a sequence
+/// number, every free or in-place overwrite of a data cluster records a newer one, and an entry
+/// older than its cluster's last change is dead. Entries written before an unclean shutdown are
+/// compared byte for byte before use. All members run under the image's metadata lock.
+/// </summary>
+internal sealed partial class DedupIndex
+{
+    internal const byte HashRecord = 0x10;
+    internal const byte FreeRecord = 0x11;
+    private const int FreePayloadSize = 20;
+
+    private readonly IImageExtensionHost _host;
+    private readonly DedupOptions _options;
+    private readonly IndexDevice _device;
+    private readonly int _clusterSize;
+    private readonly Dictionary<long, long> _freedAt = [];
+    private readonly HashStore _hashStore = new();
+    private DedupHeader _header = null!;
+    private IndexJournal _journal = null!;
+    private LogStore _logStore = null!;
+    private long _nextSequence;
+    private Task? _filterLoader;
+
+    private DedupIndex(IImageExtensionHost host, DedupOptions options)
+    {
+        _host = host;
+        _options = options;
+        _clusterSize = host.ClusterSize;
+        _device = new IndexDevice(host);
+    }
+
+    public DedupIndexState State { get; private set; }
+
+    /// <summary>Why the stored index was not used, when it was not.</summary>
+    public string? StaleReason { get; private set; }
+
+    /// <summary>Whether the last session ended without closing the image.</summary>
+    public bool RecoveredFromCrash { get; private set; }
+
+    public LogStore LogStore => _logStore;
+
+    public HashStore HashStore => _hashStore;
+
+    public IndexJournal Journal => _journal;
+
+    public uint Epoch => _header.Epoch;
+
+    public long ClustersWritten { get; set; }
+
+    public long ClustersDeduplicated { get; set; }
+
+    public int Freezes { get; private set; }
+
+    public int Packs { get; private set; }
+
+    public long FalsePositiveReads { get; private set; }
+
+    /// <summary>Invalidations held in memory (host clusters changed while entries might name them).</summary>
+    public int Invalidations => _freedAt.Count;
+
+    public int ShareCap { get; private set; }
+
+    /// <summary>
+    /// Opens the index named by <paramref name="payload"/>, or starts a new one when the image is
+    /// writable and either dedup was asked for or the stored index is stale.
+    /// </summary>
+    public static DedupIndex Open(IImageExtensionHost host, DedupOptions options, ReadOnlyMemory<byte>? payload, bool bitSet)
+    {
+        var index = new DedupIndex(host, options);
+        DedupHeader? header = null;
+        if (payload is { } stored)
+        {
+            if (!bitSet)
+            {
+                index.StaleReason = "the deduplication auto-clear bit was cleared by a program that does not maintain the index";
+            }
+            else
+            {
+                header = DedupHeader.TryDecode(stored.Span, host.ClusterSize, out var problem);
+                index.StaleReason = problem;
+            }
+        }
+
+        if (header is not null)
+        {
+            index.Load(header);
+        }
+        else if (payload is not null)
+        {
+            index.State = DedupIndexState.Stale;
+            if (host.IsWritable)
+            {
+                // Another writer may have left COPIED flags behind on clusters it copied; repair before trusting anything.
+                host.CheckAndRepair();
+                index.CreateFresh();
+            }
+        }
+        else if (host.IsWritable && options.Enable)
+        {
+            index.CreateFresh();
+        }
+
+        return index;
+    }
+
+    /// <summary>
+    /// The entry for <paramref name="hash"/> that may be shared for <paramref name="data"/>: newest
+    /// first (log store, then incarnations youngest to oldest); dead, capped or mismatching ones are
+    /// skipped. <paramref name="fromLogStore"/> tells where it came from.
+    /// </summary>
+    public IndexEntry? FindUsable(ClusterHash hash, ReadOnlySpan<byte> data, out bool fromLogStore)
+    {
+        fromLogStore = false;
+        if (State != DedupIndexState.Active)
+        {
+            return null;
+        }
+
+        if (_logStore.TryGet(hash, out var newest) && IsUsable(newest, data))
+        {
+            fromLogStore = true;
+            return newest;
+        }
+
+        foreach (var candidate in _hashStore.Lookup(hash, _device, () => FalsePositiveReads++))
+        {
+            if (IsUsable(candidate, data))
+            {
+                return candidate;
+            }
+        }
+
+        return null;
+    }
+
+    /// <summary>Whether an entry still describes its host cluster's bytes and may take another reference.</summary>
+    private bool IsUsable(IndexEntry entry, ReadOnlySpan<byte> data)
+    {
+        if (_freedAt.TryGetValue(entry.HostOffset, out var changedAt) && entry.Sequence < changedAt)
+        {
+            return false;
+        }
+
+        var refcount = _host.GetRefcount(entry.HostOffset);
+        if (refcount == 0 || refcount >= (ulong)ShareCap)
+        {
+            return false;
+        }
+
+        if (_header.Verify || entry.Epoch < _header.TrustedSinceEpoch)
+        {
+            var stored = new byte[data.Length];
+            _host.Read(entry.HostOffset, stored);
+            return data.SequenceEqual(stored);
+        }
+
+        return true;
+    }
+
+    /// <summary>Records that <paramref name="hostOffset"/> now holds the bytes hashing to <paramref name="hash"/>.</summary>
+    public void Insert(ClusterHash hash, long hostOffset, long guestOffset)
+    {
+        if (State != DedupIndexState.Active)
+        {
+            return;
+        }
+
+        var entry = new IndexEntry(hash, hostOffset, guestOffset, _nextSequence++, _header.Epoch);
+        if (_logStore.Insert(entry) == InsertOutcome.Full)
+        {
+            Freeze();
+            _logStore.Insert(entry);
+        }
+
+        var record = new byte[IndexEntry.Size];
+        entry.Write(record);
+        Append(HashRecord, record);
+    }
+
+    /// <summary>
+    /// Records that a data cluster was freed or is about to change in place: every entry recorded
+    /// before now that names it is dead from here on.
+    /// </summary>
+    public void Invalidate(long hostOffset)
+    {
+        if (State != DedupIndexState.Active)
+        {
+            return;
+        }
+
+        var sequence = _nextSequence++;
+        _freedAt[hostOffset] = sequence;
+        Append(FreeRecord, EncodeFree(hostOffset, sequence));
+    }
+
+    /// <summary>RAM the index uses: the log store table, loaded filters and invalidations.</summary>
+    public long MemoryBytes => State == DedupIndexState.Active
+        ? _logStore.MemoryBytes + _hashStore.FilterMemoryBytes + ((long)_freedAt.Count * 48)
+        : 0;
+
+    private void CreateFresh()
+    {
+        var order = _options.LogStoreOrder ?? DefaultOrder();
+        var maxIncarnations = Math.Max(1, _options.MaxIncarnations);
+        var journalBlocks = IndexJournal.BlocksFor(3L * LogStore.SlotsPerBucket << order, IndexEntry.Size + 2);
+        var journalClusters = ClustersFor((long)journalBlocks * IndexJournal.BlockSize);
+        var listBytes = IncarnationList.SlotBytes(maxIncarnations);
+        var listClusters = ClustersFor(listBytes);
+        _header = new DedupHeader
+        {
+            InUse = true,
+            Verify = _options.Verify,
+            LogStoreOrder = order,
+            HashStoreOrder = order,
+            JournalBlocks = journalBlocks,
+            JournalAreaA = _host.AllocateReservedClusters(journalClusters),
+            JournalAreaB = _host.AllocateReservedClusters(journalClusters),
+            JournalGeneration = RandomGeneration(),
+            IncarnationListBytes = (int)(listClusters * _clusterSize),
+            IncarnationListAreaA = _host.AllocateReservedClusters(listClusters),
+            IncarnationListAreaB = _host.AllocateReservedClusters(listClusters),
+            MaxIncarnations = maxIncarnations,
+            MemoryBudget = _options.IndexMemoryBudget,
+            MaxSharesPerCluster = _options.MaxSharesPerCluster,
+        };
+        _nextSequence = 1;
+        _logStore = new LogStore(order, seed: (int)_header.JournalGeneration);
+        _journal = new IndexJournal(_device, _header.CurrentJournalArea, journalBlocks, _header.JournalGeneration);
+        _journal.Recycle(_header.JournalGeneration);
+        _journal.Flush(); // erase block 0 now, so no earlier content at this place can ever replay
+        _host.FlushFile();
+        State = DedupIndexState.Active;
+        ShareCap = ComputeShareCap();
+        WriteHeader(inUse: true);
+    }
+
+    private void Load(DedupHeader header)
+    {
+        RecoveredFromCrash = header.InUse;
+        _header = header.InUse && _host.IsWritable
+            ? header with { Epoch = header.Epoch + 1, TrustedSinceEpoch = header.Epoch + 1 }
+            : header;
+        _host.ReserveClusters(header.JournalAreaA, ClustersFor((long)header.JournalBlocks * IndexJournal.BlockSize));
+        _host.ReserveClusters(header.JournalAreaB, ClustersFor((long)header.JournalBlocks * IndexJournal.BlockSize));
+        _host.ReserveClusters(header.IncarnationListAreaA, ClustersFor(header.IncarnationListBytes));
+        _host.ReserveClusters(header.IncarnationListAreaB, ClustersFor(header.IncarnationListBytes));
+        LoadIncarnations(header);
+        ClustersWritten = header.ClustersWritten;
+        ClustersDeduplicated = header.ClustersDeduplicated;
+        _nextSequence = Math.Max(header.NextSequence, _hashStore.Live.Select(i => i.EndSequence).DefaultIfEmpty(1).Max());
+        _logStore = new LogStore(header.LogStoreOrder, seed: (int)header.JournalGeneration);
+        _journal = new IndexJournal(_device, header.CurrentJournalArea, header.JournalBlocks, header.JournalGeneration);
+        Replay();
+        State = DedupIndexState.Active;
+        ShareCap = ComputeShareCap();
+        if (_host.IsWritable)
+        {
+            if (RecoveredFromCrash)
+            {
+                _host.CheckAndRepair(); // COPIED flags and leaks a crash may have left behind
+            }
+
+            WriteHeader(inUse: true);
+        }
+
+        _filterLoader = Task.Run(LoadFilters);
+    }
+
+    private void LoadIncarnations(DedupHeader header)
+    {
+        if (header.IncarnationList == 0)
+        {
+            return;
+        }
+
+        var bytes = new byte[header.IncarnationListBytes];
+        _device.Read(header.IncarnationList, bytes);
+        var records = IncarnationList.TryDecode(bytes, _clusterSize);
+        if (records is null)
+        {
+            return; // the list is damaged: older entries are lost, which only costs savings
+        }
+
+        foreach (var record in records.OrderByDescending(r => r.Generation))
+        {
+            _host.ReserveClusters(record.Offset, ClustersFor(record.Bytes));
+            if (record.Live && record.Order == header.LogStoreOrder)
+            {
+                _hashStore.AddOldest(new Incarnation(record.Generation, record.Order, record.Offset, record.Entries, record.FirstSequence, record.EndSequence));
+            }
+            else
+            {
+                _hashStore.AddLimbo(record.Offset, record.Bytes);
+            }
+        }
+    }
+
+    /// <summary>Rebuilds the log store and the invalidations from the journal, then resumes appending after them.</summary>
+    private void Replay()
+    {
+        foreach (var record in _journal.ReadAll())
+        {
+            if (record.Type == HashRecord && record.Payload.Length == IndexEntry.Size && IndexEntry.TryRead(record.Payload, out var entry))
+            {
+                _logStore.Insert(entry); // a table that overflows on replay just loses the entry
+                _nextSequence = Math.Max(_nextSequence, entry.Sequence + 1);
+            }
+            else if (record.Type == FreeRecord && TryDecodeFree(record.Payload, out var host, out var sequence))
+            {
+                _freedAt[host] = Math.Max(_freedAt.GetValueOrDefault(host), sequence);
+                _nextSequence = Math.Max(_nextSequence, sequence + 1);
+            }
+        }
+    }
+
+    private void LoadFilters()
+    {
+        foreach (var incarnation in _hashStore.Live.ToList())
+        {
+            incarnation.LoadFilter(_device);
+        }
+    }
+
+    /// <summary>Waits until every filter is in memory (tests and statistics).</summary>
+    public void WaitForFilters() => _filterLoader?.Wait();
+
+    private int DefaultOrder()
+    {
+        // Enough log store slots for a fair share of the disk's clusters, bounded to 16 MiB of table.
+        var clusters = Math.Max(1, _host.VirtualSize / _clusterSize);
+        var buckets = Math.Max(1, clusters / 2 / LogStore.SlotsPerBucket);
+        return Math.Clamp((int)Math.Ceiling(Math.Log2(buckets)), 6, 14);
+    }
+
+    private int ComputeShareCap()
+    {
+        var configured = _header.MaxSharesPerCluster > 0 ? (ulong)_header.MaxSharesPerCluster : Math.Max(1, _host.MaxRefcount / 2);
+        return (int)Math.Min(Math.Min(configured, _host.MaxRefcount), int.MaxValue);
+    }
+
+    private long ClustersFor(long bytes) => (bytes + _clusterSize - 1) / _clusterSize;
+
+    private static uint RandomGeneration() => (uint)RandomNumberGenerator.GetInt32(1, int.MaxValue);
+
+    private static byte[] EncodeFree(long hostOffset, long sequence)
+    {
+        var payload = new byte[FreePayloadSize];
+        BinaryPrimitives.WriteInt64BigEndian(payload, hostOffset);
+        BinaryPrimitives.WriteInt64BigEndian(payload.AsSpan(8), sequence);
+        BinaryPrimitives.WriteUInt32BigEndian(payload.AsSpan(16), Crc32C.Compute(payload.AsSpan(0, 16)));
+        return payload;
+    }
+
+    private static bool TryDecodeFree(ReadOnlySpan<byte> payload, out long hostOffset, out long sequence)
+    {
+        hostOffset = 0;
+        sequence = 0;
+        if (payload.Length != FreePayloadSize || BinaryPrimitives.ReadUInt32BigEndian(payload[16..]) != Crc32C.Compute(payload[..16]))
+        {
+            return false;
+        }
+
+        hostOffset = BinaryPrimitives.ReadInt64BigEndian(payload);
+        sequence = BinaryPrimitives.ReadInt64BigEndian(payload[8..]);
+        return true;
+    }
+
+    /// <summary>Adapts the image host to the index structures' device interface.</summary>
+    private sealed class IndexDevice(IImageExtensionHost host) : IIndexDevice
+    {
+        public void Read(long offset, Span<byte> buffer) => host.Read(offset, buffer);
+
+        public void Write(long offset, ReadOnlySpan<byte> buffer) => host.Write(offset, buffer);
+    }
+}
