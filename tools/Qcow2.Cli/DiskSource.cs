@@ -46,7 +46,7 @@ internal sealed class DiskSource : IDisposable
         switch (format)
         {
             case "qcow2":
-                var openOptions = options ?? new Qcow2OpenOptions { Writable = writable };
+                var openOptions = options ?? Extensions.ReadOptions(writable);
                 return new DiskSource(path, Qcow2Image.Open(path, openOptions));
             case "raw":
                 return new DiskSource(path, FileStorage.Open(path, writable));

@@ -1,20 +1,53 @@
+using System.Globalization;
+using QcowDedup.Qcow2.Dedup;
 using QcowDedup.Qcow2.Image;
 
 namespace QcowDedup.Cli;
 
 /// <summary>
-/// Where optional features hook into the verbs that create images: extra -o keys and how an image
-/// with them is created.
+/// Where deduplication hooks into the verbs: its -o keys, how images with them are created and
+/// opened, and the options every verb uses to see an existing index.
 /// </summary>
 internal static class Extensions
 {
     /// <summary>-o keys beyond qemu-img's.</summary>
-    public static IReadOnlyList<string> CreateOptionKeys { get; } = [];
+    public static IReadOnlyList<string> CreateOptionKeys { get; } =
+        ["dedup", "dedup_log_order", "dedup_max_incarnations", "dedup_memory", "dedup_verify", "dedup_max_shares"];
 
-    /// <summary>Creates an image honouring core and extension options.</summary>
-    public static Qcow2Image Create(string path, Qcow2CreateOptions options, CreateOptionParser parser)
+    /// <summary>Open options that load an existing dedup index without starting one.</summary>
+    public static Qcow2OpenOptions ReadOptions(bool writable = false) =>
+        new Qcow2OpenOptions { Writable = writable }.WithDedup(new DedupOptions { Enable = false });
+
+    /// <summary>Dedup options from -o keys, or null when dedup is not asked for.</summary>
+    public static DedupOptions? DedupOptionsFrom(CreateOptionParser parser)
     {
-        _ = parser;
-        return Qcow2Image.Create(path, options);
+        var enabled = parser["dedup"] switch
+        {
+            null or "off" => false,
+            "on" => true,
+            var other => throw new UsageException($"invalid value '{other}' for dedup (use on or off)"),
+        };
+        if (!enabled)
+        {
+            if (CreateOptionKeys.Skip(1).Any(parser.Has))
+            {
+                throw new UsageException("dedup_* options need dedup=on");
+            }
+
+            return null;
+        }
+
+        return new DedupOptions
+        {
+            LogStoreOrder = parser["dedup_log_order"] is { } order ? int.Parse(order, NumberStyles.None, CultureInfo.InvariantCulture) : null,
+            MaxIncarnations = parser["dedup_max_incarnations"] is { } max ? int.Parse(max, NumberStyles.None, CultureInfo.InvariantCulture) : 8,
+            IndexMemoryBudget = parser["dedup_memory"] is { } memory ? Sizes.Parse(memory, "dedup_memory") : 0,
+            Verify = parser["dedup_verify"] is "on",
+            MaxSharesPerCluster = parser["dedup_max_shares"] is { } shares ? int.Parse(shares, NumberStyles.None, CultureInfo.InvariantCulture) : 0,
+        };
     }
+
+    /// <summary>Creates an image honouring core and dedup options.</summary>
+    public static Qcow2Image Create(string path, Qcow2CreateOptions options, CreateOptionParser parser) =>
+        Qcow2Image.Create(path, DedupOptionsFrom(parser) is { } dedup ? options.WithDedup(dedup) : options);
 }

@@ -14,6 +14,7 @@ internal static class Program
         ["create"] = (CreateCommand.Run, CreateCommand.Usage),
         ["resize"] = (ResizeCommand.Run, ResizeCommand.Usage),
         ["io"] = (IoCommand.Run, IoCommand.Usage),
+        ["dedup"] = (DedupCommand.Run, DedupCommand.Usage),
     };
 
     public static int Main(string[] args)

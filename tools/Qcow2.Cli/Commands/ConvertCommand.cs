@@ -1,4 +1,5 @@
 using System.Buffers;
+using QcowDedup.Qcow2.Dedup;
 using QcowDedup.Qcow2.Image;
 using QcowDedup.Qcow2.Storage;
 
@@ -33,6 +34,11 @@ internal static class ConvertCommand
                 using (var image = Extensions.Create(line.Positionals[1], options with { Size = source.Size }, parser))
                 {
                     ToQcow2(source, image, line.Has("-c"), progress);
+                    if (!line.Has("-q") && image.GetExtension<DedupExtension>() is { State: DedupIndexState.Active })
+                    {
+                        progress.Finish();
+                        Console.Out.WriteLine(DedupCommand.Summary(image.GetDedupStatistics()));
+                    }
                 }
 
                 break;

@@ -1,6 +1,7 @@
 using System.Globalization;
 using System.Text;
 using System.Text.Json;
+using QcowDedup.Qcow2.Dedup;
 using QcowDedup.Qcow2.Format;
 using QcowDedup.Qcow2.Image;
 
@@ -157,6 +158,11 @@ internal static class InfoCommand
                 text.Append(CultureInfo.InvariantCulture, $"    {note}\n");
             }
 
+            if (Image is { } image && image.GetExtension<DedupExtension>() is { State: not DedupIndexState.Absent })
+            {
+                text.Append(DedupInfo.Human(image.GetDedupStatistics()));
+            }
+
             return text.ToString();
         }
 
@@ -212,6 +218,10 @@ internal static class InfoCommand
                 }
 
                 w.WriteBoolean("dirty-flag", data.Dirty);
+                if (Image is { } image && image.GetExtension<DedupExtension>() is { State: not DedupIndexState.Absent })
+                {
+                    DedupInfo.WriteJson(w, image.GetDedupStatistics());
+                }
             }
 
             w.WriteEndObject();

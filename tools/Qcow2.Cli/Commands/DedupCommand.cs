@@ -1,0 +1,32 @@
+using System.Globalization;
+using QcowDedup.Qcow2.Dedup;
+
+namespace QcowDedup.Cli.Commands;
+
+/// <summary>qcow2 dedup [-p] [-o dedup_OPTIONS] FILE — deduplicate an existing image in place.</summary>
+internal static class DedupCommand
+{
+    public const string Usage = "qcow2 dedup [-p] [-q] [-o dedup_log_order=N,dedup_max_incarnations=N,dedup_verify=on,...] FILE";
+
+    public static int Run(IReadOnlyList<string> args)
+    {
+        var line = CommandLine.Parse(args, ["-o"], ["-p", "-q"]);
+        line.ExpectPositionals(1, 1, Usage);
+        var parser = new CreateOptionParser(line.Values("-o").Select(o => "dedup=on," + o).DefaultIfEmpty("dedup=on"), Extensions.CreateOptionKeys);
+        var options = Extensions.DedupOptionsFrom(parser)!;
+        var progress = new Progress(line.Has("-p") && !line.Has("-q"));
+        var result = OfflineDeduplicator.Run(line.Positionals[0], options, new Progress<double>(progress.Report));
+        progress.Finish();
+        if (!line.Has("-q"))
+        {
+            Console.Out.WriteLine(string.Create(CultureInfo.InvariantCulture,
+                $"Scanned {result.ClustersScanned} data clusters: {result.ClustersShared} now share another cluster, {result.ZeroClusters} were zeros; {Sizes.Format(result.BytesFreed)} freed."));
+        }
+
+        return 0;
+    }
+
+    /// <summary>One line saying what deduplication saved.</summary>
+    public static string Summary(DedupStatistics stats) => string.Create(CultureInfo.InvariantCulture,
+        $"Deduplication: {stats.References} data clusters stored in {stats.UniqueClusters} ({stats.SharedReferences} shared), saved {Sizes.Format(stats.BytesSaved)} ({stats.BytesSaved} bytes), ratio {stats.DedupRatio:0.00}");
+}
