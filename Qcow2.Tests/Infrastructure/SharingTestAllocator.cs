@@ -61,7 +61,7 @@ public sealed class SharingTestAllocator : IClusterAllocator
         Forget(hostOffset);
     }
 
-    public bool AllowOverwriteInPlace(long hostOffset, long guestOffset)
+    public bool AllowOverwriteInPlace(long hostOffset, long guestOffset, bool wholeCluster)
     {
         InPlaceRequests.Add((hostOffset, guestOffset));
         if (AllowInPlace)
