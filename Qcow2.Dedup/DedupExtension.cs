@@ -15,10 +15,11 @@ public sealed class DedupExtension : IImageExtension
     private readonly DedupAllocator _allocator;
     private int _opened;
 
-    /// <summary>Creates the extension with the given options.</summary>
+    /// <summary>Creates the extension with the given options (validated: out-of-range values throw <see cref="ArgumentOutOfRangeException"/>).</summary>
     public DedupExtension(DedupOptions? options = null)
     {
         Options = options ?? new DedupOptions();
+        Options.Validate();
         _allocator = new DedupAllocator(this);
     }
 

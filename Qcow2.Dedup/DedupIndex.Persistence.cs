@@ -88,7 +88,7 @@ internal sealed partial class DedupIndex
         _host.FlushImage();
         var order = _logStore.Order;
         var bytes = Incarnation.AreaBytes(order);
-        var offset = _hashStore.TakeLimbo(bytes) ?? _host.AllocateReservedClusters(ClustersFor(bytes));
+        var offset = _hashStore.TakeLimbo(bytes) ?? AllocateReserved(ClustersFor(bytes));
         var incarnation = Incarnation.Freeze(_logStore, (uint)_header.NextGeneration, offset, _device);
         _hashStore.AddYoungest(incarnation);
         _logStore.Clear();

@@ -34,6 +34,7 @@ public enum DedupIndexState
 internal sealed partial class DedupIndex
 {
     internal const byte HashRecord = 0x10;
+
     internal const byte FreeRecord = 0x11;
     private const int FreePayloadSize = 20;
 
@@ -43,6 +44,7 @@ internal sealed partial class DedupIndex
     private readonly int _clusterSize;
     private readonly Dictionary<long, long> _freedAt = [];
     private readonly HashStore _hashStore = new();
+    private readonly List<(long Offset, long Clusters)> _reservations = [];
     private DedupHeader _header = null!;
     private IndexJournal _journal = null!;
     private LogStore _logStore = null!;
@@ -104,16 +106,27 @@ internal sealed partial class DedupIndex
             }
             else
             {
-                header = DedupHeader.TryDecode(stored.Span, host.ClusterSize, out var problem);
+                header = DedupHeader.TryDecode(stored.Span, host.ClusterSize, host.VirtualSize, out var problem);
                 index.StaleReason = problem;
             }
         }
 
         if (header is not null)
         {
-            index.Load(header);
+            try
+            {
+                index.Load(header);
+                return index;
+            }
+            catch (InvalidDataException e)
+            {
+                // The areas it names overlap the image or each other: start over, touching none of them.
+                index.ReleaseReservations();
+                index = new DedupIndex(host, options) { StaleReason = e.Message };
+            }
         }
-        else if (payload is not null)
+
+        if (payload is not null)
         {
             index.State = DedupIndexState.Stale;
             if (host.IsWritable)
@@ -228,9 +241,15 @@ internal sealed partial class DedupIndex
 
     private void CreateFresh()
     {
+        var maxOrder = DedupHeader.MaxOrderFor(_host.VirtualSize, _clusterSize);
         var order = _options.LogStoreOrder ?? DefaultOrder();
-        var maxIncarnations = Math.Max(1, _options.MaxIncarnations);
-        var journalBlocks = IndexJournal.BlocksFor(3L * LogStore.SlotsPerBucket << order, IndexEntry.Size + 2);
+        if (order < 1 || order > maxOrder)
+        {
+            throw new ArgumentOutOfRangeException(nameof(DedupOptions.LogStoreOrder), order, $"The log store order must be between 1 and {maxOrder} for this disk (slots for at most twice its clusters).");
+        }
+
+        var maxIncarnations = _options.MaxIncarnations;
+        var journalBlocks = DedupHeader.JournalBlocksFor(order);
         var journalClusters = ClustersFor((long)journalBlocks * IndexJournal.BlockSize);
         var listBytes = IncarnationList.SlotBytes(maxIncarnations);
         var listClusters = ClustersFor(listBytes);
@@ -241,12 +260,12 @@ internal sealed partial class DedupIndex
             LogStoreOrder = order,
             HashStoreOrder = order,
             JournalBlocks = journalBlocks,
-            JournalAreaA = _host.AllocateReservedClusters(journalClusters),
-            JournalAreaB = _host.AllocateReservedClusters(journalClusters),
+            JournalAreaA = AllocateReserved(journalClusters),
+            JournalAreaB = AllocateReserved(journalClusters),
             JournalGeneration = RandomGeneration(),
             IncarnationListBytes = (int)(listClusters * _clusterSize),
-            IncarnationListAreaA = _host.AllocateReservedClusters(listClusters),
-            IncarnationListAreaB = _host.AllocateReservedClusters(listClusters),
+            IncarnationListAreaA = AllocateReserved(listClusters),
+            IncarnationListAreaB = AllocateReserved(listClusters),
             MaxIncarnations = maxIncarnations,
             MemoryBudget = _options.IndexMemoryBudget,
             MaxSharesPerCluster = _options.MaxSharesPerCluster,
@@ -268,10 +287,10 @@ internal sealed partial class DedupIndex
         _header = header.InUse && _host.IsWritable
             ? header with { Epoch = header.Epoch + 1, TrustedSinceEpoch = header.Epoch + 1 }
             : header;
-        _host.ReserveClusters(header.JournalAreaA, ClustersFor((long)header.JournalBlocks * IndexJournal.BlockSize));
-        _host.ReserveClusters(header.JournalAreaB, ClustersFor((long)header.JournalBlocks * IndexJournal.BlockSize));
-        _host.ReserveClusters(header.IncarnationListAreaA, ClustersFor(header.IncarnationListBytes));
-        _host.ReserveClusters(header.IncarnationListAreaB, ClustersFor(header.IncarnationListBytes));
+        Reserve(header.JournalAreaA, ClustersFor((long)header.JournalBlocks * IndexJournal.BlockSize));
+        Reserve(header.JournalAreaB, ClustersFor((long)header.JournalBlocks * IndexJournal.BlockSize));
+        Reserve(header.IncarnationListAreaA, ClustersFor(header.IncarnationListBytes));
+        Reserve(header.IncarnationListAreaB, ClustersFor(header.IncarnationListBytes));
         LoadIncarnations(header);
         ClustersWritten = header.ClustersWritten;
         ClustersDeduplicated = header.ClustersDeduplicated;
@@ -303,7 +322,7 @@ internal sealed partial class DedupIndex
 
         var bytes = new byte[header.IncarnationListBytes];
         _device.Read(header.IncarnationList, bytes);
-        var records = IncarnationList.TryDecode(bytes, _clusterSize);
+        var records = IncarnationList.TryDecode(bytes, _clusterSize, header.MaxIncarnations, header.LogStoreOrder);
         if (records is null)
         {
             return; // the list is damaged: older entries are lost, which only costs savings
@@ -311,7 +330,7 @@ internal sealed partial class DedupIndex
 
         foreach (var record in records.OrderByDescending(r => r.Generation))
         {
-            _host.ReserveClusters(record.Offset, ClustersFor(record.Bytes));
+            Reserve(record.Offset, ClustersFor(record.Bytes));
             if (record.Live && record.Order == header.LogStoreOrder)
             {
                 _hashStore.AddOldest(new Incarnation(record.Generation, record.Order, record.Offset, record.Entries, record.FirstSequence, record.EndSequence));
@@ -367,6 +386,30 @@ internal sealed partial class DedupIndex
     }
 
     private long ClustersFor(long bytes) => (bytes + _clusterSize - 1) / _clusterSize;
+
+    /// <summary>Reserves an area named by the stored index (throws when it overlaps the image).</summary>
+    private void Reserve(long offset, long clusters)
+    {
+        _host.ReserveClusters(offset, clusters);
+        _reservations.Add((offset, clusters));
+    }
+
+    private long AllocateReserved(long clusters)
+    {
+        var offset = _host.AllocateReservedClusters(clusters);
+        _reservations.Add((offset, clusters));
+        return offset;
+    }
+
+    private void ReleaseReservations()
+    {
+        foreach (var (offset, clusters) in _reservations)
+        {
+            _host.ReleaseClusters(offset, clusters);
+        }
+
+        _reservations.Clear();
+    }
 
     private static uint RandomGeneration() => (uint)RandomNumberGenerator.GetInt32(1, int.MaxValue);
 

@@ -8,7 +8,7 @@ public sealed record DedupOptions
 
     /// <summary>
     /// log2 of the log store's bucket count (4 entries per bucket). Null sizes it from the disk:
-    /// a quarter of the disk's clusters, between 2^6 and 2^14 buckets.
+    /// slots for half the disk's clusters, between 2^6 and 2^14 buckets.
     /// </summary>
     public int? LogStoreOrder { get; init; }
 
@@ -23,4 +23,21 @@ public sealed record DedupOptions
 
     /// <summary>References one host cluster may get through sharing; 0 means half the refcount maximum.</summary>
     public int MaxSharesPerCluster { get; init; }
+
+    /// <summary>Throws <see cref="ArgumentOutOfRangeException"/> for values no image could use.</summary>
+    public void Validate()
+    {
+        if (LogStoreOrder is < 1 or > Format.DedupHeader.MaxOrder)
+        {
+            throw new ArgumentOutOfRangeException(nameof(LogStoreOrder), LogStoreOrder, $"The log store order must be between 1 and {Format.DedupHeader.MaxOrder}.");
+        }
+
+        if (MaxIncarnations is < 1 or > Format.DedupHeader.MaxIncarnationsLimit)
+        {
+            throw new ArgumentOutOfRangeException(nameof(MaxIncarnations), MaxIncarnations, $"Between 1 and {Format.DedupHeader.MaxIncarnationsLimit} incarnations may be kept.");
+        }
+
+        ArgumentOutOfRangeException.ThrowIfNegative(IndexMemoryBudget);
+        ArgumentOutOfRangeException.ThrowIfNegative(MaxSharesPerCluster);
+    }
 }

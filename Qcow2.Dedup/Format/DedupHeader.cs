@@ -1,4 +1,5 @@
 using System.Buffers.Binary;
+using QcowDedup.Qcow2.Dedup.Journal;
 
 namespace QcowDedup.Qcow2.Dedup.Format;
 
@@ -20,6 +21,12 @@ internal sealed record DedupHeader
 
     public const int Size = 160;
     public const uint CurrentVersion = 1;
+
+    /// <summary>Largest log store order anywhere (2^24 slots, about 1 GiB of table).</summary>
+    public const int MaxOrder = 22;
+
+    /// <summary>Most incarnations an index may keep (the list slot stays small).</summary>
+    public const int MaxIncarnationsLimit = 1024;
 
     /// <summary>Hash algorithm id of SHA-256.</summary>
     public const byte Sha256 = 1;
@@ -127,8 +134,23 @@ internal sealed record DedupHeader
         return bytes;
     }
 
+    /// <summary>
+    /// Largest sensible log store order for a disk: a table with slots for twice its clusters
+    /// (never below 2^6 buckets). Stored headers claiming more are not trusted, so a damaged or
+    /// hostile image cannot make the reader allocate a huge table.
+    /// </summary>
+    public static int MaxOrderFor(long virtualSize, int clusterSize)
+    {
+        var clusters = Math.Max(1, virtualSize / clusterSize);
+        var buckets = Math.Max(1, 2 * clusters / 4);
+        return Math.Clamp((int)Math.Ceiling(Math.Log2(buckets)), 6, MaxOrder);
+    }
+
+    /// <summary>Journal blocks an index of <paramref name="order"/> is created with: room for three table-fulls of entries.</summary>
+    public static int JournalBlocksFor(int order) => IndexJournal.BlocksFor(3L * 4 << order, IndexEntry.Size + 2);
+
     /// <summary>Decodes and sanity-checks a payload; null when it cannot be trusted (the index is then rebuilt).</summary>
-    public static DedupHeader? TryDecode(ReadOnlySpan<byte> payload, int clusterSize, out string? problem)
+    public static DedupHeader? TryDecode(ReadOnlySpan<byte> payload, int clusterSize, long virtualSize, out string? problem)
     {
         problem = null;
         if (payload.Length < Size)
@@ -174,11 +196,11 @@ internal sealed record DedupHeader
             MaxSharesPerCluster = BinaryPrimitives.ReadInt32BigEndian(payload[120..]),
             NextGeneration = BinaryPrimitives.ReadInt64BigEndian(payload[128..]),
         };
-        problem = header.Validate(clusterSize);
+        problem = header.Validate(clusterSize, virtualSize);
         return problem is null ? header : null;
     }
 
-    private string? Validate(int clusterSize)
+    private string? Validate(int clusterSize, long virtualSize)
     {
         bool Aligned(long offset) => offset > 0 && offset % clusterSize == 0;
         if (Version != CurrentVersion)
@@ -191,12 +213,13 @@ internal sealed record DedupHeader
             return $"hash algorithm {HashAlgorithm} with {SlotsPerBucket} slots per bucket is not supported";
         }
 
-        if (LogStoreOrder is < 1 or > 26 || HashStoreOrder != LogStoreOrder)
+        var maxOrder = MaxOrderFor(virtualSize, clusterSize);
+        if (LogStoreOrder < 1 || LogStoreOrder > maxOrder || HashStoreOrder != LogStoreOrder)
         {
-            return $"log store order {LogStoreOrder} / hash store order {HashStoreOrder} are out of range";
+            return $"log store order {LogStoreOrder} / hash store order {HashStoreOrder} are out of range (at most {maxOrder} for this disk)";
         }
 
-        if (JournalBlocks is < 1 or > 1 << 22 || !Aligned(JournalAreaA) || !Aligned(JournalAreaB) || ActiveJournal > 1)
+        if (JournalBlocks < 1 || JournalBlocks > JournalBlocksFor(LogStoreOrder) || !Aligned(JournalAreaA) || !Aligned(JournalAreaB) || ActiveJournal > 1)
         {
             return "the journal areas are misplaced";
         }
@@ -207,7 +230,7 @@ internal sealed record DedupHeader
             return "the incarnation list is misplaced";
         }
 
-        if (MaxIncarnations is < 1 or > 4096 || LiveIncarnations < 0 || LimboIncarnations < 0 || NextSequence < 1)
+        if (MaxIncarnations is < 1 or > MaxIncarnationsLimit || LiveIncarnations < 0 || LimboIncarnations < 0 || NextSequence < 1)
         {
             return "the incarnation counts are out of range";
         }

@@ -1,4 +1,5 @@
 using System.Buffers.Binary;
+using QcowDedup.Qcow2.Dedup.Stores;
 
 namespace QcowDedup.Qcow2.Dedup.Format;
 
@@ -46,10 +47,10 @@ internal static class IncarnationList
     }
 
     /// <summary>Decodes a list; null when its count or CRC is wrong or a record is implausible.</summary>
-    public static List<IncarnationRecord>? TryDecode(ReadOnlySpan<byte> bytes, int clusterSize)
+    public static List<IncarnationRecord>? TryDecode(ReadOnlySpan<byte> bytes, int clusterSize, int maxIncarnations, int maxOrder)
     {
         var count = BinaryPrimitives.ReadInt32BigEndian(bytes);
-        if (count < 0 || HeaderSize + ((long)count * RecordSize) > bytes.Length
+        if (count < 0 || count > (2 * maxIncarnations) + 8 || HeaderSize + ((long)count * RecordSize) > bytes.Length
             || BinaryPrimitives.ReadUInt32BigEndian(bytes[4..]) != Crc32C.Compute(bytes.Slice(HeaderSize, count * RecordSize)))
         {
             return null;
@@ -68,8 +69,8 @@ internal static class IncarnationList
                 BinaryPrimitives.ReadInt64BigEndian(span[24..]),
                 BinaryPrimitives.ReadInt64BigEndian(span[32..]),
                 BinaryPrimitives.ReadInt64BigEndian(span[40..]));
-            if (span[0] is not (1 or 2) || record.Order is < 1 or > 26 || record.Offset <= 0 || record.Offset % clusterSize != 0
-                || record.Bytes <= 0 || record.Bytes > 1L << 40)
+            if (span[0] is not (1 or 2) || record.Order < 1 || record.Order > maxOrder || record.Offset <= 0 || record.Offset % clusterSize != 0
+                || record.Bytes != Incarnation.AreaBytes(record.Order) || record.Entries < 0 || record.Entries > 4L << record.Order)
             {
                 return null;
             }

@@ -41,7 +41,7 @@ internal sealed class LogStore
     public LogStore(int order, int seed = 0)
     {
         ArgumentOutOfRangeException.ThrowIfLessThan(order, 1);
-        ArgumentOutOfRangeException.ThrowIfGreaterThan(order, 26);
+        ArgumentOutOfRangeException.ThrowIfGreaterThan(order, DedupHeader.MaxOrder);
         Order = order;
         _mask = (1UL << order) - 1;
         _slots = new IndexEntry[(1 << order) * SlotsPerBucket];

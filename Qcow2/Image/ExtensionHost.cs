@@ -34,7 +34,31 @@ public sealed partial class Qcow2Image
 
         public void ReserveClusters(long hostOffset, long count)
         {
-            var first = hostOffset >> Core.Geometry.ClusterBits;
+            // The offsets come from the extension's own on-disk metadata: never let them claim
+            // clusters the image uses, or writes to them would damage the image.
+            var geometry = Core.Geometry;
+            var structure = $"{extension.FeatureName} area";
+            if (hostOffset <= 0 || !geometry.IsClusterAligned(hostOffset) || count <= 0
+                || count > (Qcow2Layout.MaxHostOffset - hostOffset) >> geometry.ClusterBits)
+            {
+                throw Qcow2Corruption.Create(structure, $"{count} clusters at 0x{hostOffset:x} is not a valid cluster range", hostOffset);
+            }
+
+            var first = hostOffset >> geometry.ClusterBits;
+            if (Core.Reservations.Overlaps(first, count))
+            {
+                throw Qcow2Corruption.Create(structure, "overlaps another reserved area", hostOffset);
+            }
+
+            for (var cluster = 0L; cluster < count; cluster++)
+            {
+                var offset = hostOffset + (cluster << geometry.ClusterBits);
+                if (GetRefcount(offset) != 0)
+                {
+                    throw Qcow2Corruption.Create(structure, $"cluster 0x{offset:x} is in use by the image", offset);
+                }
+            }
+
             Core.Reservations.Add(first, first + count);
         }
 

@@ -62,7 +62,12 @@ public interface IImageExtensionHost
     /// <summary>Finds <paramref name="count"/> contiguous free clusters, reserves them (their refcount stays 0) and returns the first's offset.</summary>
     long AllocateReservedClusters(long count);
 
-    /// <summary>Reserves clusters found in the extension's own metadata, so the allocator never hands them out.</summary>
+    /// <summary>
+    /// Reserves clusters found in the extension's own metadata, so the allocator never hands them
+    /// out. Throws <see cref="InvalidDataException"/> when the range is not cluster aligned, overlaps
+    /// an earlier reservation or holds a cluster with a nonzero refcount: such metadata is damaged
+    /// and must not be trusted.
+    /// </summary>
     void ReserveClusters(long hostOffset, long count);
 
     /// <summary>Gives reserved clusters back to the allocator.</summary>

@@ -19,7 +19,15 @@ public sealed partial class Qcow2Image
         var fullPath = Path.GetFullPath(path);
         var (size, _) = ResolveCreateSize(options, fullPath);
         Validate(options, size);
-        return Create(FileStorage.Create(fullPath), options, leaveOpen: false);
+        try
+        {
+            return Create(FileStorage.Create(fullPath), options, leaveOpen: false);
+        }
+        catch (Exception) when (File.Exists(fullPath))
+        {
+            File.Delete(fullPath); // a half-made image is worse than none
+            throw;
+        }
     }
 
     /// <summary>Creates a qcow2 image in <paramref name="storage"/> (its content is replaced).</summary>
@@ -57,7 +65,7 @@ public sealed partial class Qcow2Image
         }
 
         var openOptions = options.OpenOptions ?? new Qcow2OpenOptions();
-        var image = SyncOver.Run(OpenCoreAsync(storage, openOptions with { Writable = true }, ownsStorage: !leaveOpen, new ChainContext(), async: false, CancellationToken.None));
+        var image = SyncOver.Run(OpenCoreAsync(storage, openOptions with { Writable = true }, ownsStorage: !leaveOpen, new ChainContext(), async: false, CancellationToken.None, deferExtensions: true));
         try
         {
             image.SetInitialSize(size);
@@ -66,6 +74,13 @@ public sealed partial class Qcow2Image
             {
                 SyncOver.Run(image.PreallocateAsync(preallocation, async: false, CancellationToken.None));
             }
+
+            // Extensions see the image as created: its final size, preallocated clusters in place.
+            image.RunLocked(() =>
+            {
+                image.OpenExtensionsAndAllocator();
+                return true;
+            });
 
             image.Flush();
             return image;

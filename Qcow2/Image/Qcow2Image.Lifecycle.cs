@@ -180,7 +180,7 @@ public sealed partial class Qcow2Image
     /// persistent bitmaps in use (writes are not tracked in them), repair a dirty image, and arm
     /// lazy refcounts to set the dirty bit before the first postponed refcount update.
     /// </summary>
-    private async ValueTask PrepareForWritingAsync(bool async, CancellationToken cancellationToken)
+    private async ValueTask PrepareForWritingAsync(bool deferExtensions, bool async, CancellationToken cancellationToken)
     {
         using var locked = await _core.MetadataLock.AcquireAsync(async, cancellationToken).ConfigureAwait(false);
         var header = _core.Header;
@@ -199,9 +199,14 @@ public sealed partial class Qcow2Image
         var table = await _core.GetRefcountsLockedAsync(async, cancellationToken).ConfigureAwait(false);
         _core.RefcountManager = new RefcountManager(_core.File, _core.Geometry, table, _core.RefcountCache, _core.L2Cache, _core.Reservations, CommitRefcountTableAsync, OnClusterFreed, _core.NoteFileEnd);
         _core.Tables = new ActiveTables(_core.File, _core.Geometry, _core.ActiveL1, _core.L2Cache, _core.RefcountCache, _core.RefcountManager, () => !_core.LazyRefcounts);
-        OpenExtensions();
-        _core.Allocator = _core.Options.Allocator ?? _core.Extensions.Select(e => e.Allocator).FirstOrDefault(a => a is not null) ?? FreshClusterAllocator.Instance;
-        _core.Allocator.Attach(new AllocatorContext(_core));
+        if (deferExtensions)
+        {
+            _core.Allocator = FreshClusterAllocator.Instance;
+        }
+        else
+        {
+            OpenExtensionsAndAllocator();
+        }
 
         if ((_core.Header.Header.Incompatible & IncompatibleFeatures.Dirty) != 0)
         {
@@ -216,6 +221,14 @@ public sealed partial class Qcow2Image
         {
             _core.RefcountManager.BeforeFirstChange = (a, c) => SetIncompatibleBitsAsync(IncompatibleFeatures.Dirty, true, a, c);
         }
+    }
+
+    /// <summary>Opens the extensions, then attaches the allocator (the option's, else an extension's, else fresh clusters). Caller holds the metadata lock.</summary>
+    private void OpenExtensionsAndAllocator()
+    {
+        OpenExtensions();
+        _core.Allocator = _core.Options.Allocator ?? _core.Extensions.Select(e => e.Allocator).FirstOrDefault(a => a is not null) ?? FreshClusterAllocator.Instance;
+        _core.Allocator.Attach(new AllocatorContext(_core));
     }
 
     /// <summary>Hands every extension its header extension payload and whether its auto-clear bit survived.</summary>

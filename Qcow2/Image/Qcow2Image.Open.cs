@@ -68,7 +68,8 @@ public sealed partial class Qcow2Image
     internal SnapshotTableEntry? FindSnapshot(string idOrName) =>
         _core.Snapshots.FirstOrDefault(s => s.Id == idOrName) ?? _core.Snapshots.FirstOrDefault(s => s.Name == idOrName);
 
-    internal static async ValueTask<Qcow2Image> OpenCoreAsync(IStorage storage, Qcow2OpenOptions options, bool ownsStorage, ChainContext chain, bool async, CancellationToken cancellationToken)
+    /// <summary>Opens an image from its storage. With <paramref name="deferExtensions"/>, Create opens the extensions itself once the disk has its size.</summary>
+    internal static async ValueTask<Qcow2Image> OpenCoreAsync(IStorage storage, Qcow2OpenOptions options, bool ownsStorage, ChainContext chain, bool async, CancellationToken cancellationToken, bool deferExtensions = false)
     {
         ImageCore? core = null;
         try
@@ -96,7 +97,7 @@ public sealed partial class Qcow2Image
             var image = new Qcow2Image(core, new ClusterMap(core.Geometry, core.ActiveL1, core.L2Cache, () => core.FileLength), header.Header.Size, isSnapshotView: false);
             if (options.Writable)
             {
-                await image.PrepareForWritingAsync(async, cancellationToken).ConfigureAwait(false);
+                await image.PrepareForWritingAsync(deferExtensions, async, cancellationToken).ConfigureAwait(false);
             }
             else
             {

@@ -69,7 +69,7 @@ internal sealed class CreateOptionParser
             Size = this["size"] is { } text ? Sizes.Parse(text) : size,
             Version = version,
             ClusterSize = this["cluster_size"] is { } cluster ? checked((int)Sizes.Parse(cluster, "cluster_size")) : 65536,
-            RefcountBits = this["refcount_bits"] is { } bits ? int.Parse(bits, NumberStyles.None, CultureInfo.InvariantCulture) : 16,
+            RefcountBits = Int("refcount_bits") ?? 16,
             LazyRefcounts = Flag("lazy_refcounts"),
             ExtendedL2 = Flag("extended_l2"),
             CompressionType = this["compression_type"] switch
@@ -131,7 +131,16 @@ internal sealed class CreateOptionParser
         return $"Formatting '{path}', {string.Join(' ', parts)}";
     }
 
-    private bool Flag(string key) => this[key] switch
+    /// <summary>A whole-number option, or null when absent.</summary>
+    public int? Int(string key) => this[key] switch
+    {
+        null => null,
+        var text when int.TryParse(text, NumberStyles.None, CultureInfo.InvariantCulture, out var value) => value,
+        var text => throw new UsageException($"invalid value '{text}' for {key} (expected a whole number)"),
+    };
+
+    /// <summary>An on/off option (off when absent).</summary>
+    public bool Flag(string key) => this[key] switch
     {
         null or "off" or "false" or "no" => false,
         "on" or "true" or "yes" => true,

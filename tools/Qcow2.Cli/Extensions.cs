@@ -1,4 +1,3 @@
-using System.Globalization;
 using QcowDedup.Qcow2.Dedup;
 using QcowDedup.Qcow2.Image;
 
@@ -21,13 +20,7 @@ internal static class Extensions
     /// <summary>Dedup options from -o keys, or null when dedup is not asked for.</summary>
     public static DedupOptions? DedupOptionsFrom(CreateOptionParser parser)
     {
-        var enabled = parser["dedup"] switch
-        {
-            null or "off" => false,
-            "on" => true,
-            var other => throw new UsageException($"invalid value '{other}' for dedup (use on or off)"),
-        };
-        if (!enabled)
+        if (!parser.Flag("dedup"))
         {
             if (CreateOptionKeys.Skip(1).Any(parser.Has))
             {
@@ -39,11 +32,11 @@ internal static class Extensions
 
         return new DedupOptions
         {
-            LogStoreOrder = parser["dedup_log_order"] is { } order ? int.Parse(order, NumberStyles.None, CultureInfo.InvariantCulture) : null,
-            MaxIncarnations = parser["dedup_max_incarnations"] is { } max ? int.Parse(max, NumberStyles.None, CultureInfo.InvariantCulture) : 8,
+            LogStoreOrder = parser.Int("dedup_log_order"),
+            MaxIncarnations = parser.Int("dedup_max_incarnations") ?? 8,
             IndexMemoryBudget = parser["dedup_memory"] is { } memory ? Sizes.Parse(memory, "dedup_memory") : 0,
-            Verify = parser["dedup_verify"] is "on",
-            MaxSharesPerCluster = parser["dedup_max_shares"] is { } shares ? int.Parse(shares, NumberStyles.None, CultureInfo.InvariantCulture) : 0,
+            Verify = parser.Flag("dedup_verify"),
+            MaxSharesPerCluster = parser.Int("dedup_max_shares") ?? 0,
         };
     }
 
