@@ -42,6 +42,12 @@ public sealed record DedupStatistics
     /// <summary>Entries in each live incarnation, youngest first.</summary>
     public IReadOnlyList<long> IncarnationEntries { get; init; } = [];
 
+    /// <summary>
+    /// Share of the table's slots the live incarnations held when they froze (the cuckoo fill rate
+    /// reached before a freeze; lower when a freeze came from a journal full of invalidations).
+    /// </summary>
+    public double IncarnationFillRate => IncarnationEntries.Count == 0 || LogStoreCapacity == 0 ? 0 : IncarnationEntries.Average() / LogStoreCapacity;
+
     /// <summary>Dropped incarnations whose space awaits reuse.</summary>
     public int LimboIncarnations { get; init; }
 

@@ -19,9 +19,15 @@ public sealed class CrashingStorage(IStorage durable, long writeBudget, Random? 
     /// <summary>Keep a random subset of the unflushed writes at the crash instead of none.</summary>
     public bool KeepRandomSubset { get; init; }
 
+    /// <summary>
+    /// Flushes count against the budget too: crossing it at a flush is a crash in the middle of
+    /// that flush (with <see cref="KeepRandomSubset"/>, some of its writes made it).
+    /// </summary>
+    public bool CrashAtFlushes { get; init; }
+
     public bool Crashed { get; private set; }
 
-    /// <summary>Writes issued so far (the crash points a workload offers).</summary>
+    /// <summary>Writes (and, with <see cref="CrashAtFlushes"/>, flushes) issued so far: the crash points a workload offers.</summary>
     public long Writes => _writes;
 
     public long Length
@@ -98,6 +104,11 @@ public sealed class CrashingStorage(IStorage durable, long writeBudget, Random? 
         lock (_sync)
         {
             ThrowIfCrashed();
+            if (CrashAtFlushes && ++_writes > writeBudget)
+            {
+                Crash();
+            }
+
             foreach (var (offset, data) in _volatile)
             {
                 durable.Write(offset, data);

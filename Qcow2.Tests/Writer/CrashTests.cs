@@ -103,12 +103,13 @@ public class CrashTests : TempDirectoryFixture
                 var length = random.Next(1, 3000);
                 var data = new byte[length];
                 random.NextBytes(data);
-                image.Write(offset, data);
-                model.Write(offset, data);
                 for (var sector = offset / 512; sector <= (offset + length - 1) / 512; sector++)
                 {
-                    outcome.TouchedAfterFlush.Add(sector);
+                    outcome.TouchedAfterFlush.Add(sector); // before the write: a write cut by the crash may have landed in part
                 }
+
+                image.Write(offset, data);
+                model.Write(offset, data);
 
                 if (i % 7 == 6)
                 {

@@ -1,3 +1,4 @@
+using QcowDedup.Qcow2.Check;
 using QcowDedup.Qcow2.Format;
 using QcowDedup.Qcow2.Image;
 using QcowDedup.Qcow2.Tests.Infrastructure;
@@ -37,6 +38,35 @@ public class HeaderMaintenanceTests : TempDirectoryFixture
         header.Header.HeaderLength.ShouldBe(120);
         header.Header.UnknownAdditionalFields.ToArray().ShouldBe(new byte[] { 1, 2, 3, 4, 5, 6, 7, 8 });
         header.OtherExtensions.ShouldHaveSingleItem().Data.ToArray().ShouldBe("HELLOEXT"u8.ToArray());
+        Qemu.AssertClean(path);
+    }
+
+    [Test]
+    public void Repairing_leaks_also_frees_refcounts_past_the_end_of_the_file()
+    {
+        // A crash can persist a refcount increment while the cluster it allocated never reached
+        // the disk. QEMU's check stops at the end of the file, so it only sees the leak once the
+        // file grows over that cluster; our repair frees it at once.
+        var path = new ImageBuilder(Directory).Create("beyond.qcow2", 8 << 20, "cluster_size=4096,refcount_bits=16");
+        var length = new FileInfo(path).Length;
+        var refcountBlock = (long)ImagePatch.ReadU64(path, (long)ImagePatch.ReadHeader(path).Header.RefcountTableOffset);
+        var leaked = (length / 4096) + 3;
+        ImagePatch.WriteBytes(path, refcountBlock + (leaked * 2), [0, 1]);
+        Qemu.Check(path).Leaks.ShouldBe(0, "invisible to QEMU while past the end");
+
+        using (var image = Qcow2Image.Open(path, new Qcow2OpenOptions { Writable = true }))
+        {
+            var result = image.Check(CheckRepair.Leaks);
+            result.LeaksFixed.ShouldBe(1);
+            var data = new byte[4096];
+            data.AsSpan().Fill(0x5c);
+            for (var i = 0; i < 8; i++)
+            {
+                image.Write(i * 4096L, data);
+            }
+        }
+
+        new FileInfo(path).Length.ShouldBeGreaterThan((leaked + 1) * 4096);
         Qemu.AssertClean(path);
     }
 

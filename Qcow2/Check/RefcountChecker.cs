@@ -77,6 +77,11 @@ internal sealed class RefcountChecker(ImageCore core)
                 report.Counters = beforeCompare;
                 (highest, _) = await CompareAsync(table, counter.References, report, fix, async, cancellationToken).ConfigureAwait(false);
             }
+
+            if ((fix & CheckRepair.Leaks) != 0)
+            {
+                await FreeLeaksBeyondEndAsync(table, counter.References.Length, report, async, cancellationToken).ConfigureAwait(false);
+            }
         }
 
         await CheckCopiedAsync(table, report, fix, async, cancellationToken).ConfigureAwait(false);
@@ -168,6 +173,32 @@ internal sealed class RefcountChecker(ImageCore core)
         }
 
         return (highest, rebuild);
+    }
+
+    /// <summary>
+    /// Frees clusters past the end of the file that have a refcount but no reference. QEMU's check
+    /// only looks as far as the file reaches, so it neither reports nor repairs these (a crash can
+    /// leave them: the refcount update reached the disk, the data and its mapping did not); they
+    /// would surface as leaks once the file grows over them.
+    /// </summary>
+    private async ValueTask FreeLeaksBeyondEndAsync(RefcountTable table, long firstCluster, CheckReport report, bool async, CancellationToken cancellationToken)
+    {
+        for (var cluster = firstCluster; cluster < table.CoveredClusters; cluster++)
+        {
+            if (table.BlockOffsetFor(cluster, long.MaxValue) == 0)
+            {
+                cluster = (((cluster >> _geometry.RefcountBlockBits) + 1) << _geometry.RefcountBlockBits) - 1; // no block: nothing allocated in its range
+                continue;
+            }
+
+            var stored = await table.GetAsync(cluster, long.MaxValue, async, cancellationToken).ConfigureAwait(false);
+            if (stored != 0)
+            {
+                report.Note($"Repairing cluster {cluster} refcount={stored} reference=0 (past the end of the file)");
+                await core.RefcountManager!.ChangeAsync(cluster, -(long)stored, ClusterUse.Data, async, cancellationToken).ConfigureAwait(false);
+                report.LeaksFixed++;
+            }
+        }
     }
 
     /// <summary>check_oflag_copied: COPIED must equal (refcount == 1) in the active tables.</summary>

@@ -27,7 +27,9 @@ internal static class DedupInfo
         Line("bytes saved", $"{Sizes.Format(s.BytesSaved)} ({s.BytesSaved} bytes)");
         Line("dedup ratio", s.DedupRatio.ToString("0.00", CultureInfo.InvariantCulture));
         Line("log store", $"{s.LogStoreEntries}/{s.LogStoreCapacity} entries");
-        Line("incarnations", s.IncarnationEntries.Count == 0 ? "none" : $"{s.IncarnationEntries.Count} ({string.Join(", ", s.IncarnationEntries)} entries)");
+        Line("incarnations", s.IncarnationEntries.Count == 0
+            ? "none"
+            : $"{s.IncarnationEntries.Count} ({string.Join(", ", s.IncarnationEntries)} entries; {s.IncarnationFillRate.ToString("0.0%", CultureInfo.InvariantCulture)} of slots filled at freeze)");
         Line("limbo incarnations", s.LimboIncarnations);
         Line("index memory", $"{Sizes.Format(s.IndexMemoryBytes)} ({s.IndexBytesPerIndexedCluster.ToString("0.0", CultureInfo.InvariantCulture)} bytes per indexed cluster)");
         return text.ToString();
@@ -59,6 +61,7 @@ internal static class DedupInfo
         }
 
         w.WriteEndArray();
+        w.WriteNumber("incarnation-fill-rate", Math.Round(s.IncarnationFillRate, 4));
         w.WriteNumber("limbo-incarnations", s.LimboIncarnations);
         w.WriteNumber("index-memory", s.IndexMemoryBytes);
         w.WriteNumber("index-bytes-per-cluster", Math.Round(s.IndexBytesPerIndexedCluster, 2));
