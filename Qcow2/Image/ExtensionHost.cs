@@ -66,6 +66,7 @@ public sealed partial class Qcow2Image
         {
             var first = hostOffset >> Core.Geometry.ClusterBits;
             Core.Reservations.Remove(first, first + count);
+            Core.RefcountManager?.NoteReleased(first);
         }
 
         public void Read(long hostOffset, Span<byte> buffer)

@@ -203,6 +203,9 @@ internal sealed partial class RefcountManager
         }
     }
 
+    /// <summary>Reserved clusters from <paramref name="startCluster"/> on were given back: free space may start there again.</summary>
+    public void NoteReleased(long startCluster) => _freeClusterHint = Math.Min(_freeClusterHint, startCluster);
+
     /// <summary>Forgets where free space starts (after a refcount rebuild).</summary>
     public void ResetAllocationHints()
     {
@@ -219,11 +222,18 @@ internal sealed partial class RefcountManager
 
     private async ValueTask<long> FindFreeRunAsync(int count, bool async, CancellationToken cancellationToken)
     {
+        // The hint moves along while the search has only met clusters in use or reserved, so
+        // reserved areas (an extension's index) are skipped once, not on every allocation.
         var candidate = _freeClusterHint;
         while (true)
         {
             if (_reservations.FirstOverlapEnd(candidate, count) is long after)
             {
+                if (candidate == _freeClusterHint && _reservations.Covers(candidate, candidate + 1))
+                {
+                    _freeClusterHint = after;
+                }
+
                 candidate = after;
                 continue;
             }
