@@ -14,7 +14,9 @@ internal readonly record struct JournalRecord(long Offset, byte Type, byte[] Pay
 /// bytes, at most 254, and never crossing a block; an END entry closes a block and sends readers
 /// to the next one; erased bytes (0xFF) mean "no entry". Every block opens with a block-start
 /// entry naming the journal generation and the block number, so after a recycle the blocks of
-/// the previous cycle read as the end of the journal instead of being replayed.
+/// the previous cycle read as the end of the journal instead of being replayed. Nothing reaches
+/// the device before <see cref="Flush"/>: completed blocks wait in memory, so the owner decides
+/// when the journal may be written (after the data its entries name is durable).
 /// </summary>
 internal sealed class IndexJournal
 {
@@ -41,6 +43,7 @@ internal sealed class IndexJournal
 
     private readonly IIndexDevice _device;
     private readonly byte[] _block = new byte[BlockSize];
+    private readonly List<(int Index, byte[] Data)> _pending = [];
     private int _blockIndex;
     private int _position;
     private bool _dirty;
@@ -74,7 +77,10 @@ internal sealed class IndexJournal
     public bool IsFull => _blockIndex == Blocks - 1 && !Fits(MaxEntrySize);
 
     /// <summary>Whether unwritten entries wait in memory.</summary>
-    public bool IsDirty => _dirty;
+    public bool IsDirty => _dirty || _pending.Count > 0;
+
+    /// <summary>Completed blocks waiting for <see cref="Flush"/>.</summary>
+    public int PendingBlocks => _pending.Count;
 
     /// <summary>Bytes a journal must have to hold <paramref name="entries"/> entries of <paramref name="entrySize"/> bytes.</summary>
     public static int BlocksFor(long entries, int entrySize)
@@ -85,7 +91,7 @@ internal sealed class IndexJournal
 
     /// <summary>
     /// Appends an entry and returns its offset inside the journal, or −1 when the journal is full.
-    /// A full block is written to the device before the next one starts.
+    /// A full block is closed with an END entry and kept for the next <see cref="Flush"/>.
     /// </summary>
     public long Append(byte type, ReadOnlySpan<byte> payload)
     {
@@ -105,7 +111,7 @@ internal sealed class IndexJournal
 
             _block[_position] = HeaderSize;
             _block[_position + 1] = TypeEnd;
-            WriteBlock();
+            _pending.Add((_blockIndex, _block.ToArray()));
             StartBlock(_blockIndex + 1);
         }
 
@@ -118,12 +124,15 @@ internal sealed class IndexJournal
         return offset;
     }
 
-    /// <summary>Whether appending a payload of this length would first write the current block to the device.</summary>
-    public bool WouldWriteBlock(int payloadLength) => !Fits(HeaderSize + payloadLength) && _blockIndex < Blocks - 1;
-
-    /// <summary>Writes the current block if it holds unwritten entries.</summary>
+    /// <summary>Writes the completed blocks, then the current one if it holds unwritten entries.</summary>
     public void Flush()
     {
+        foreach (var (index, data) in _pending)
+        {
+            _device.Write(Offset + ((long)index * BlockSize), data);
+        }
+
+        _pending.Clear();
         if (_dirty)
         {
             WriteBlock();
@@ -167,6 +176,7 @@ internal sealed class IndexJournal
     /// <summary>Starts a new cycle: the journal is empty from block 0 with a new generation.</summary>
     public void Recycle(uint generation)
     {
+        _pending.Clear();
         Generation = generation;
         StartBlock(0);
         _dirty = true; // erasing block 0 makes the new cycle durable even before it holds entries

@@ -39,6 +39,23 @@ public class JournalTests
     }
 
     [Test]
+    public void Nothing_reaches_the_device_before_a_flush()
+    {
+        var device = new MemoryIndexDevice(3 * IndexJournal.BlockSize);
+        var journal = new IndexJournal(device, 0, blocks: 3, generation: 9);
+        for (var i = 0; i < 45; i++)
+        {
+            journal.Append(Type, Payload(i, 200));
+        }
+
+        journal.PendingBlocks.ShouldBe(2);
+        device.Bytes.ShouldAllBe(b => b == 0, "entries must wait until their clusters are durable");
+        journal.Flush();
+        journal.PendingBlocks.ShouldBe(0);
+        new IndexJournal(device, 0, 3, 9).ReadAll().Count.ShouldBe(45);
+    }
+
+    [Test]
     public void A_full_journal_refuses_appends()
     {
         var journal = new IndexJournal(new MemoryIndexDevice(IndexJournal.BlockSize), 0, blocks: 1, generation: 1);
