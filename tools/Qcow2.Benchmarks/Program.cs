@@ -11,6 +11,10 @@ var all = new Dictionary<string, Action<string>>(StringComparer.Ordinal)
     ["write-seq"] = WriteBenchmarks.SequentialWrite,
     ["write-rand"] = WriteBenchmarks.RandomWrite,
     ["convert"] = WriteBenchmarks.Convert,
+    ["dedup-hash"] = DedupBenchmarks.Hash,
+    ["dedup-write"] = DedupBenchmarks.Write,
+    ["dedup-convert"] = DedupBenchmarks.Convert,
+    ["dedup-index"] = DedupBenchmarks.IndexMemory,
 };
 
 var selected = args.Length == 0 ? [.. all.Keys] : args;

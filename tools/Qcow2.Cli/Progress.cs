@@ -1,17 +1,18 @@
 namespace QcowDedup.Cli;
 
 /// <summary>
-/// qemu-img's -p progress line, "    (12.34/100%)" rewritten in place. Shown only on a terminal,
-/// so redirected output stays clean.
+/// qemu-img's -p progress line, "    (12.34/100%)" rewritten in place with a carriage return.
+/// Like qemu-img it is printed whenever -p is given, also into a pipe or file.
 /// </summary>
 internal sealed class Progress
 {
     private readonly bool _enabled;
     private double _last = -1;
+    private bool _finished;
 
     public Progress(bool requested)
     {
-        _enabled = requested && !Console.IsOutputRedirected;
+        _enabled = requested;
         Report(0);
     }
 
@@ -33,10 +34,12 @@ internal sealed class Progress
         Console.Out.Flush();
     }
 
+    /// <summary>Prints 100% and ends the line (once; later calls do nothing).</summary>
     public void Finish()
     {
-        if (_enabled)
+        if (_enabled && !_finished)
         {
+            _finished = true;
             Report(1);
             Console.Out.WriteLine();
         }

@@ -69,7 +69,7 @@ internal static class InfoCommand
         {
             if (entry.Format == "qcow2" && entry.Path is { } path)
             {
-                using var image = Qcow2Image.Open(path, new Qcow2OpenOptions { BackingFiles = BackingFileMode.Ignore });
+                using var image = Qcow2Image.Open(path, Extensions.ReadOptions() with { BackingFiles = BackingFileMode.Ignore });
                 var info = image.Info;
                 return new LayerInfo(entry.Path, "qcow2", info.VirtualSize, info.ActualSize, info, null, info.BackingFileName);
             }

@@ -24,7 +24,7 @@ internal static class IoCommand
         }
 
         var commands = line.Values("-c").Select(ParseCommand).ToList();
-        using var image = Qcow2Image.Open(line.Positionals[0], new Qcow2OpenOptions { Writable = !line.Has("-r") });
+        using var image = Qcow2Image.Open(line.Positionals[0], Extensions.ReadOptions(writable: !line.Has("-r")));
         var failed = false;
         foreach (var command in commands)
         {

@@ -23,7 +23,7 @@ internal static class ResizeCommand
             throw new UsageException($"only qcow2 images can be resized, not '{format}'");
         }
 
-        using var image = Qcow2Image.Open(line.Positionals[0], new Qcow2OpenOptions { Writable = true });
+        using var image = Qcow2Image.Open(line.Positionals[0], Extensions.ReadOptions(writable: true));
         var relative = sizeText.StartsWith('+') || sizeText.StartsWith('-');
         var amount = CreateCommand.ParseImageSize(relative ? sizeText[1..] : sizeText);
         var newSize = !relative ? amount : sizeText[0] == '+' ? image.Size + amount : image.Size - amount;
