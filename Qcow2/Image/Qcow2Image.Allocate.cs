@@ -120,7 +120,7 @@ public sealed partial class Qcow2Image
                         return (placement.ExistingHostOffset, PlacementOutcome.Unchanged);
                     }
 
-                    var shared = await TryShareAsync(placement, async, cancellationToken).ConfigureAwait(false);
+                    var shared = await TryShareAsync(placement, state.ClusterStart, async, cancellationToken).ConfigureAwait(false);
                     _core.Allocator.OnPlacementResolved(request, placement, shared);
                     if (shared)
                     {
@@ -136,9 +136,11 @@ public sealed partial class Qcow2Image
     /// <summary>
     /// Verifies and takes an allocator's "existing cluster" answer: the cluster must be allocated,
     /// below the refcount maximum, and mapped by a guest cluster we can see. A sole referrer loses
-    /// COPIED before the refcount rises, so the disk never shows refcount 2 with COPIED set.
+    /// COPIED before the new referrer's entry can reach the disk: both sit in one L2 table, or the
+    /// referrer's table is written first. So no other writer ever sees two referrers of a cluster
+    /// one of which still claims it alone (and would overwrite it in place).
     /// </summary>
-    private async ValueTask<bool> TryShareAsync(ClusterPlacement placement, bool async, CancellationToken cancellationToken)
+    private async ValueTask<bool> TryShareAsync(ClusterPlacement placement, long newReferrer, bool async, CancellationToken cancellationToken)
     {
         var geometry = _core.Geometry;
         var host = placement.ExistingHostOffset;
@@ -166,7 +168,10 @@ public sealed partial class Qcow2Image
                 {
                     using var table = await _core.Tables.GetWritableAsync(candidate, async, cancellationToken).ConfigureAwait(false);
                     _core.Tables.SetEntry(table, candidate, entry.WithCopied(false), bitmap);
-                    await _core.Tables.OrderRefcountsAfterTablesAsync(async, cancellationToken).ConfigureAwait(false);
+                    if (geometry.L1Index(candidate) != geometry.L1Index(newReferrer))
+                    {
+                        _core.L2Cache.MarkDirtyWriteFirst(table);
+                    }
                 }
 
                 break;

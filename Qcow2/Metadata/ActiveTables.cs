@@ -92,10 +92,6 @@ internal sealed class ActiveTables(IStorage file, Geometry geometry, L1Table l1,
     public ValueTask OrderAfterRefcountsAsync(bool async, CancellationToken cancellationToken) =>
         accurateRefcounts() ? l2Cache.SetDependencyAsync(refcountCache, async, cancellationToken) : ValueTask.CompletedTask;
 
-    /// <summary>Makes the refcount cache wait for the L2 cache (a COPIED flag cleared before an increment).</summary>
-    public ValueTask OrderRefcountsAfterTablesAsync(bool async, CancellationToken cancellationToken) =>
-        accurateRefcounts() ? refcountCache.SetDependencyAsync(l2Cache, async, cancellationToken) : ValueTask.CompletedTask;
-
     private async ValueTask<TableHandle> CopySharedTableAsync(long l1Index, long oldOffset, bool async, CancellationToken cancellationToken)
     {
         var copyOffset = await refcounts.AllocateClustersAsync(1, async, cancellationToken).ConfigureAwait(false);

@@ -12,6 +12,7 @@ namespace QcowDedup.Qcow2.Metadata;
 /// </summary>
 internal sealed class TableCache
 {
+    private readonly HashSet<long> _writeFirst = [];
     private readonly IStorage _storage;
     private readonly Dictionary<long, CachedTable> _tables;
     private readonly string _structure;
@@ -134,8 +135,22 @@ internal sealed class TableCache
         await _storage.FlushAsync(async, cancellationToken).ConfigureAwait(false);
     }
 
+    /// <summary>
+    /// Marks a table modified and orders it before every other table of this cache: the next time
+    /// any table is written, the marked ones are written and the file flushed first.
+    /// </summary>
+    public void MarkDirtyWriteFirst(TableHandle handle)
+    {
+        handle.Table.Dirty = true;
+        _writeFirst.Add(handle.Offset);
+    }
+
     /// <summary>Drops a table whose cluster was freed, discarding unwritten changes.</summary>
-    public void Forget(long offset) => _tables.Remove(offset);
+    public void Forget(long offset)
+    {
+        _tables.Remove(offset);
+        _writeFirst.Remove(offset);
+    }
 
     /// <summary>Drops every clean table (used after the file changed underneath, e.g. a repair).</summary>
     public void Clear()
@@ -164,6 +179,18 @@ internal sealed class TableCache
     private async ValueTask PrepareWriteAsync(bool async, CancellationToken cancellationToken)
     {
         await FlushDependencyAsync(async, cancellationToken).ConfigureAwait(false);
+        if (_writeFirst.Count > 0)
+        {
+            var first = _writeFirst.Select(o => _tables.GetValueOrDefault(o)).Where(t => t is { Dirty: true }).ToList();
+            _writeFirst.Clear();
+            foreach (var table in first)
+            {
+                await WriteTableAsync(table!, async, cancellationToken).ConfigureAwait(false);
+            }
+
+            await _storage.FlushAsync(async, cancellationToken).ConfigureAwait(false);
+        }
+
         if (FlushStorageBeforeWrite)
         {
             await _storage.FlushAsync(async, cancellationToken).ConfigureAwait(false);
