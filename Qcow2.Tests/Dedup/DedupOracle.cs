@@ -34,6 +34,33 @@ public static class DedupOracle
         return bytes;
     }
 
+    /// <summary>The whole guest disk reads what the model holds, else a failure naming the first differing byte.</summary>
+    public static void AssertReadsModel(Qcow2.Image.Qcow2Image image, SparseModel model, string when = "")
+    {
+        var actual = new byte[model.Size];
+        image.Read(0, actual);
+        AssertSame(actual, model, when);
+    }
+
+    /// <summary>The same, read through a stream from its start.</summary>
+    public static void AssertReadsModel(Stream stream, SparseModel model, string when = "")
+    {
+        var actual = new byte[model.Size];
+        stream.Position = 0;
+        stream.ReadExactly(actual);
+        AssertSame(actual, model, when);
+    }
+
+    private static void AssertSame(byte[] actual, SparseModel model, string when)
+    {
+        var expected = model.Read(0, (int)model.Size);
+        var same = actual.AsSpan().CommonPrefixLength(expected);
+        if (same < expected.Length)
+        {
+            Assert.Fail($"Guest byte 0x{same:x} reads 0x{actual[same]:x2} but the model says 0x{expected[same]:x2} {when}");
+        }
+    }
+
     /// <summary>qemu-img check is clean and qemu-img compare says the image equals the raw file.</summary>
     public static void AssertCleanAndEqual(string image, string raw)
     {

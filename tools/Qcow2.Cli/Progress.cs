@@ -2,7 +2,7 @@ namespace QcowDedup.Cli;
 
 /// <summary>
 /// qemu-img's -p progress line, "    (12.34/100%)" rewritten in place with a carriage return.
-/// Like qemu-img it is printed whenever -p is given, also into a pipe or file.
+/// Shown only on a terminal: redirected output stays clean for scripts.
 /// </summary>
 internal sealed class Progress
 {
@@ -12,7 +12,7 @@ internal sealed class Progress
 
     public Progress(bool requested)
     {
-        _enabled = requested;
+        _enabled = requested && !Console.IsOutputRedirected;
         Report(0);
     }
 
