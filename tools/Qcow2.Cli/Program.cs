@@ -15,6 +15,7 @@ internal static class Program
         ["resize"] = (ResizeCommand.Run, ResizeCommand.Usage),
         ["io"] = (IoCommand.Run, IoCommand.Usage),
         ["dedup"] = (DedupCommand.Run, DedupCommand.Usage),
+        ["snapshot"] = (SnapshotCommand.Run, SnapshotCommand.Usage),
     };
 
     public static int Main(string[] args)

@@ -1,0 +1,65 @@
+using QcowDedup.Qcow2.Image;
+
+namespace QcowDedup.Cli.Commands;
+
+/// <summary>qcow2 snapshot [-f qcow2] [-q] (-l | -c NAME | -a NAME | -d NAME) FILE — internal snapshots, as qemu-img snapshot.</summary>
+internal static class SnapshotCommand
+{
+    public const string Usage = "qcow2 snapshot [-f qcow2] [-q] (-l | -c NAME | -a NAME | -d NAME) FILE";
+
+    private static readonly string[] Actions = ["-l", "-c", "-a", "-d"];
+
+    public static int Run(IReadOnlyList<string> args)
+    {
+        var line = CommandLine.Parse(args, ["-f", "-c", "-a", "-d"], ["-l", "-q"]);
+        line.ExpectPositionals(1, 1, Usage);
+        if (line.Value("-f") is { } format && format != "qcow2")
+        {
+            throw new UsageException($"only qcow2 images have internal snapshots, not '{format}'");
+        }
+
+        var actions = Actions.Where(line.Has).ToList();
+        if (actions.Count != 1)
+        {
+            throw new UsageException("give exactly one of -l, -c, -a and -d");
+        }
+
+        var path = line.Positionals[0];
+        if (actions[0] == "-l")
+        {
+            using var image = Qcow2Image.Open(path, Extensions.ReadOptions() with { BackingFiles = BackingFileMode.Ignore });
+            if (image.Snapshots.Count > 0)
+            {
+                Console.Out.WriteLine("Snapshot list:");
+                Console.Out.WriteLine(SnapshotTable.Header);
+                foreach (var snapshot in image.Snapshots)
+                {
+                    Console.Out.WriteLine(SnapshotTable.Row(snapshot));
+                }
+            }
+
+            return 0;
+        }
+
+        var name = line.Value(actions[0])!;
+        using var writable = Qcow2Image.Open(path, Extensions.ReadOptions(writable: true) with { BackingFiles = BackingFileMode.Ignore });
+        var (verb, action) = actions[0] switch
+        {
+            "-c" => ("create", (Action)(() => writable.CreateSnapshot(name))),
+            "-a" => ("apply", () => writable.ApplySnapshot(name)),
+            _ => ("delete", () => writable.DeleteSnapshot(name)),
+        };
+        try
+        {
+            action();
+        }
+        catch (Exception error) when (error is KeyNotFoundException or NotSupportedException or InvalidOperationException)
+        {
+            var reason = error is KeyNotFoundException ? "snapshot not found" : error.Message;
+            Console.Error.WriteLine($"qcow2: Could not {verb} snapshot '{name}': {reason}");
+            return 1;
+        }
+
+        return 0;
+    }
+}
