@@ -126,6 +126,22 @@ internal sealed partial class DedupIndex
             }
         }
 
+        if (host.FormatVersion < 3)
+        {
+            // No auto-clear bits: another writer could never tell us it changed the image.
+            if (payload is not null)
+            {
+                index.State = DedupIndexState.Stale;
+                index.StaleReason ??= "a compat=0.10 (v2) image has no auto-clear bit to guard an index";
+            }
+            else if (host.IsWritable && options.Enable)
+            {
+                throw new NotSupportedException("Deduplication needs a compat=1.1 (v3) image: its index is guarded by an auto-clear feature bit, which v2 images do not have.");
+            }
+
+            return index;
+        }
+
         if (payload is not null)
         {
             index.State = DedupIndexState.Stale;

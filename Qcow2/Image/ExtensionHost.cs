@@ -16,6 +16,8 @@ public sealed partial class Qcow2Image
 
         public bool IsWritable => image.IsWritable;
 
+        public int FormatVersion => Core.Header.Header.Version;
+
         public int ClusterSize => Core.Geometry.ClusterSize;
 
         public long VirtualSize => image.Size;

@@ -47,6 +47,9 @@ public interface IImageExtensionHost
     /// <summary>Whether the image is open for writing.</summary>
     bool IsWritable { get; }
 
+    /// <summary>The image's format version: 2 (compat=0.10, no feature bits) or 3.</summary>
+    int FormatVersion { get; }
+
     /// <summary>Cluster size in bytes.</summary>
     int ClusterSize { get; }
 

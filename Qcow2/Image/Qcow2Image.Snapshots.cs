@@ -62,6 +62,46 @@ public sealed partial class Qcow2Image
         return DeleteSnapshotCoreAsync(idOrName, async: true, cancellationToken);
     }
 
+    /// <summary>
+    /// Drops every mapping of the active disk, so all of it reads from the backing file again (or
+    /// as zeros without one), as qemu-img commit leaves the overlay: clusters only the active disk
+    /// used are freed and the file is shortened. Snapshots keep their data.
+    /// </summary>
+    public void MakeEmpty()
+    {
+        ThrowIfDisposed();
+        SyncOver.Run(MakeEmptyCoreAsync(async: false, CancellationToken.None));
+    }
+
+    /// <inheritdoc cref="MakeEmpty"/>
+    public ValueTask MakeEmptyAsync(CancellationToken cancellationToken = default)
+    {
+        ThrowIfDisposed();
+        return MakeEmptyCoreAsync(async: true, cancellationToken);
+    }
+
+    private async ValueTask MakeEmptyCoreAsync(bool async, CancellationToken cancellationToken)
+    {
+        if (!IsWritable || _isSnapshotView)
+        {
+            throw new NotSupportedException("The image was opened read-only.");
+        }
+
+        using var everything = await _core.GuestLock.AcquireAsync(0, long.MaxValue, exclusive: true, async, cancellationToken).ConfigureAwait(false);
+        using var locked = await _core.MetadataLock.AcquireAsync(async, cancellationToken).ConfigureAwait(false);
+        await FlushLockedAsync(async, cancellationToken).ConfigureAwait(false);
+        var l1 = _core.ActiveL1;
+        var old = l1.ToArray();
+        // The active L1 stops pointing anywhere before anything it reached loses its reference.
+        l1.Replace(l1.Offset, new ulong[l1.Size]);
+        await _core.File.WriteAsync(l1.Offset, PadToClusters(l1.Encode()), async, cancellationToken).ConfigureAwait(false);
+        await _core.File.FlushAsync(async, cancellationToken).ConfigureAwait(false);
+        ForgetActiveTreeState();
+        await ChangeTreeRefcountsAsync(old, -1, async, cancellationToken).ConfigureAwait(false);
+        await FlushLockedAsync(async, cancellationToken).ConfigureAwait(false);
+        await TruncateUnusedTailLockedAsync(async, cancellationToken).ConfigureAwait(false);
+    }
+
     private async ValueTask<SnapshotTableEntry> CreateSnapshotCoreAsync(string name, bool async, CancellationToken cancellationToken)
     {
         ArgumentNullException.ThrowIfNull(name);
@@ -236,8 +276,7 @@ public sealed partial class Qcow2Image
                 var entry = L2Table.ReadEntry(l2, index, geometry.ExtendedL2);
                 switch (entry.GetClusterType(geometry.ExtendedL2, geometry.ExternalDataFile))
                 {
-                    case ClusterType.Normal:
-                    case ClusterType.ZeroAllocated:
+                    case ClusterType.Normal or ClusterType.ZeroAllocated when !geometry.ExternalDataFile: // data file clusters have no refcounts
                         await refcounts.ChangeAsync(entry.HostOffset >> geometry.ClusterBits, delta, ClusterUse.Data, async, cancellationToken).ConfigureAwait(false);
                         break;
                     case ClusterType.Compressed:

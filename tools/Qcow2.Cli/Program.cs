@@ -16,6 +16,9 @@ internal static class Program
         ["io"] = (IoCommand.Run, IoCommand.Usage),
         ["dedup"] = (DedupCommand.Run, DedupCommand.Usage),
         ["snapshot"] = (SnapshotCommand.Run, SnapshotCommand.Usage),
+        ["commit"] = (CommitCommand.Run, CommitCommand.Usage),
+        ["rebase"] = (RebaseCommand.Run, RebaseCommand.Usage),
+        ["amend"] = (AmendCommand.Run, AmendCommand.Usage),
     };
 
     public static int Main(string[] args)

@@ -1,0 +1,38 @@
+using QcowDedup.Qcow2.Image;
+
+namespace QcowDedup.Cli.Commands;
+
+/// <summary>qcow2 rebase [-f qcow2] [-u] [-p] [-q] -b BACKING [-F FMT] FILE — change the backing file, as qemu-img rebase.</summary>
+internal static class RebaseCommand
+{
+    public const string Usage = "qcow2 rebase [-f qcow2] [-u] [-p] [-q] -b BACKING [-F FMT] FILE";
+
+    public static int Run(IReadOnlyList<string> args)
+    {
+        var line = CommandLine.Parse(args, ["-f", "-b", "-F"], ["-u", "-p", "-q"]);
+        line.ExpectPositionals(1, 1, Usage);
+        if (line.Value("-f") is { } format && format != "qcow2")
+        {
+            throw new UsageException($"only qcow2 images can be rebased, not '{format}'");
+        }
+
+        if (line.Value("-b") is not { } backing)
+        {
+            throw new UsageException("-b BACKING is required (use -b \"\" to remove the backing file)");
+        }
+
+        var backingFormat = line.Value("-F");
+        if (backingFormat is not (null or "qcow2" or "raw"))
+        {
+            throw new UsageException($"unknown backing format '{backingFormat}' (use qcow2 or raw)");
+        }
+
+        var unsafeRebase = line.Has("-u");
+        var options = Extensions.ReadOptions(writable: true) with { BackingFiles = unsafeRebase ? BackingFileMode.Ignore : BackingFileMode.Open };
+        using var image = Qcow2Image.Open(line.Positionals[0], options);
+        var progress = new Progress(line.Has("-p") && !line.Has("-q") && !unsafeRebase);
+        image.Rebase(backing.Length == 0 ? null : backing, backingFormat, unsafeRebase, new Progress<double>(progress.Report));
+        progress.Finish();
+        return 0;
+    }
+}
