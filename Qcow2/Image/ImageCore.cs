@@ -4,6 +4,37 @@ using QcowDedup.Qcow2.Storage;
 
 namespace QcowDedup.Qcow2.Image;
 
+/// <summary>Kinds of qcow2 metadata the overlap check tells apart (what a write is allowed to land on).</summary>
+internal enum MetadataKind
+{
+    /// <summary>Guest data: no metadata at all.</summary>
+    None,
+
+    /// <summary>Cluster 0.</summary>
+    Header,
+
+    /// <summary>The active L1 table.</summary>
+    ActiveL1,
+
+    /// <summary>L2 tables the active L1 table points at.</summary>
+    ActiveL2,
+
+    /// <summary>The refcount table.</summary>
+    RefcountTable,
+
+    /// <summary>Refcount blocks.</summary>
+    RefcountBlock,
+
+    /// <summary>The snapshot table.</summary>
+    SnapshotTable,
+
+    /// <summary>Snapshots' L1 tables.</summary>
+    InactiveL1,
+
+    /// <summary>The persistent bitmap directory.</summary>
+    BitmapDirectory,
+}
+
 /// <summary>
 /// State shared by an image and the snapshot views opened from it: the files, the header, the
 /// locks and the metadata caches.
@@ -11,6 +42,8 @@ namespace QcowDedup.Qcow2.Image;
 internal sealed class ImageCore : IDisposable
 {
     private long _fileLength;
+    private IReadOnlyList<SnapshotTableEntry>? _rangesOf;
+    private long _snapshotTableBytes;
 
     public ImageCore(IStorage file, HeaderCluster header, Qcow2OpenOptions options, bool ownsFile)
     {
@@ -28,6 +61,8 @@ internal sealed class ImageCore : IDisposable
         var refcountCapacity = (int)Math.Clamp(options.RefcountCacheBytes / Geometry.ClusterSize, 4, 1 << 20);
         RefcountCache = new TableCache(file, Geometry.ClusterSize, refcountCapacity, "refcount block");
         ActiveL1 = new L1Table(header.Header.L1TableOffset, []);
+        L2Cache.BeforeWrite = offset => GuardMetadata(offset, Geometry.ClusterSize, MetadataKind.ActiveL2);
+        RefcountCache.BeforeWrite = offset => GuardMetadata(offset, Geometry.ClusterSize, MetadataKind.RefcountBlock);
         FeatureNamesToWrite = [.. FeatureName.Standard, .. options.Extensions.Select(e => new FeatureName(FeatureKind.Autoclear, e.AutoclearBit, e.FeatureName))];
     }
 
@@ -108,6 +143,92 @@ internal sealed class ImageCore : IDisposable
         await File.WriteAsync(fieldOffset, bytes.AsMemory(fieldOffset, length), async, cancellationToken).ConfigureAwait(false);
         await File.FlushAsync(async, cancellationToken).ConfigureAwait(false);
         Header = Header with { Header = updated };
+    }
+
+    /// <summary>Set once a write was refused for landing on live metadata: the image is marked corrupt and takes no more writes.</summary>
+    public string? CorruptionDetected { get; private set; }
+
+    /// <summary>
+    /// QEMU's metadata overlap check (its "cached" mode: everything but inactive L2 tables): a
+    /// write to [offset, offset + length) of the image file that would land on live metadata other
+    /// than <paramref name="allowed"/> marks the image corrupt on disk and throws instead.
+    /// </summary>
+    /// <exception cref="InvalidDataException">The write would damage metadata.</exception>
+    public void GuardMetadata(long offset, long length, MetadataKind allowed)
+    {
+        if (FindOverlap(offset, length, allowed) is not { } structure)
+        {
+            return;
+        }
+
+        var problem = $"Preventing invalid write on metadata (overlaps with {structure}) at 0x{offset:x}, {length} bytes";
+        if (CorruptionDetected is null)
+        {
+            CorruptionDetected = problem;
+            var header = Header.Header with { Incompatible = Header.Header.Incompatible | IncompatibleFeatures.Corrupt };
+            SyncOver.Run(WriteHeaderFieldsAsync(header, Qcow2Header.IncompatibleFeaturesOffset, 8, async: false, CancellationToken.None));
+        }
+
+        throw Qcow2Corruption.Create("image", problem + "; the image is now marked corrupt (repair it with check -r all)", offset);
+    }
+
+    /// <summary>The first live metadata structure [offset, offset + length) overlaps, other than <paramref name="allowed"/>.</summary>
+    private string? FindOverlap(long offset, long length, MetadataKind allowed)
+    {
+        var geometry = Geometry;
+        var header = Header.Header;
+        bool Hits(long start, long bytes) => bytes > 0 && offset < geometry.RoundUpToCluster(start + bytes) && start < offset + length;
+        if (allowed != MetadataKind.Header && Hits(0, geometry.ClusterSize))
+        {
+            return "qcow2_header";
+        }
+
+        if (allowed != MetadataKind.ActiveL1 && Hits(ActiveL1.Offset, (long)ActiveL1.Size * Qcow2Layout.L1EntrySize))
+        {
+            return "active L1 table";
+        }
+
+        var refcounts = RefcountManager?.Table ?? Refcounts;
+        if (allowed != MetadataKind.RefcountTable && Hits(header.RefcountTableOffset, (long)header.RefcountTableClusters * geometry.ClusterSize))
+        {
+            return "refcount table";
+        }
+
+        if (!ReferenceEquals(_rangesOf, Snapshots))
+        {
+            _snapshotTableBytes = Snapshots.Sum(s => (long)s.StoredLength);
+            _rangesOf = Snapshots;
+        }
+
+        if (allowed != MetadataKind.SnapshotTable && header.SnapshotCount > 0 && Hits(header.SnapshotsOffset, _snapshotTableBytes))
+        {
+            return "snapshot table";
+        }
+
+        if (allowed != MetadataKind.InactiveL1 && Snapshots.FirstOrDefault(s => Hits(s.L1TableOffset, (long)s.L1Size * Qcow2Layout.L1EntrySize)) is { } snapshot)
+        {
+            return $"inactive L1 table of snapshot '{snapshot.Name}'";
+        }
+
+        if (allowed != MetadataKind.BitmapDirectory && Header.Bitmaps is { } bitmaps && Hits(bitmaps.DirectoryOffset, bitmaps.DirectorySize))
+        {
+            return "bitmap directory";
+        }
+
+        for (var cluster = geometry.StartOfCluster(offset); cluster < offset + length; cluster += geometry.ClusterSize)
+        {
+            if (allowed != MetadataKind.ActiveL2 && ActiveL1.PointsAt(cluster))
+            {
+                return $"active L2 table at 0x{cluster:x}";
+            }
+
+            if (allowed != MetadataKind.RefcountBlock && refcounts is not null && refcounts.IsBlock(cluster))
+            {
+                return $"refcount block at 0x{cluster:x}";
+            }
+        }
+
+        return null;
     }
 
     /// <summary>The refcount table, loaded on first use (read-only images rarely need it).</summary>

@@ -237,7 +237,7 @@ public sealed partial class Qcow2Image
                     if (type == ClusterType.ZeroAllocated && hostRefcount == sharers)
                     {
                         // Only this entry reaches the host cluster: it stays, its bytes become the zeros the guest saw.
-                        await _core.File.WriteAsync(entry.HostOffset, zeros, async, cancellationToken).ConfigureAwait(false);
+                        await WriteDataAsync(entry.HostOffset, zeros, async, cancellationToken).ConfigureAwait(false);
                         replacement = L2Entry.Normal(entry.HostOffset, copied: entry.IsCopied);
                     }
                     else if (type == ClusterType.ZeroPlain && !hasBacking)
@@ -253,7 +253,7 @@ public sealed partial class Qcow2Image
                             await refcounts.ChangeAsync(host >> geometry.ClusterBits, sharers - 1, ClusterUse.Data, async, cancellationToken).ConfigureAwait(false);
                         }
 
-                        await _core.File.WriteAsync(host, zeros, async, cancellationToken).ConfigureAwait(false);
+                        await WriteDataAsync(host, zeros, async, cancellationToken).ConfigureAwait(false);
                         replacement = L2Entry.Normal(host, copied: sharers == 1);
                         if (type == ClusterType.ZeroAllocated)
                         {

@@ -201,14 +201,6 @@ public sealed partial class Qcow2Image
         _core.Backing = fresh;
     }
 
-    private void ThrowIfNotWritable()
-    {
-        if (!IsWritable || _isSnapshotView)
-        {
-            throw new NotSupportedException("The image was opened read-only.");
-        }
-    }
-
     /// <summary>The backing file opened read-write for a commit: a qcow2 image or a raw file.</summary>
     private sealed class CommitTarget : IDisposable
     {

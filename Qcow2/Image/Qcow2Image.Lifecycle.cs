@@ -31,10 +31,7 @@ public sealed partial class Qcow2Image
     public void SetBackingFile(string? name, string? format)
     {
         ThrowIfDisposed();
-        if (!IsWritable)
-        {
-            throw new NotSupportedException("The image was opened read-only.");
-        }
+        ThrowIfNotWritable();
 
         SyncOver.Run(SetBackingFileCoreAsync(name, format, async: false, CancellationToken.None));
     }
@@ -119,6 +116,11 @@ public sealed partial class Qcow2Image
             return;
         }
 
+        if (_core.CorruptionDetected is { } problem)
+        {
+            throw Qcow2Corruption.Create("image", $"it was marked corrupt and takes no more writes ({problem})");
+        }
+
         using (await _core.MetadataLock.AcquireAsync(async, cancellationToken).ConfigureAwait(false))
         {
             await FlushLockedAsync(async, cancellationToken).ConfigureAwait(false);
@@ -158,9 +160,9 @@ public sealed partial class Qcow2Image
 
     private async ValueTask CloseCoreAsync(bool async, CancellationToken cancellationToken)
     {
-        if (!IsWritable || _core.RefcountManager is null)
+        if (!IsWritable || _core.RefcountManager is null || _core.CorruptionDetected is not null)
         {
-            return;
+            return; // after a refused metadata overwrite nothing more is written, as after a crash
         }
 
         using (await _core.MetadataLock.AcquireAsync(async, cancellationToken).ConfigureAwait(false))

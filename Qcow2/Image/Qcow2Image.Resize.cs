@@ -32,10 +32,7 @@ public sealed partial class Qcow2Image
 
     private async ValueTask ResizeCoreAsync(long newSize, bool allowShrink, bool async, CancellationToken cancellationToken, bool zeroNewBytes = true)
     {
-        if (!IsWritable)
-        {
-            throw new NotSupportedException("The image was opened read-only.");
-        }
+        ThrowIfNotWritable();
 
         ArgumentOutOfRangeException.ThrowIfNegative(newSize);
         if (newSize % Qcow2Layout.SectorSize != 0)

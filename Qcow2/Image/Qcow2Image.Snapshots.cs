@@ -82,10 +82,7 @@ public sealed partial class Qcow2Image
 
     private async ValueTask MakeEmptyCoreAsync(bool async, CancellationToken cancellationToken)
     {
-        if (!IsWritable || _isSnapshotView)
-        {
-            throw new NotSupportedException("The image was opened read-only.");
-        }
+        ThrowIfNotWritable();
 
         using var everything = await _core.GuestLock.AcquireAsync(0, long.MaxValue, exclusive: true, async, cancellationToken).ConfigureAwait(false);
         using var locked = await _core.MetadataLock.AcquireAsync(async, cancellationToken).ConfigureAwait(false);
@@ -207,10 +204,7 @@ public sealed partial class Qcow2Image
 
     private void ThrowUnlessSnapshotsAllowed()
     {
-        if (!IsWritable || _isSnapshotView)
-        {
-            throw new NotSupportedException("The image was opened read-only.");
-        }
+        ThrowIfNotWritable();
 
         if (_core.Geometry.ExternalDataFile)
         {

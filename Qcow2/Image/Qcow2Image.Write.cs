@@ -42,12 +42,22 @@ public sealed partial class Qcow2Image
     private void ThrowIfNotWritable(long offset, long length)
     {
         ThrowIfDisposed();
-        if (!IsWritable)
+        ThrowIfNotWritable();
+        ThrowIfOutOfRange(offset, length);
+    }
+
+    /// <summary>Refuses changes on a read-only image or snapshot view, and on one the overlap check marked corrupt.</summary>
+    private void ThrowIfNotWritable()
+    {
+        if (!IsWritable || _isSnapshotView)
         {
             throw new NotSupportedException(_isSnapshotView ? "Snapshot views are read-only." : "The image was opened read-only.");
         }
 
-        ThrowIfOutOfRange(offset, length);
+        if (_core.CorruptionDetected is { } problem)
+        {
+            throw Qcow2Corruption.Create("image", $"it was marked corrupt and takes no more writes ({problem})");
+        }
     }
 
     private async ValueTask WriteCoreAsync(long offset, ReadOnlyMemory<byte> data, bool async, CancellationToken cancellationToken)
@@ -256,6 +266,11 @@ public sealed partial class Qcow2Image
     /// <summary>Writes guest data to the data file (the image itself or the external data file).</summary>
     private async ValueTask WriteDataAsync(long host, ReadOnlyMemory<byte> data, bool async, CancellationToken cancellationToken)
     {
+        if (!_core.Geometry.ExternalDataFile)
+        {
+            _core.GuardMetadata(host, data.Length, MetadataKind.None);
+        }
+
         await _core.DataFile.WriteAsync(host, data, async, cancellationToken).ConfigureAwait(false);
         if (!_core.Geometry.ExternalDataFile)
         {

@@ -12,6 +12,7 @@ internal sealed class L1Table
 {
     private readonly SortedSet<long> _dirty = [];
     private ulong[] _entries;
+    private Dictionary<long, int>? _tables; // L2 table offset -> entries pointing at it, built on first use
 
     public L1Table(long offset, ulong[] entries)
     {
@@ -51,6 +52,47 @@ internal sealed class L1Table
         return new L1Table(offset, entries);
     }
 
+    /// <summary>Whether an entry points at an L2 table at <paramref name="offset"/> (overlap checks).</summary>
+    public bool PointsAt(long offset)
+    {
+        if (_tables is null)
+        {
+            _tables = [];
+            foreach (var raw in _entries)
+            {
+                Count(raw, +1);
+            }
+        }
+
+        return _tables.ContainsKey(offset);
+    }
+
+    private void Count(ulong raw, int delta)
+    {
+        var offset = new L1Entry(raw).L2TableOffset;
+        if (_tables is null || offset == 0)
+        {
+            return;
+        }
+
+        var count = _tables.GetValueOrDefault(offset) + delta;
+        if (count > 0)
+        {
+            _tables[offset] = count;
+        }
+        else
+        {
+            _tables.Remove(offset);
+        }
+    }
+
+    private void Store(long index, ulong raw)
+    {
+        Count(_entries[index], -1);
+        _entries[index] = raw;
+        Count(raw, +1);
+    }
+
     /// <summary>A copy of the entries (for snapshots and resizes).</summary>
     public ulong[] ToArray() => (ulong[])_entries.Clone();
 
@@ -72,7 +114,7 @@ internal sealed class L1Table
     /// <summary>Changes one entry in memory and writes it to disk now.</summary>
     public async ValueTask SetAsync(IStorage storage, long index, L1Entry entry, bool async, CancellationToken cancellationToken)
     {
-        _entries[index] = entry.Raw;
+        Store(index, entry.Raw);
         _dirty.Remove(index);
         var bytes = new byte[Qcow2Layout.L1EntrySize];
         BinaryPrimitives.WriteUInt64BigEndian(bytes, entry.Raw);
@@ -85,7 +127,7 @@ internal sealed class L1Table
     /// </summary>
     public void SetDeferred(long index, L1Entry entry)
     {
-        _entries[index] = entry.Raw;
+        Store(index, entry.Raw);
         _dirty.Add(index);
     }
 
@@ -113,7 +155,7 @@ internal sealed class L1Table
     }
 
     /// <summary>Changes one entry in memory only (the caller writes the whole table).</summary>
-    public void SetInMemory(long index, L1Entry entry) => _entries[index] = entry.Raw;
+    public void SetInMemory(long index, L1Entry entry) => Store(index, entry.Raw);
 
     /// <summary>Index of the last entry pointing at an L2 table, or −1.</summary>
     public long LastAllocatedIndex()
@@ -134,6 +176,7 @@ internal sealed class L1Table
     {
         Offset = offset;
         _entries = entries;
+        _tables = null;
         _dirty.Clear();
     }
 }

@@ -10,6 +10,7 @@ namespace QcowDedup.Qcow2.Metadata;
 /// </summary>
 internal sealed class RefcountTable
 {
+    private HashSet<long>? _blockOffsets;
     private readonly Geometry _geometry;
     private readonly TableCache _blocks;
     private ulong[] _entries;
@@ -21,6 +22,7 @@ internal sealed class RefcountTable
         Offset = offset;
         Clusters = clusters;
         _entries = entries;
+        _blockOffsets = null;
     }
 
     /// <summary>Host offset of the table.</summary>
@@ -102,7 +104,18 @@ internal sealed class RefcountTable
     }
 
     /// <summary>Sets one table entry in memory (the caller writes it to disk).</summary>
-    public void SetInMemory(long index, long blockOffset) => _entries[index] = (ulong)blockOffset;
+    public void SetInMemory(long index, long blockOffset)
+    {
+        _entries[index] = (ulong)blockOffset;
+        _blockOffsets = null;
+    }
+
+    /// <summary>Whether a refcount block lives at <paramref name="offset"/> (overlap checks).</summary>
+    public bool IsBlock(long offset)
+    {
+        _blockOffsets ??= [.. _entries.Where(e => e != 0).Select(e => new RefcountTableEntry(e).BlockOffset)];
+        return _blockOffsets.Contains(offset);
+    }
 
     /// <summary>Encodes the table for writing.</summary>
     public byte[] Encode()
