@@ -85,16 +85,32 @@ internal sealed class DiskSource : IDisposable
         var entries = new List<MapEntry>();
         var position = offset;
         var end = offset + length;
+        var fileLength = _raw!.Length;
         while (position < end)
         {
-            if (!_raw!.TryGetDataExtent(position, out var isData, out var extentEnd) || extentEnd <= position)
+            bool isData;
+            long extentEnd;
+            if (position >= fileLength)
+            {
+                // The rest of the last sector lies past the end of the file: QEMU reports it as zeros.
+                (isData, extentEnd) = (false, end);
+            }
+            else if (!_raw.TryGetDataExtent(position, out isData, out extentEnd) || extentEnd <= position)
             {
                 isData = true;
                 extentEnd = end;
             }
 
             var next = Math.Min(end, extentEnd);
-            entries.Add(new MapEntry(position, next - position, 0, true, !isData, isData, position, Path));
+            if (entries.Count > 0 && entries[^1] is var last && last.Data == isData && last.End == position)
+            {
+                entries[^1] = last with { Length = next - last.Start };
+            }
+            else
+            {
+                entries.Add(new MapEntry(position, next - position, 0, true, !isData, isData, position, Path));
+            }
+
             position = next;
         }
 

@@ -13,6 +13,7 @@ internal static class Program
         ["compare"] = (CompareCommand.Run, CompareCommand.Usage),
         ["create"] = (CreateCommand.Run, CreateCommand.Usage),
         ["resize"] = (ResizeCommand.Run, ResizeCommand.Usage),
+        ["measure"] = (MeasureCommand.Run, MeasureCommand.Usage),
         ["io"] = (IoCommand.Run, IoCommand.Usage),
         ["dedup"] = (DedupCommand.Run, DedupCommand.Usage),
         ["snapshot"] = (SnapshotCommand.Run, SnapshotCommand.Usage),
