@@ -53,9 +53,16 @@ public sealed record CheckResult
     /// <summary>Diagnostics in QEMU's wording ("Leaked cluster 5 refcount=1 reference=0", …).</summary>
     public IReadOnlyList<string> Messages { get; init; } = [];
 
-    /// <summary>Whether nothing is wrong (after repairs).</summary>
-    public bool IsClean => CheckErrors == 0 && Corruptions == 0 && Leaks == 0;
+    /// <summary>
+    /// Why the check stopped before its end, in QEMU's words (qemu-img prints "Check failed:" and
+    /// this, and no summary), e.g. "Input/output error" when the refcount structure must be
+    /// rebuilt but only leaks may be repaired; null when it ran to the end.
+    /// </summary>
+    public string? Failure { get; init; }
 
-    /// <summary>qemu-img check's exit code: 0 clean, 1 check errors, 2 corruptions, 3 leaks only.</summary>
-    public int ExitCode => CheckErrors > 0 ? 1 : Corruptions > 0 ? 2 : Leaks > 0 ? 3 : 0;
+    /// <summary>Whether nothing is wrong (after repairs).</summary>
+    public bool IsClean => Failure is null && CheckErrors == 0 && Corruptions == 0 && Leaks == 0;
+
+    /// <summary>qemu-img check's exit code: 0 clean, 1 check errors or failed check, 2 corruptions, 3 leaks only.</summary>
+    public int ExitCode => Failure is not null || CheckErrors > 0 ? 1 : Corruptions > 0 ? 2 : Leaks > 0 ? 3 : 0;
 }

@@ -20,14 +20,17 @@ internal sealed class ReferenceCounter
     private readonly ImageCore _core;
     private readonly Geometry _geometry;
     private readonly CheckReport _report;
+    private readonly CorruptionSignal _signal;
     private readonly ulong _max;
     private long _fileLength;
+    private bool _fixErrors;
 
-    public ReferenceCounter(ImageCore core, CheckReport report)
+    public ReferenceCounter(ImageCore core, CheckReport report, CorruptionSignal signal)
     {
         _core = core;
         _geometry = core.Geometry;
         _report = report;
+        _signal = signal;
         _max = Math.Min(_geometry.MaxRefcount, uint.MaxValue);
         _fileLength = core.File.Length;
         References = new uint[_geometry.ClustersFor(_fileLength)];
@@ -39,9 +42,14 @@ internal sealed class ReferenceCounter
     /// <summary>Whether a refcount block problem means the whole structure must be rebuilt.</summary>
     public bool RebuildNeeded { get; private set; }
 
-    /// <summary>Counts every reference. Fragmentation figures are gathered for the active L1 only.</summary>
+    /// <summary>
+    /// Counts every reference. Fragmentation figures are gathered for the active L1 only. With
+    /// <paramref name="fixErrors"/> (-r all) the repairs QEMU makes while counting are made too.
+    /// </summary>
+    /// <exception cref="CheckAbortedException">A repair write was refused by the overlap check.</exception>
     public async ValueTask CalculateAsync(RefcountTable refcounts, bool fixErrors, bool async, CancellationToken cancellationToken)
     {
+        _fixErrors = fixErrors && _core.Writable;
         var header = _core.Header.Header;
         Add(0, _geometry.ClusterSize);
         await CountL1Async(header.L1TableOffset, header.L1Size, active: true, async, cancellationToken).ConfigureAwait(false);
@@ -78,7 +86,7 @@ internal sealed class ReferenceCounter
         }
 
         await CountBitmapsAsync(async, cancellationToken).ConfigureAwait(false);
-        CountRefcountBlocks(refcounts, fixErrors);
+        CountRefcountBlocks(refcounts);
     }
 
     /// <summary>Adds one reference to every cluster of [offset, offset + size) (qcow2_inc_refcounts_imrt).</summary>
@@ -126,11 +134,7 @@ internal sealed class ReferenceCounter
 
         Add(offset, (long)size * Qcow2Layout.L1EntrySize);
         var bytes = new byte[(long)size * Qcow2Layout.L1EntrySize];
-        if (await _core.File.ReadAsync(offset, bytes, async, cancellationToken).ConfigureAwait(false) < bytes.Length)
-        {
-            _report.CheckError("ERROR: I/O error in check_refcounts_l1");
-            return;
-        }
+        await _core.File.ReadZeroFilledAsync(offset, bytes, async, cancellationToken).ConfigureAwait(false);
 
         for (var i = 0; i < size; i++)
         {
@@ -152,18 +156,15 @@ internal sealed class ReferenceCounter
                 _report.Error($"ERROR l2_offset={l2Offset:x}: Table is not cluster aligned; L1 entry corrupted");
             }
 
-            await CountL2Async(l2Offset, active ? new FragmentationTracker() : null, async, cancellationToken).ConfigureAwait(false);
+            await CountL2Async(l2Offset, active, async, cancellationToken).ConfigureAwait(false);
         }
     }
 
-    private async ValueTask CountL2Async(long l2Offset, FragmentationTracker? fragmentation, bool async, CancellationToken cancellationToken)
+    private async ValueTask CountL2Async(long l2Offset, bool active, bool async, CancellationToken cancellationToken)
     {
+        var fragmentation = active ? new FragmentationTracker() : null;
         var table = new byte[_geometry.ClusterSize];
-        if (await _core.File.ReadAsync(l2Offset, table, async, cancellationToken).ConfigureAwait(false) < table.Length && l2Offset >= _fileLength)
-        {
-            _report.CheckError("ERROR: I/O error in check_refcounts_l2");
-            return;
-        }
+        await _core.File.ReadZeroFilledAsync(l2Offset, table, async, cancellationToken).ConfigureAwait(false);
 
         for (var i = 0; i < _geometry.L2Entries; i++)
         {
@@ -191,9 +192,19 @@ internal sealed class ReferenceCounter
                     if (!_geometry.IsClusterAligned(offset))
                     {
                         var containsData = _geometry.ExtendedL2 ? (bitmap.Raw & SubclusterBitmap.AllAllocatedMask) != 0 : !entry.HasZeroFlag;
-                        _report.Error(containsData
-                            ? $"ERROR offset={offset:x}: Data cluster is not properly aligned; L2 entry corrupted."
-                            : $"ERROR offset={offset:x}: Preallocated cluster is not properly aligned; L2 entry corrupted.");
+                        if (containsData)
+                        {
+                            _report.Error($"ERROR offset={offset:x}: Data cluster is not properly aligned; L2 entry corrupted.");
+                        }
+                        else
+                        {
+                            _report.Error($"{(_fixErrors ? "Repairing" : "ERROR")} offset={offset:x}: Preallocated cluster is not properly aligned; L2 entry corrupted.");
+                            if (_fixErrors)
+                            {
+                                await ZeroEntryAsync(l2Offset, table, i, active, async, cancellationToken).ConfigureAwait(false);
+                                continue; // the entry no longer points anywhere: nothing to count
+                            }
+                        }
                     }
 
                     fragmentation?.Allocated(offset, _geometry.ClusterSize);
@@ -214,6 +225,39 @@ internal sealed class ReferenceCounter
             _report.Allocated += fragmentation.AllocatedCount;
             _report.Fragmented += fragmentation.FragmentedCount;
         }
+    }
+
+    /// <summary>
+    /// QEMU's fix_l2_entry_by_zero: an unaligned preallocated entry carries only zeros, so it
+    /// becomes a plain zero entry (every allocated subcluster a zero one), written at once.
+    /// </summary>
+    /// <exception cref="CheckAbortedException">The entry lies on other metadata (QEMU then stops the check).</exception>
+    private async ValueTask ZeroEntryAsync(long l2Offset, byte[] table, int index, bool active, bool async, CancellationToken cancellationToken)
+    {
+        if (_geometry.ExtendedL2)
+        {
+            var bitmap = L2Table.ReadBitmap(table, index, extended: true).Raw;
+            L2Table.WriteBitmap(table, index, new SubclusterBitmap((bitmap | (bitmap << 32)) & SubclusterBitmap.AllZeroMask));
+            L2Table.WriteEntry(table, index, extended: true, L2Entry.Unallocated);
+        }
+        else
+        {
+            L2Table.WriteEntry(table, index, extended: false, L2Entry.ZeroPlain);
+        }
+
+        var entryOffset = l2Offset + ((long)index * _geometry.L2EntrySize);
+        if (MetadataOverlap.Find(_core, entryOffset, _geometry.L2EntrySize, active ? MetadataKind.ActiveL2 : MetadataKind.None) is { } overlapped)
+        {
+            await _signal.RaiseAsync($"Preventing invalid write on metadata (overlaps with {overlapped})", async, cancellationToken).ConfigureAwait(false);
+            _report.CheckErrors++;
+            throw _report.Abort("ERROR: Overlap check failed");
+        }
+
+        await _core.File.WriteAsync(entryOffset, table.AsMemory(index * _geometry.L2EntrySize, _geometry.L2EntrySize), async, cancellationToken).ConfigureAwait(false);
+        await _core.File.FlushAsync(async, cancellationToken).ConfigureAwait(false);
+        _core.L2Cache.Forget(l2Offset); // written around the cache, which was flushed before the check
+        _report.Corruptions--;
+        _report.CorruptionsFixed++;
     }
 
     private void CountCompressed(int index, L2Entry entry, SubclusterBitmap bitmap, FragmentationTracker? fragmentation)
@@ -256,11 +300,7 @@ internal sealed class ReferenceCounter
         {
             Add(bitmap.TableOffset, (long)bitmap.TableSize * 8);
             var table = new byte[(long)bitmap.TableSize * 8];
-            if (await _core.File.ReadAsync(bitmap.TableOffset, table, async, cancellationToken).ConfigureAwait(false) < table.Length)
-            {
-                _report.Error($"ERROR bitmap '{bitmap.Name}': bitmap table could not be read");
-                continue;
-            }
+            await _core.File.ReadZeroFilledAsync(bitmap.TableOffset, table, async, cancellationToken).ConfigureAwait(false);
 
             for (var i = 0; i < bitmap.TableSize; i++)
             {
@@ -281,7 +321,7 @@ internal sealed class ReferenceCounter
     }
 
     /// <summary>QEMU's check_refblocks: every refcount block counted once; problems force a rebuild.</summary>
-    private void CountRefcountBlocks(RefcountTable refcounts, bool fixErrors)
+    private void CountRefcountBlocks(RefcountTable refcounts)
     {
         for (var i = 0L; i < refcounts.Size; i++)
         {
@@ -309,7 +349,7 @@ internal sealed class ReferenceCounter
             var cluster = offset >> _geometry.ClusterBits;
             if (cluster >= _geometry.ClustersFor(_fileLength))
             {
-                if (fixErrors && _core.File.CanWrite)
+                if (_fixErrors)
                 {
                     // QEMU extends the file to cover the block and counts that as fixed.
                     _report.Note($"Repairing refcount block {i} is outside image");
@@ -358,47 +398,5 @@ internal sealed class ReferenceCounter
             AllocatedCount++;
             FragmentedCount++; // compressed clusters are fragmented by nature
         }
-    }
-}
-
-/// <summary>Counters and messages collected while checking.</summary>
-internal sealed class CheckReport
-{
-    public int CheckErrors { get; set; }
-
-    public int Corruptions { get; set; }
-
-    public int Leaks { get; set; }
-
-    public int CorruptionsFixed { get; set; }
-
-    public int LeaksFixed { get; set; }
-
-    public long Allocated { get; set; }
-
-    public long Fragmented { get; set; }
-
-    public long Compressed { get; set; }
-
-    public List<string> Messages { get; } = [];
-
-    public void Error(string message)
-    {
-        Corruptions++;
-        Messages.Add(message);
-    }
-
-    public void CheckError(string message)
-    {
-        CheckErrors++;
-        Messages.Add(message);
-    }
-
-    public void Note(string message) => Messages.Add(message);
-
-    public (int CheckErrors, int Corruptions, int Leaks, int CorruptionsFixed, int LeaksFixed) Counters
-    {
-        get => (CheckErrors, Corruptions, Leaks, CorruptionsFixed, LeaksFixed);
-        set => (CheckErrors, Corruptions, Leaks, CorruptionsFixed, LeaksFixed) = value;
     }
 }

@@ -1,39 +1,10 @@
+using QcowDedup.Qcow2.Check;
 using QcowDedup.Qcow2.Format;
 using QcowDedup.Qcow2.Metadata;
 using QcowDedup.Qcow2.Storage;
 
 namespace QcowDedup.Qcow2.Image;
 
-/// <summary>Kinds of qcow2 metadata the overlap check tells apart (what a write is allowed to land on).</summary>
-internal enum MetadataKind
-{
-    /// <summary>Guest data: no metadata at all.</summary>
-    None,
-
-    /// <summary>Cluster 0.</summary>
-    Header,
-
-    /// <summary>The active L1 table.</summary>
-    ActiveL1,
-
-    /// <summary>L2 tables the active L1 table points at.</summary>
-    ActiveL2,
-
-    /// <summary>The refcount table.</summary>
-    RefcountTable,
-
-    /// <summary>Refcount blocks.</summary>
-    RefcountBlock,
-
-    /// <summary>The snapshot table.</summary>
-    SnapshotTable,
-
-    /// <summary>Snapshots' L1 tables.</summary>
-    InactiveL1,
-
-    /// <summary>The persistent bitmap directory.</summary>
-    BitmapDirectory,
-}
 
 /// <summary>
 /// State shared by an image and the snapshot views opened from it: the files, the header, the
@@ -145,6 +116,22 @@ internal sealed class ImageCore : IDisposable
         Header = Header with { Header = updated };
     }
 
+    /// <summary>Bytes of the snapshot table as stored (cached per snapshot list).</summary>
+    public long SnapshotTableBytes
+    {
+        get
+        {
+            var snapshots = Snapshots;
+            if (!ReferenceEquals(_rangesOf, snapshots))
+            {
+                _snapshotTableBytes = snapshots.Sum(s => (long)s.StoredLength);
+                _rangesOf = snapshots;
+            }
+
+            return _snapshotTableBytes;
+        }
+    }
+
     /// <summary>Set once a write was refused for landing on live metadata: the image is marked corrupt and takes no more writes.</summary>
     public string? CorruptionDetected { get; private set; }
 
@@ -156,7 +143,7 @@ internal sealed class ImageCore : IDisposable
     /// <exception cref="InvalidDataException">The write would damage metadata.</exception>
     public void GuardMetadata(long offset, long length, MetadataKind allowed)
     {
-        if (FindOverlap(offset, length, allowed) is not { } structure)
+        if (MetadataOverlap.Find(this, offset, length, allowed) is not { } structure)
         {
             return;
         }
@@ -172,64 +159,6 @@ internal sealed class ImageCore : IDisposable
         throw Qcow2Corruption.Create("image", problem + "; the image is now marked corrupt (repair it with check -r all)", offset);
     }
 
-    /// <summary>The first live metadata structure [offset, offset + length) overlaps, other than <paramref name="allowed"/>.</summary>
-    private string? FindOverlap(long offset, long length, MetadataKind allowed)
-    {
-        var geometry = Geometry;
-        var header = Header.Header;
-        bool Hits(long start, long bytes) => bytes > 0 && offset < geometry.RoundUpToCluster(start + bytes) && start < offset + length;
-        if (allowed != MetadataKind.Header && Hits(0, geometry.ClusterSize))
-        {
-            return "qcow2_header";
-        }
-
-        if (allowed != MetadataKind.ActiveL1 && Hits(ActiveL1.Offset, (long)ActiveL1.Size * Qcow2Layout.L1EntrySize))
-        {
-            return "active L1 table";
-        }
-
-        var refcounts = RefcountManager?.Table ?? Refcounts;
-        if (allowed != MetadataKind.RefcountTable && Hits(header.RefcountTableOffset, (long)header.RefcountTableClusters * geometry.ClusterSize))
-        {
-            return "refcount table";
-        }
-
-        if (!ReferenceEquals(_rangesOf, Snapshots))
-        {
-            _snapshotTableBytes = Snapshots.Sum(s => (long)s.StoredLength);
-            _rangesOf = Snapshots;
-        }
-
-        if (allowed != MetadataKind.SnapshotTable && header.SnapshotCount > 0 && Hits(header.SnapshotsOffset, _snapshotTableBytes))
-        {
-            return "snapshot table";
-        }
-
-        if (allowed != MetadataKind.InactiveL1 && Snapshots.FirstOrDefault(s => Hits(s.L1TableOffset, (long)s.L1Size * Qcow2Layout.L1EntrySize)) is { } snapshot)
-        {
-            return $"inactive L1 table of snapshot '{snapshot.Name}'";
-        }
-
-        if (allowed != MetadataKind.BitmapDirectory && Header.Bitmaps is { } bitmaps && Hits(bitmaps.DirectoryOffset, bitmaps.DirectorySize))
-        {
-            return "bitmap directory";
-        }
-
-        for (var cluster = geometry.StartOfCluster(offset); cluster < offset + length; cluster += geometry.ClusterSize)
-        {
-            if (allowed != MetadataKind.ActiveL2 && ActiveL1.PointsAt(cluster))
-            {
-                return $"active L2 table at 0x{cluster:x}";
-            }
-
-            if (allowed != MetadataKind.RefcountBlock && refcounts is not null && refcounts.IsBlock(cluster))
-            {
-                return $"refcount block at 0x{cluster:x}";
-            }
-        }
-
-        return null;
-    }
 
     /// <summary>The refcount table, loaded on first use (read-only images rarely need it).</summary>
     public RefcountTable? Refcounts { get; set; }

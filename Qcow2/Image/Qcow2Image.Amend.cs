@@ -180,7 +180,8 @@ public sealed partial class Qcow2Image
             throw new InvalidOperationException($"The image has {before.Corruptions} corruptions and {before.CheckErrors} check errors; repair it (qemu-img check -r all) before changing the refcount width.");
         }
 
-        var counter = new ReferenceCounter(_core, new CheckReport());
+        var report = new CheckReport();
+        var counter = new ReferenceCounter(_core, report, new CorruptionSignal(_core, report));
         await counter.CalculateAsync(_core.RefcountManager!.Table, fixErrors: false, async, cancellationToken).ConfigureAwait(false);
         var references = counter.References.Select(r => (ulong)r).ToArray();
         var order = System.Numerics.BitOperations.Log2((uint)bits);

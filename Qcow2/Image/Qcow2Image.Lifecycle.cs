@@ -8,6 +8,9 @@ namespace QcowDedup.Qcow2.Image;
 
 public sealed partial class Qcow2Image
 {
+    /// <summary>A dirty image opened for repair stays dirty on close until a check repairs it clean.</summary>
+    private bool _keepDirtyBit;
+
     /// <summary>Makes everything written so far durable: guest data, then refcounts, L2 and L1 tables.</summary>
     public void Flush()
     {
@@ -100,8 +103,9 @@ public sealed partial class Qcow2Image
         if (repair != CheckRepair.None)
         {
             await FlushLockedAsync(async, cancellationToken).ConfigureAwait(false);
-            if (result.CheckErrors == 0 && result.Corruptions == 0)
+            if (result.Failure is null && result.CheckErrors == 0 && result.Corruptions == 0)
             {
+                _keepDirtyBit = false;
                 await SetIncompatibleBitsAsync(IncompatibleFeatures.Dirty | IncompatibleFeatures.Corrupt, false, async, cancellationToken).ConfigureAwait(false);
             }
         }
@@ -173,7 +177,10 @@ public sealed partial class Qcow2Image
             }
 
             await FlushLockedAsync(async, cancellationToken).ConfigureAwait(false);
-            await SetIncompatibleBitsAsync(IncompatibleFeatures.Dirty, false, async, cancellationToken).ConfigureAwait(false);
+            if (!_keepDirtyBit)
+            {
+                await SetIncompatibleBitsAsync(IncompatibleFeatures.Dirty, false, async, cancellationToken).ConfigureAwait(false);
+            }
         }
     }
 
@@ -197,7 +204,11 @@ public sealed partial class Qcow2Image
             await _core.RewriteHeaderAsync(header with { Header = header.Header with { Autoclear = header.Header.Autoclear & maintained } }, async, cancellationToken).ConfigureAwait(false);
         }
 
-        await MarkBitmapsInUseAsync(async, cancellationToken).ConfigureAwait(false);
+        if (!_core.Options.ForRepair)
+        {
+            await MarkBitmapsInUseAsync(async, cancellationToken).ConfigureAwait(false); // a repair writes no guest data: bitmaps stay true
+        }
+
         var table = await _core.GetRefcountsLockedAsync(async, cancellationToken).ConfigureAwait(false);
         _core.RefcountManager = new RefcountManager(_core.File, _core.Geometry, table, _core.RefcountCache, _core.L2Cache, _core.Reservations, CommitRefcountTableAsync, OnClusterFreed, _core.NoteFileEnd);
         _core.Tables = new ActiveTables(_core.File, _core.Geometry, _core.ActiveL1, _core.L2Cache, _core.RefcountCache, _core.RefcountManager, () => !_core.LazyRefcounts);
@@ -210,12 +221,16 @@ public sealed partial class Qcow2Image
             OpenExtensionsAndAllocator();
         }
 
-        if ((_core.Header.Header.Incompatible & IncompatibleFeatures.Dirty) != 0)
+        if ((_core.Header.Header.Incompatible & IncompatibleFeatures.Dirty) != 0 && _core.Options.ForRepair)
+        {
+            _keepDirtyBit = true; // until a repair leaves the image clean; Check reports what is wrong
+        }
+        else if ((_core.Header.Header.Incompatible & IncompatibleFeatures.Dirty) != 0)
         {
             var result = await CheckLockedAsync(CheckRepair.All, async, cancellationToken).ConfigureAwait(false);
-            if (result.CheckErrors > 0 || result.Corruptions > 0)
+            if (result.Failure is not null || result.CheckErrors > 0 || result.Corruptions > 0)
             {
-                throw Qcow2Corruption.Create("header", $"could not repair the dirty image ({result.CheckErrors} check errors, {result.Corruptions} corruptions remain): {string.Join("; ", result.Messages.Take(5))}");
+                throw Qcow2Corruption.Create("header", $"could not repair the dirty image ({result.CheckErrors} check errors, {result.Corruptions} corruptions remain{(result.Failure is null ? string.Empty : ", check failed: " + result.Failure)}): {string.Join("; ", result.Messages.Take(5))}");
             }
         }
 

@@ -176,7 +176,7 @@ public sealed partial class Qcow2Image
             throw new ArgumentException("The image was asked to open for writing but its storage is read-only.", nameof(options));
         }
 
-        if ((fixedHeader.Incompatible & IncompatibleFeatures.Corrupt) != 0)
+        if ((fixedHeader.Incompatible & IncompatibleFeatures.Corrupt) != 0 && !options.ForRepair)
         {
             throw Qcow2Corruption.Create("header", "the corrupt bit is set, so the image can only be opened read-only (or repaired with check -r all)", Qcow2Header.IncompatibleFeaturesOffset);
         }

@@ -1,4 +1,5 @@
 using System.Buffers;
+using QcowDedup.Qcow2.Check;
 using QcowDedup.Qcow2.Format;
 using QcowDedup.Qcow2.Metadata;
 using QcowDedup.Qcow2.Storage;

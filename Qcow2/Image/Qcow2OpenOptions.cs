@@ -54,4 +54,13 @@ public sealed record Qcow2OpenOptions
 
     /// <summary>For images opened from a stream: leave the stream open when the image is disposed.</summary>
     public bool LeaveOpen { get; init; }
+
+    /// <summary>
+    /// Open to repair with <see cref="Qcow2Image.Check(Check.CheckRepair)"/>, as qemu-img check -r
+    /// does: with <see cref="Writable"/>, an image with the corrupt bit opens for writing, and a
+    /// dirty image is not repaired at open (so the check reports and counts what it repairs), and
+    /// persistent bitmaps are not marked in use. The dirty bit stays set until a repair leaves the
+    /// image clean. Write nothing but repairs through such an image.
+    /// </summary>
+    public bool ForRepair { get; init; }
 }

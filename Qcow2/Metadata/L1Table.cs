@@ -12,7 +12,8 @@ internal sealed class L1Table
 {
     private readonly SortedSet<long> _dirty = [];
     private ulong[] _entries;
-    private Dictionary<long, int>? _tables; // L2 table offset -> entries pointing at it, built on first use
+    private Dictionary<long, int>? _tables; // cluster an L2 table covers -> entries pointing there, built on first use
+    private long _clusterMask;
 
     public L1Table(long offset, ulong[] entries)
     {
@@ -52,19 +53,23 @@ internal sealed class L1Table
         return new L1Table(offset, entries);
     }
 
-    /// <summary>Whether an entry points at an L2 table at <paramref name="offset"/> (overlap checks).</summary>
-    public bool PointsAt(long offset)
+    /// <summary>
+    /// Whether an entry points at an L2 table overlapping the cluster at <paramref name="cluster"/>
+    /// (overlap checks; a misaligned table overlaps two clusters).
+    /// </summary>
+    public bool PointsAt(long cluster, int clusterSize)
     {
         if (_tables is null)
         {
             _tables = [];
+            _clusterMask = ~(long)(clusterSize - 1);
             foreach (var raw in _entries)
             {
                 Count(raw, +1);
             }
         }
 
-        return _tables.ContainsKey(offset);
+        return _tables.ContainsKey(cluster);
     }
 
     private void Count(ulong raw, int delta)
@@ -75,14 +80,24 @@ internal sealed class L1Table
             return;
         }
 
-        var count = _tables.GetValueOrDefault(offset) + delta;
+        var first = offset & _clusterMask;
+        CountCluster(_tables, first, delta);
+        if (first != offset)
+        {
+            CountCluster(_tables, first - _clusterMask, delta); // the next cluster: -mask is the cluster size
+        }
+    }
+
+    private static void CountCluster(Dictionary<long, int> tables, long cluster, int delta)
+    {
+        var count = tables.GetValueOrDefault(cluster) + delta;
         if (count > 0)
         {
-            _tables[offset] = count;
+            tables[cluster] = count;
         }
         else
         {
-            _tables.Remove(offset);
+            tables.Remove(cluster);
         }
     }
 

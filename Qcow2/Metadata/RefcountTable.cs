@@ -110,11 +110,24 @@ internal sealed class RefcountTable
         _blockOffsets = null;
     }
 
-    /// <summary>Whether a refcount block lives at <paramref name="offset"/> (overlap checks).</summary>
-    public bool IsBlock(long offset)
+    /// <summary>Whether a refcount block overlaps the cluster at <paramref name="cluster"/> (overlap checks; a misaligned block overlaps two).</summary>
+    public bool IsBlock(long cluster)
     {
-        _blockOffsets ??= [.. _entries.Where(e => e != 0).Select(e => new RefcountTableEntry(e).BlockOffset)];
-        return _blockOffsets.Contains(offset);
+        if (_blockOffsets is null)
+        {
+            _blockOffsets = [];
+            foreach (var offset in _entries.Select(e => new RefcountTableEntry(e).BlockOffset).Where(o => o != 0))
+            {
+                var first = _geometry.StartOfCluster(offset);
+                _blockOffsets.Add(first);
+                if (first != offset)
+                {
+                    _blockOffsets.Add(first + _geometry.ClusterSize);
+                }
+            }
+        }
+
+        return _blockOffsets.Contains(cluster);
     }
 
     /// <summary>Encodes the table for writing.</summary>

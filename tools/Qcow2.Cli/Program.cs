@@ -9,6 +9,7 @@ internal static class Program
     {
         ["info"] = (InfoCommand.Run, InfoCommand.Usage),
         ["map"] = (MapCommand.Run, MapCommand.Usage),
+        ["check"] = (CheckCommand.Run, CheckCommand.Usage),
         ["convert"] = (ConvertCommand.Run, ConvertCommand.Usage),
         ["compare"] = (CompareCommand.Run, CompareCommand.Usage),
         ["create"] = (CreateCommand.Run, CreateCommand.Usage),

@@ -1,0 +1,180 @@
+using System.Globalization;
+using System.Text;
+using QcowDedup.Qcow2.Check;
+using QcowDedup.Qcow2.Image;
+
+namespace QcowDedup.Cli.Commands;
+
+/// <summary>
+/// qcow2 check [-f qcow2] [-r leaks|all] [--output human|json] [-q] FILE — qemu-img check: the same
+/// counts, text, JSON keys and exit codes (0 clean, 1 check errors, 2 corruptions, 3 leaks only,
+/// 63 for formats without checks). Per-cluster diagnostics go to stderr, the summary to stdout.
+/// </summary>
+internal static class CheckCommand
+{
+    public const string Usage = "qcow2 check [-f qcow2] [-r leaks|all] [--output human|json] [-q] [-p] FILE";
+
+    /// <summary>Exit code of qemu-img check for a format it cannot check.</summary>
+    private const int NotSupportedExitCode = 63;
+
+    public static int Run(IReadOnlyList<string> args)
+    {
+        var line = CommandLine.Parse(args, ["-f", "--format", "-r", "--repair", "--output", "-T"], ["-q", "-p", "-U", "--force-share"]);
+        var repair = line.Value("-r", "--repair") switch
+        {
+            null => CheckRepair.None,
+            "leaks" => CheckRepair.Leaks,
+            "all" => CheckRepair.All,
+            var other => throw new UsageException($"Unknown option value for -r (expecting 'leaks' or 'all'): {other}"),
+        };
+        if (line.Positionals.Count != 1)
+        {
+            throw new UsageException("Expecting one image file name");
+        }
+
+        var json = line.Value("--output") switch
+        {
+            null or "human" => false,
+            "json" => true,
+            _ => throw new UsageException("--output must be used with human or json as argument."),
+        };
+        var path = line.Positionals[0];
+        var quiet = line.Has("-q");
+        if (!File.Exists(path))
+        {
+            throw new FileNotFoundException($"Could not open '{path}': Could not open '{path}': No such file or directory", path);
+        }
+
+        var format = line.Value("-f", "--format") ?? DiskSource.Probe(path);
+        if (format is not ("qcow2" or "raw"))
+        {
+            throw new UsageException($"unknown or unsupported format '{format}' (use qcow2 or raw)");
+        }
+
+        if (format == "raw")
+        {
+            Console.Error.WriteLine("qcow2: This image format does not support checks");
+            return NotSupportedExitCode;
+        }
+
+        var progress = new Progress(line.Has("-p") && !quiet);
+        using var image = Qcow2Image.Open(path, Extensions.ReadOptions(writable: repair != CheckRepair.None) with { ForRepair = true });
+        var result = image.Check(repair);
+        WriteDiagnostics(result);
+        if (result.Failure is null && (result.CorruptionsFixed > 0 || result.LeaksFixed > 0))
+        {
+            if (!json)
+            {
+                Say(quiet, string.Create(CultureInfo.InvariantCulture,
+                    $"The following inconsistencies were found and repaired:\n\n    {result.LeaksFixed} leaked clusters\n    {result.CorruptionsFixed} corruptions\n\nDouble checking the fixed image now...\n"));
+            }
+
+            var recheck = image.Check();
+            WriteDiagnostics(recheck);
+            result = recheck with { CorruptionsFixed = result.CorruptionsFixed, LeaksFixed = result.LeaksFixed };
+        }
+
+        progress.Finish();
+        if (result.Failure is { } failure)
+        {
+            // Like qemu-img: a check that stopped early prints no summary.
+            Console.Error.WriteLine($"qcow2: Check failed: {failure}");
+            return result.ExitCode;
+        }
+
+        Say(quiet, json ? Json(result, path) + "\n" : Human(result));
+        if (result.CheckErrors > 0)
+        {
+            Console.Error.WriteLine("qcow2: Check failed");
+        }
+
+        return result.ExitCode;
+    }
+
+    /// <summary>qemu-img's human summary (dump_human_image_check).</summary>
+    internal static string Human(CheckResult result)
+    {
+        var text = new StringBuilder();
+        if (result.IsClean)
+        {
+            text.Append("No errors were found on the image.\n");
+        }
+        else
+        {
+            if (result.Corruptions > 0)
+            {
+                text.Append(CultureInfo.InvariantCulture, $"\n{result.Corruptions} errors were found on the image.\nData may be corrupted, or further writes to the image may corrupt it.\n");
+            }
+
+            if (result.Leaks > 0)
+            {
+                text.Append(CultureInfo.InvariantCulture, $"\n{result.Leaks} leaked clusters were found on the image.\nThis means waste of disk space, but no harm to data.\n");
+            }
+
+            if (result.CheckErrors > 0)
+            {
+                text.Append(CultureInfo.InvariantCulture, $"\n{result.CheckErrors} internal errors have occurred during the check.\n");
+            }
+        }
+
+        if (result.TotalClusters != 0 && result.AllocatedClusters != 0)
+        {
+            text.Append(CultureInfo.InvariantCulture,
+                $"{result.AllocatedClusters}/{result.TotalClusters} = {result.AllocatedClusters * 100.0 / result.TotalClusters:0.00}% allocated, {result.FragmentedClusters * 100.0 / result.AllocatedClusters:0.00}% fragmented, {result.CompressedClusters * 100.0 / result.AllocatedClusters:0.00}% compressed clusters\n");
+        }
+
+        if (result.ImageEndOffset != 0)
+        {
+            text.Append(CultureInfo.InvariantCulture, $"Image end offset: {result.ImageEndOffset}\n");
+        }
+
+        return text.ToString();
+    }
+
+    /// <summary>
+    /// qemu-img's JSON (QAPI ImageCheck): check-errors, filename and format always; the other
+    /// counters only when non-zero. Keys come in the order qemu-img prints them (its dictionary's
+    /// hash order), so the two outputs can be compared as text.
+    /// </summary>
+    internal static string Json(CheckResult result, string path) => Cli.Json.Write(w =>
+    {
+        void Optional(string key, long value)
+        {
+            if (value != 0)
+            {
+                w.WriteNumber(key, value);
+            }
+        }
+
+        w.WriteStartObject();
+        Optional("image-end-offset", result.ImageEndOffset);
+        Optional("compressed-clusters", result.CompressedClusters);
+        Optional("total-clusters", result.TotalClusters);
+        Optional("corruptions", result.Corruptions);
+        Optional("corruptions-fixed", result.CorruptionsFixed);
+        w.WriteNumber("check-errors", result.CheckErrors);
+        Optional("leaks", result.Leaks);
+        Optional("leaks-fixed", result.LeaksFixed);
+        Optional("allocated-clusters", result.AllocatedClusters);
+        w.WriteString("filename", path);
+        w.WriteString("format", "qcow2");
+        Optional("fragmented-clusters", result.FragmentedClusters);
+        w.WriteEndObject();
+    });
+
+    private static void WriteDiagnostics(CheckResult result)
+    {
+        foreach (var message in result.Messages)
+        {
+            Console.Error.WriteLine(message);
+        }
+    }
+
+    private static void Say(bool quiet, string text)
+    {
+        if (!quiet)
+        {
+            Console.Out.Write(text);
+        }
+    }
+}
