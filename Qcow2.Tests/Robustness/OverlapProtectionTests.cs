@@ -53,7 +53,7 @@ public class OverlapProtectionTests : TempDirectoryFixture
     }
 
     [Test]
-    public void Writes_elsewhere_in_a_damaged_image_still_work_until_metadata_is_hit()
+    public void Ordinary_writes_never_trip_the_overlap_check()
     {
         var path = PathOf("fine.qcow2");
         Qemu.Img("create", "-q", "-f", "qcow2", path, "4M");

@@ -40,9 +40,10 @@ internal static class MetadataOverlap
             return "qcow2_header";
         }
 
+        // Runs before every data write: no closures or delegates here.
         var start = geometry.StartOfCluster(offset);
         var end = geometry.RoundUpToCluster(offset + size);
-        bool Hits(long otherOffset, long otherSize) => otherSize > 0 && start < otherOffset + otherSize && otherOffset < end;
+        bool Hits(long otherOffset, long otherSize) => Overlaps(start, end, otherOffset, otherSize);
 
         var l1 = core.ActiveL1;
         if ((ignore & MetadataKind.ActiveL1) == 0 && Hits(l1.Offset, (long)l1.Size * Qcow2Layout.L1EntrySize))
@@ -53,9 +54,15 @@ internal static class MetadataOverlap
         // L2 tables and refcount blocks are single clusters: look each cluster of the range up in
         // the indexes the tables keep, instead of walking the whole L1 or refcount table per write.
         var refcounts = core.RefcountManager?.Table ?? core.Refcounts;
-        if ((ignore & MetadataKind.ActiveL2) == 0 && AnyCluster(start, end, geometry.ClusterSize, cluster => l1.PointsAt(cluster, geometry.ClusterSize)))
+        if ((ignore & MetadataKind.ActiveL2) == 0)
         {
-            return "active L2 table";
+            for (var cluster = start; cluster < end; cluster += geometry.ClusterSize)
+            {
+                if (l1.PointsAt(cluster, geometry.ClusterSize))
+                {
+                    return "active L2 table";
+                }
+            }
         }
 
         if ((ignore & MetadataKind.RefcountTable) == 0 && refcounts is not null && Hits(refcounts.Offset, (long)refcounts.Size * Qcow2Layout.RefcountTableEntrySize))
@@ -63,9 +70,15 @@ internal static class MetadataOverlap
             return "refcount table";
         }
 
-        if ((ignore & MetadataKind.RefcountBlock) == 0 && refcounts is not null && AnyCluster(start, end, geometry.ClusterSize, refcounts.IsBlock))
+        if ((ignore & MetadataKind.RefcountBlock) == 0 && refcounts is not null)
         {
-            return "refcount block";
+            for (var cluster = start; cluster < end; cluster += geometry.ClusterSize)
+            {
+                if (refcounts.IsBlock(cluster))
+                {
+                    return "refcount block";
+                }
+            }
         }
 
         if ((ignore & MetadataKind.SnapshotTable) == 0 && header.SnapshotCount > 0 && Hits(header.SnapshotsOffset, core.SnapshotTableBytes))
@@ -73,9 +86,15 @@ internal static class MetadataOverlap
             return "snapshot table";
         }
 
-        if ((ignore & MetadataKind.InactiveL1) == 0 && core.Snapshots.Any(s => Hits(s.L1TableOffset, (long)s.L1Size * Qcow2Layout.L1EntrySize)))
+        if ((ignore & MetadataKind.InactiveL1) == 0)
         {
-            return "inactive L1 table";
+            foreach (var snapshot in core.Snapshots)
+            {
+                if (Hits(snapshot.L1TableOffset, (long)snapshot.L1Size * Qcow2Layout.L1EntrySize))
+                {
+                    return "inactive L1 table";
+                }
+            }
         }
 
         if ((ignore & MetadataKind.BitmapDirectory) == 0 && core.Bitmaps.Count > 0 && core.Header.Bitmaps is { } bitmaps
@@ -87,16 +106,6 @@ internal static class MetadataOverlap
         return null;
     }
 
-    private static bool AnyCluster(long start, long end, int clusterSize, Func<long, bool> test)
-    {
-        for (var cluster = start; cluster < end; cluster += clusterSize)
-        {
-            if (test(cluster))
-            {
-                return true;
-            }
-        }
-
-        return false;
-    }
+    private static bool Overlaps(long start, long end, long otherOffset, long otherSize) =>
+        otherSize > 0 && start < otherOffset + otherSize && otherOffset < end;
 }

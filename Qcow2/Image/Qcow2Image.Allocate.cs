@@ -239,9 +239,7 @@ public sealed partial class Qcow2Image
 
                 break;
             case ClusterType.Compressed:
-                var descriptor = CompressedClusterDescriptor.Decode(oldEntry, geometry.ClusterBits);
-                var start = descriptor.HostOffset & ~(long)(Qcow2Layout.SectorSize - 1);
-                await refcounts.FreeBytesAsync(start, (long)descriptor.SectorCount * Qcow2Layout.SectorSize, async, cancellationToken).ConfigureAwait(false);
+                await refcounts.ChangeCompressedAsync(CompressedClusterDescriptor.Decode(oldEntry, geometry.ClusterBits), -1, async, cancellationToken).ConfigureAwait(false);
                 _core.Decompressed.Invalidate();
                 break;
         }

@@ -87,14 +87,7 @@ public sealed partial class Qcow2Image
         using var everything = await _core.GuestLock.AcquireAsync(0, long.MaxValue, exclusive: true, async, cancellationToken).ConfigureAwait(false);
         using var locked = await _core.MetadataLock.AcquireAsync(async, cancellationToken).ConfigureAwait(false);
         await FlushLockedAsync(async, cancellationToken).ConfigureAwait(false);
-        var l1 = _core.ActiveL1;
-        var old = l1.ToArray();
-        // The active L1 stops pointing anywhere before anything it reached loses its reference.
-        l1.Replace(l1.Offset, new ulong[l1.Size]);
-        await _core.File.WriteAsync(l1.Offset, PadToClusters(l1.Encode()), async, cancellationToken).ConfigureAwait(false);
-        await _core.File.FlushAsync(async, cancellationToken).ConfigureAwait(false);
-        ForgetActiveTreeState();
-        await ChangeTreeRefcountsAsync(old, -1, async, cancellationToken).ConfigureAwait(false);
+        await ReplaceActiveTreeLockedAsync(new ulong[_core.ActiveL1.Size], async, cancellationToken).ConfigureAwait(false);
         await FlushLockedAsync(async, cancellationToken).ConfigureAwait(false);
         await TruncateUnusedTailLockedAsync(async, cancellationToken).ConfigureAwait(false);
     }
@@ -166,15 +159,9 @@ public sealed partial class Qcow2Image
         // active tree loses its references only after the active L1 no longer does.
         await ChangeTreeRefcountsAsync(snapshotL1, +1, async, cancellationToken).ConfigureAwait(false);
         await FlushLockedAsync(async, cancellationToken).ConfigureAwait(false);
-        var l1 = _core.ActiveL1;
-        var old = l1.ToArray();
-        var applied = new ulong[l1.Size];
+        var applied = new ulong[_core.ActiveL1.Size];
         snapshotL1.CopyTo(applied, 0);
-        l1.Replace(l1.Offset, applied);
-        await _core.File.WriteAsync(l1.Offset, PadToClusters(l1.Encode()), async, cancellationToken).ConfigureAwait(false);
-        await _core.File.FlushAsync(async, cancellationToken).ConfigureAwait(false);
-        ForgetActiveTreeState();
-        await ChangeTreeRefcountsAsync(old, -1, async, cancellationToken).ConfigureAwait(false);
+        await ReplaceActiveTreeLockedAsync(applied, async, cancellationToken).ConfigureAwait(false);
         await RecomputeCopiedLockedAsync(async, cancellationToken).ConfigureAwait(false);
         if (snapshot.DiskSize is long diskSize && diskSize != Size)
         {
@@ -274,14 +261,7 @@ public sealed partial class Qcow2Image
                         await refcounts.ChangeAsync(entry.HostOffset >> geometry.ClusterBits, delta, ClusterUse.Data, async, cancellationToken).ConfigureAwait(false);
                         break;
                     case ClusterType.Compressed:
-                        var descriptor = CompressedClusterDescriptor.Decode(entry, geometry.ClusterBits);
-                        var start = descriptor.HostOffset & ~(long)(Qcow2Layout.SectorSize - 1);
-                        var end = start + ((long)descriptor.SectorCount * Qcow2Layout.SectorSize);
-                        for (var cluster = start >> geometry.ClusterBits; cluster <= (end - 1) >> geometry.ClusterBits; cluster++)
-                        {
-                            await refcounts.ChangeAsync(cluster, delta, ClusterUse.Compressed, async, cancellationToken).ConfigureAwait(false);
-                        }
-
+                        await refcounts.ChangeCompressedAsync(CompressedClusterDescriptor.Decode(entry, geometry.ClusterBits), delta, async, cancellationToken).ConfigureAwait(false);
                         break;
                 }
             }
@@ -337,12 +317,21 @@ public sealed partial class Qcow2Image
         _core.PendingCopiedFixups.Clear();
     }
 
-    /// <summary>After the active L1 table was replaced wholesale: forget what was known about the old mappings.</summary>
-    private void ForgetActiveTreeState()
+    /// <summary>
+    /// Gives the active L1 table new entries in place: they are on disk before anything the old
+    /// entries reached loses its reference, and what was known about the old mappings is forgotten.
+    /// </summary>
+    private async ValueTask ReplaceActiveTreeLockedAsync(ulong[] entries, bool async, CancellationToken cancellationToken)
     {
+        var l1 = _core.ActiveL1;
+        var old = l1.ToArray();
+        l1.Replace(l1.Offset, entries);
+        await _core.File.WriteAsync(l1.Offset, PadToClusters(l1.Encode()), async, cancellationToken).ConfigureAwait(false);
+        await _core.File.FlushAsync(async, cancellationToken).ConfigureAwait(false);
         _core.Referrers.Clear();
         _core.PendingCopiedFixups.Clear();
         _core.Decompressed.Invalidate();
+        await ChangeTreeRefcountsAsync(old, -1, async, cancellationToken).ConfigureAwait(false);
     }
 
     /// <summary>

@@ -192,14 +192,17 @@ internal sealed partial class RefcountManager
         return updated;
     }
 
-    /// <summary>Decrements every cluster a byte range touches (compressed data).</summary>
-    public async ValueTask FreeBytesAsync(long offset, long length, bool async, CancellationToken cancellationToken)
+    /// <summary>
+    /// Adds <paramref name="delta"/> to every cluster a compressed cluster's sectors touch (QEMU
+    /// counts each of them once per compressed cluster stored in it).
+    /// </summary>
+    public async ValueTask ChangeCompressedAsync(CompressedClusterDescriptor descriptor, long delta, bool async, CancellationToken cancellationToken)
     {
-        var first = offset >> _geometry.ClusterBits;
-        var last = (offset + length - 1) >> _geometry.ClusterBits;
-        for (var cluster = first; cluster <= last; cluster++)
+        var start = descriptor.HostOffset & ~(long)(Qcow2Layout.SectorSize - 1);
+        var last = (start + ((long)descriptor.SectorCount * Qcow2Layout.SectorSize) - 1) >> _geometry.ClusterBits;
+        for (var cluster = start >> _geometry.ClusterBits; cluster <= last; cluster++)
         {
-            await ChangeAsync(cluster, -1, ClusterUse.Compressed, async, cancellationToken).ConfigureAwait(false);
+            await ChangeAsync(cluster, delta, ClusterUse.Compressed, async, cancellationToken).ConfigureAwait(false);
         }
     }
 
