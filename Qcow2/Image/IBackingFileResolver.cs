@@ -17,7 +17,11 @@ public enum FileReferenceKind
 /// <param name="Kind">What the file is for.</param>
 /// <param name="ReferrerPath">Full path of the image that names it, when it has one.</param>
 /// <param name="Writable">Whether the file must be opened for writing.</param>
-public sealed record FileReference(string Name, FileReferenceKind Kind, string? ReferrerPath, bool Writable);
+public sealed record FileReference(string Name, FileReferenceKind Kind, string? ReferrerPath, bool Writable)
+{
+    /// <summary>Whether the image's <see cref="BackingFilePolicy"/> lets this reference open a device, FIFO or socket.</summary>
+    public bool AllowNonRegularFile { get; init; }
+}
 
 /// <summary>
 /// Opens the backing files and external data files an image names. Replace it to serve images
@@ -59,6 +63,19 @@ public sealed class DefaultBackingFileResolver : IBackingFileResolver
         return Path.GetFullPath(Path.Combine(directory, name));
     }
 
+    /// <summary>The full path a name refers to, or null when it is not a local file name (a QEMU protocol).</summary>
+    public static string? TryResolvePath(string name, string? referrerPath)
+    {
+        try
+        {
+            return ResolvePath(name, referrerPath);
+        }
+        catch (Exception error) when (error is NotSupportedException or ArgumentException)
+        {
+            return null;
+        }
+    }
+
     /// <inheritdoc />
     public IStorage Open(FileReference reference)
     {
@@ -77,6 +94,6 @@ public sealed class DefaultBackingFileResolver : IBackingFileResolver
             throw new FileNotFoundException($"Could not open the {what} '{reference.Name}'{of}: {path} does not exist.", path);
         }
 
-        return FileStorage.Open(path, reference.Writable);
+        return FileStorage.Open(path, new FileStorageOptions { Writable = reference.Writable, AllowNonRegularFile = reference.AllowNonRegularFile });
     }
 }

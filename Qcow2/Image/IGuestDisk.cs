@@ -1,3 +1,5 @@
+using QcowDedup.Qcow2.Storage;
+
 namespace QcowDedup.Qcow2.Image;
 
 /// <summary>One layer of a backing chain as seen by the layer above it: a qcow2 image or a raw file.</summary>
@@ -11,6 +13,9 @@ internal interface IGuestDisk : IDisposable
 
     /// <summary>Full path of the file, when known.</summary>
     string? FilePath { get; }
+
+    /// <summary>The file this layer reads from (its image file, or the raw file).</summary>
+    IStorage File { get; }
 
     /// <summary>The next layer down, if any.</summary>
     IGuestDisk? BackingDisk { get; }

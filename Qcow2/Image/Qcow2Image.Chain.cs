@@ -56,54 +56,39 @@ public sealed partial class Qcow2Image
         ThrowIfNotWritable();
         var name = _core.Header.BackingFileName ?? throw new InvalidOperationException("The image has no backing file to commit into.");
         var format = _core.Header.BackingFormat ?? _core.Backing?.Format;
-        var storage = _core.Options.BackingResolver.Open(new FileReference(name, FileReferenceKind.BackingFile, _core.File.Path, Writable: true));
-        var target = await CommitTarget.OpenAsync(storage, format, backingOptions, async, cancellationToken).ConfigureAwait(false);
+
+        // Our read-only view of the backing file forbids writers, as QEMU's does; where QEMU
+        // reopens that view read-write for a commit, ours shares the file while the commit
+        // writes through a second open, and is opened afresh afterwards.
+        _core.Backing?.File.Lock(FileLockRequest.ForceShared, _core.Options.Locking);
+        CommitTarget? target = null;
         try
         {
-            if (target.Size < Size)
+            var storage = OpenImplicitFile(new FileReference(name, FileReferenceKind.BackingFile, _core.File.Path, Writable: true), _core.Options);
+            var chain = new ChainContext();
+            chain.Enter(_core.File);
+            try
             {
-                await target.GrowAsync(Size, async, cancellationToken).ConfigureAwait(false);
+                chain.CheckCanEnter(storage, name); // never commit an image into itself, whatever the locks say
+            }
+            catch
+            {
+                storage.Dispose();
+                throw;
             }
 
-            var buffer = new byte[ChainCopyChunk];
-            foreach (var extent in GetExtents(0, Size))
-            {
-                if (extent.Kind is not (ExtentKind.Allocated or ExtentKind.Zero))
-                {
-                    continue; // not this overlay's: the backing file already holds it
-                }
-
-                for (var done = 0L; done < extent.Length;)
-                {
-                    var count = (int)Math.Min(buffer.Length, extent.Length - done);
-                    var chunk = buffer.AsMemory(0, count);
-                    var offset = extent.Start + done;
-                    if (extent.Kind == ExtentKind.Zero)
-                    {
-                        await target.WriteZeroesAsync(offset, count, async, cancellationToken).ConfigureAwait(false);
-                    }
-                    else
-                    {
-                        await ReadCoreAsync(offset, chunk, async, cancellationToken).ConfigureAwait(false);
-                        await target.WriteAsync(offset, chunk, async, cancellationToken).ConfigureAwait(false);
-                    }
-
-                    done += count;
-                    progress?.Report((double)(offset + count) / Math.Max(1, Size));
-                }
-            }
-
-            await target.FlushAsync(async, cancellationToken).ConfigureAwait(false);
+            target = await CommitTarget.OpenAsync(storage, format, backingOptions ?? InheritedOptions(_core.Options), _core.Options.Locking, async, cancellationToken).ConfigureAwait(false);
+            await CopyIntoAsync(target, progress, async, cancellationToken).ConfigureAwait(false);
         }
         finally
         {
-            target.Dispose();
-        }
+            target?.Dispose();
 
-        // The read-only view of the backing file cached what it held before: open it afresh.
-        using (await _core.MetadataLock.AcquireAsync(async, cancellationToken).ConfigureAwait(false))
-        {
-            await ReopenBackingLockedAsync(async, cancellationToken).ConfigureAwait(false);
+            // The read-only view cached what the backing file held before: open it afresh.
+            using (await _core.MetadataLock.AcquireAsync(async, cancellationToken).ConfigureAwait(false))
+            {
+                await ReopenBackingLockedAsync(async, cancellationToken).ConfigureAwait(false);
+            }
         }
 
         if (!keepOverlay)
@@ -112,6 +97,45 @@ public sealed partial class Qcow2Image
         }
 
         progress?.Report(1);
+    }
+
+    /// <summary>Copies what this overlay holds (allocated and zero ranges) into the commit target, growing it first.</summary>
+    private async ValueTask CopyIntoAsync(CommitTarget target, IProgress<double>? progress, bool async, CancellationToken cancellationToken)
+    {
+        if (target.Size < Size)
+        {
+            await target.GrowAsync(Size, async, cancellationToken).ConfigureAwait(false);
+        }
+
+        var buffer = new byte[ChainCopyChunk];
+        foreach (var extent in GetExtents(0, Size))
+        {
+            if (extent.Kind is not (ExtentKind.Allocated or ExtentKind.Zero))
+            {
+                continue; // not this overlay's: the backing file already holds it
+            }
+
+            for (var done = 0L; done < extent.Length;)
+            {
+                var count = (int)Math.Min(buffer.Length, extent.Length - done);
+                var chunk = buffer.AsMemory(0, count);
+                var offset = extent.Start + done;
+                if (extent.Kind == ExtentKind.Zero)
+                {
+                    await target.WriteZeroesAsync(offset, count, async, cancellationToken).ConfigureAwait(false);
+                }
+                else
+                {
+                    await ReadCoreAsync(offset, chunk, async, cancellationToken).ConfigureAwait(false);
+                    await target.WriteAsync(offset, chunk, async, cancellationToken).ConfigureAwait(false);
+                }
+
+                done += count;
+                progress?.Report((double)(offset + count) / Math.Max(1, Size));
+            }
+        }
+
+        await target.FlushAsync(async, cancellationToken).ConfigureAwait(false);
     }
 
     private async ValueTask RebaseCoreAsync(string? backingFile, string? backingFormat, bool unsafeRebase, IProgress<double>? progress, bool async, CancellationToken cancellationToken)
@@ -124,7 +148,7 @@ public sealed partial class Qcow2Image
             if (backingFile is not null)
             {
                 var chain = new ChainContext();
-                chain.Enter(_core.File.Path ?? "(stream)");
+                chain.Enter(_core.File);
                 newBacking = await OpenBackingAsync(backingFile, backingFormat, _core.File.Path, _core.Options, chain, async, cancellationToken).ConfigureAwait(false);
                 backingFormat ??= newBacking.Format;
             }
@@ -195,7 +219,7 @@ public sealed partial class Qcow2Image
         }
 
         var chain = new ChainContext();
-        chain.Enter(_core.File.Path ?? "(stream)");
+        chain.Enter(_core.File);
         var fresh = await OpenBackingAsync(name, _core.Header.BackingFormat, _core.File.Path, _core.Options, chain, async, cancellationToken).ConfigureAwait(false);
         _core.Backing?.Dispose();
         _core.Backing = fresh;
@@ -215,7 +239,7 @@ public sealed partial class Qcow2Image
 
         public long Size => _image?.Size ?? _raw!.Length;
 
-        public static async ValueTask<CommitTarget> OpenAsync(IStorage storage, string? format, Qcow2OpenOptions? options, bool async, CancellationToken cancellationToken)
+        public static async ValueTask<CommitTarget> OpenAsync(IStorage storage, string? format, Qcow2OpenOptions options, FileLocking locking, bool async, CancellationToken cancellationToken)
         {
             try
             {
@@ -223,9 +247,10 @@ public sealed partial class Qcow2Image
                 switch (format)
                 {
                     case "qcow2":
-                        var image = await OpenCoreAsync(storage, (options ?? new Qcow2OpenOptions()) with { Writable = true }, ownsStorage: true, new ChainContext(), async, cancellationToken).ConfigureAwait(false);
+                        var image = await OpenCoreAsync(storage, options with { Writable = true }, ownsStorage: true, new ChainContext(), async, cancellationToken).ConfigureAwait(false);
                         return new CommitTarget(image, null);
                     case "raw":
+                        storage.Lock(FileLockRequest.RawFile(writable: true), locking);
                         return new CommitTarget(null, storage);
                     default:
                         throw new NotSupportedException($"Cannot commit into a backing file of format '{format}'.");

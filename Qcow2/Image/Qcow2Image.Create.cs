@@ -17,16 +17,36 @@ public sealed partial class Qcow2Image
         ArgumentException.ThrowIfNullOrEmpty(path);
         ArgumentNullException.ThrowIfNull(options);
         var fullPath = Path.GetFullPath(path);
+        RefuseSelfReference(options, fullPath);
         var (size, _) = ResolveCreateSize(options, fullPath);
         Validate(options, size);
+        var openOptions = options.OpenOptions ?? new Qcow2OpenOptions();
+
+        // Locked before it is emptied: a file anyone is using (the source of a conversion, a
+        // running VM's disk) is refused untouched.
+        var storage = FileStorage.Create(fullPath, new FileStorageOptions { Writable = true, Lock = FileLockRequest.Image(writable: true), Locking = openOptions.Locking });
         try
         {
-            return Create(FileStorage.Create(fullPath), options, leaveOpen: false);
+            return Create(storage, options, leaveOpen: false);
         }
         catch (Exception) when (File.Exists(fullPath))
         {
-            File.Delete(fullPath); // a half-made image is worse than none
+            File.Delete(fullPath); // we emptied it: a half-made image is worse than none
             throw;
+        }
+    }
+
+    /// <summary>QEMU refuses an image that would be its own backing file; a data file must not be the image either.</summary>
+    private static void RefuseSelfReference(Qcow2CreateOptions options, string fullPath)
+    {
+        if (options.BackingFile is { } backing && FileStorage.IsSameFile(DefaultBackingFileResolver.ResolvePath(backing, fullPath), fullPath))
+        {
+            throw new ArgumentException($"Trying to create an image with the same filename as the backing file ({fullPath})", nameof(options));
+        }
+
+        if (options.DataFile is { } dataFile && FileStorage.IsSameFile(DefaultBackingFileResolver.ResolvePath(dataFile, fullPath), fullPath))
+        {
+            throw new ArgumentException($"The data file and the image are the same file ({fullPath})", nameof(options));
         }
     }
 
@@ -104,7 +124,8 @@ public sealed partial class Qcow2Image
             return (given, format);
         }
 
-        using var storage = options.BackingResolver.Open(new FileReference(backing, FileReferenceKind.BackingFile, path, Writable: false));
+        var openOptions = (options.OpenOptions ?? new Qcow2OpenOptions()) with { BackingResolver = options.BackingResolver };
+        using var storage = OpenImplicitFile(new FileReference(backing, FileReferenceKind.BackingFile, path, Writable: false), openOptions);
         var probed = options.BackingFormat ?? SyncOver.Run(ProbeFormatAsync(storage, async: false, CancellationToken.None));
         if (options.Size is long size)
         {

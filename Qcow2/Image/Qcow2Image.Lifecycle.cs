@@ -52,7 +52,7 @@ public sealed partial class Qcow2Image
         if (name is not null && _core.Options.BackingFiles == BackingFileMode.Open)
         {
             var chain = new ChainContext();
-            chain.Enter(_core.File.Path ?? "(stream)");
+            chain.Enter(_core.File);
             backing = await OpenBackingAsync(name, format, _core.File.Path, _core.Options, chain, async, cancellationToken).ConfigureAwait(false);
         }
 

@@ -98,6 +98,7 @@ public sealed partial class Qcow2Image
         var inBacking = Math.Clamp(backing.Size - run.GuestOffset, 0, run.Length);
         if (inBacking > 0)
         {
+            ChainContext.EnsureStack();
             await backing.MapAsync(run.GuestOffset, inBacking, depth + 1, output, async, cancellationToken).ConfigureAwait(false);
         }
 

@@ -15,7 +15,8 @@ public sealed partial class Qcow2Image
     {
         ArgumentException.ThrowIfNullOrEmpty(path);
         options ??= new Qcow2OpenOptions();
-        return SyncOver.Run(OpenCoreAsync(FileStorage.Open(path, options.Writable), options, ownsStorage: true, new ChainContext(), async: false, CancellationToken.None));
+        options.Validate();
+        return SyncOver.Run(OpenCoreAsync(FileStorage.Open(path, options.ImageFileOptions), options, ownsStorage: true, new ChainContext(), async: false, CancellationToken.None));
     }
 
     /// <inheritdoc cref="Open(string, Qcow2OpenOptions?)"/>
@@ -23,7 +24,8 @@ public sealed partial class Qcow2Image
     {
         ArgumentException.ThrowIfNullOrEmpty(path);
         options ??= new Qcow2OpenOptions();
-        return OpenCoreAsync(FileStorage.Open(path, options.Writable), options, ownsStorage: true, new ChainContext(), async: true, cancellationToken);
+        options.Validate();
+        return OpenCoreAsync(FileStorage.Open(path, options.ImageFileOptions), options, ownsStorage: true, new ChainContext(), async: true, cancellationToken);
     }
 
     /// <summary>
@@ -74,7 +76,9 @@ public sealed partial class Qcow2Image
         ImageCore? core = null;
         try
         {
-            chain.Enter(storage.Path ?? "(stream)");
+            options.Validate();
+            storage.Lock(options.ImageLock, options.Locking); // before the first byte is read, as QEMU
+            chain.Enter(storage);
             var header = await ReadHeaderClusterAsync(storage, async, cancellationToken).ConfigureAwait(false);
             HeaderValidator.ValidateLayout(header);
             HeaderValidator.ValidateIncompatibleFeatures(header);
@@ -247,36 +251,73 @@ public sealed partial class Qcow2Image
 
     private static IStorage OpenDataFile(HeaderCluster header, string? imagePath, Qcow2OpenOptions options)
     {
+        IStorage storage;
         if (options.DataFilePath is { } overridePath)
         {
-            return options.BackingResolver.Open(new FileReference(Path.GetFullPath(overridePath), FileReferenceKind.ExternalDataFile, imagePath, options.Writable));
+            // Named by the caller, not by the image: the backing file policy does not apply.
+            storage = options.BackingResolver.Open(new FileReference(Path.GetFullPath(overridePath), FileReferenceKind.ExternalDataFile, imagePath, options.Writable));
+        }
+        else
+        {
+            var name = header.ExternalDataFileName
+                ?? throw Qcow2Corruption.Create("header", "the external data file bit is set but no data file is named; pass Qcow2OpenOptions.DataFilePath", Qcow2Header.IncompatibleFeaturesOffset);
+            storage = OpenImplicitFile(new FileReference(name, FileReferenceKind.ExternalDataFile, imagePath, options.Writable), options);
         }
 
-        var name = header.ExternalDataFileName
-            ?? throw Qcow2Corruption.Create("header", "the external data file bit is set but no data file is named; pass Qcow2OpenOptions.DataFilePath", Qcow2Header.IncompatibleFeaturesOffset);
-        return options.BackingResolver.Open(new FileReference(name, FileReferenceKind.ExternalDataFile, imagePath, options.Writable));
+        try
+        {
+            var request = FileLockRequest.DataFile(options.Writable);
+            storage.Lock(options.ForceShare ? request.Shared() : request, options.Locking);
+            return storage;
+        }
+        catch
+        {
+            storage.Dispose();
+            throw;
+        }
+    }
+
+    /// <summary>
+    /// What a backing file is opened with: read-only, its own data files, never this image's
+    /// allocator or extensions; resolver, policy, locking and force-share are inherited as QEMU
+    /// passes force-share down the chain.
+    /// </summary>
+    private static Qcow2OpenOptions InheritedOptions(Qcow2OpenOptions options) =>
+        options with { Writable = false, Allocator = null, Extensions = [], DataFilePath = null, LeaveOpen = false, ForRepair = false };
+
+    /// <summary>Opens a file the image names, as far as its backing file policy allows.</summary>
+    private static IStorage OpenImplicitFile(FileReference reference, Qcow2OpenOptions options)
+    {
+        var policy = options.BackingPolicy;
+        reference = reference with { AllowNonRegularFile = policy.AllowNonRegularFiles };
+        policy.Authorize(reference, DefaultBackingFileResolver.TryResolvePath(reference.Name, reference.ReferrerPath));
+        var storage = options.BackingResolver.Open(reference);
+        try
+        {
+            policy.AuthorizeOpened(reference, storage);
+            return storage;
+        }
+        catch
+        {
+            storage.Dispose();
+            throw;
+        }
     }
 
     private static async ValueTask<IGuestDisk> OpenBackingAsync(string name, string? format, string? imagePath, Qcow2OpenOptions options, ChainContext chain, bool async, CancellationToken cancellationToken)
     {
-        var storage = options.BackingResolver.Open(new FileReference(name, FileReferenceKind.BackingFile, imagePath, Writable: false));
+        var storage = OpenImplicitFile(new FileReference(name, FileReferenceKind.BackingFile, imagePath, Writable: false), options);
         try
         {
-            var key = storage.Path ?? name;
-            if (chain.Contains(key))
-            {
-                throw Qcow2Corruption.Create("backing chain", $"loop: {chain.Describe()} -> {key}");
-            }
-
+            chain.CheckCanEnter(storage, name);
             format ??= await ProbeFormatAsync(storage, async, cancellationToken).ConfigureAwait(false);
             switch (format)
             {
                 case "qcow2":
-                    // Backing files are read-only, keep their own data files and never use this image's allocator or extensions.
-                    var backingOptions = options with { Writable = false, Allocator = null, Extensions = [], DataFilePath = null, LeaveOpen = false };
-                    return await OpenCoreAsync(storage, backingOptions, ownsStorage: true, chain, async, cancellationToken).ConfigureAwait(false);
+                    return await OpenCoreAsync(storage, InheritedOptions(options), ownsStorage: true, chain, async, cancellationToken).ConfigureAwait(false);
                 case "raw":
-                    chain.Enter(key);
+                    storage.Lock(FileLockRequest.RawFile(writable: false), options.Locking);
+                    chain.Enter(storage);
                     return new RawDisk(storage, name);
                 default:
                     throw new NotSupportedException($"The backing file '{name}' has format '{format}'; only qcow2 and raw backing files are supported.");
@@ -297,14 +338,51 @@ public sealed partial class Qcow2Image
     }
 }
 
-/// <summary>The files already opened along a backing chain, to report loops.</summary>
+/// <summary>
+/// The files already opened along a backing chain, by identity (device and inode) where the
+/// system tells it, so that a loop through a symbolic or hard link is found like a plain one.
+/// </summary>
 internal sealed class ChainContext
 {
-    private readonly List<string> _files = [];
+    /// <summary>
+    /// Most backing files below one image. QEMU sets no limit (it opens 800-deep chains), but a
+    /// hostile chain must end in a clear error, not in running out of file descriptors.
+    /// </summary>
+    public const int MaxDepth = 1024;
 
-    public void Enter(string file) => _files.Add(file);
+    private readonly List<(string Name, FileIdentity? Identity)> _files = [];
 
-    public bool Contains(string file) => _files.Contains(file, StringComparer.Ordinal);
+    public void Enter(IStorage storage) => _files.Add((storage.Path ?? "(stream)", (storage as FileStorage)?.Identity));
 
-    public string Describe() => string.Join(" -> ", _files);
+    /// <summary>Refuses a file that is already in the chain, or a chain grown past <see cref="MaxDepth"/>.</summary>
+    public void CheckCanEnter(IStorage storage, string name)
+    {
+        var key = (storage.Path ?? name, (storage as FileStorage)?.Identity);
+        if (_files.Any(f => key.Item2 is { } identity ? f.Identity == identity : string.Equals(f.Name, key.Item1, StringComparison.Ordinal)))
+        {
+            throw Qcow2Corruption.Create("backing chain", $"loop: {Describe()} -> {key.Item1}");
+        }
+
+        if (_files.Count > MaxDepth)
+        {
+            throw new NotSupportedException($"The backing chain of {_files[0].Name} is deeper than {MaxDepth} backing files.");
+        }
+
+        EnsureStack();
+    }
+
+    /// <summary>
+    /// Opening, reading and mapping recurse once per layer of the chain. A thread without stack
+    /// for one more layer gets a clear error instead of a stack overflow, which no caller could catch.
+    /// </summary>
+    /// <exception cref="NotSupportedException">Too little stack is left.</exception>
+    public static void EnsureStack()
+    {
+        if (!System.Runtime.CompilerServices.RuntimeHelpers.TryEnsureSufficientExecutionStack())
+        {
+            throw new NotSupportedException("The backing chain is too deep for this thread's stack; use a thread with a larger stack.");
+        }
+    }
+
+    public string Describe() => string.Join(" -> ", _files.Select(f => f.Name));
 }

@@ -102,6 +102,7 @@ public sealed partial class Qcow2Image
             case SubclusterType.UnallocatedAllocated:
                 if (_core.Backing is { } backing)
                 {
+                    ChainContext.EnsureStack();
                     await backing.ReadAsync(run.GuestOffset, destination, async, cancellationToken).ConfigureAwait(false);
                 }
                 else

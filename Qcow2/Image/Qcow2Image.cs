@@ -107,6 +107,8 @@ public sealed partial class Qcow2Image : IDisposable, IAsyncDisposable, IGuestDi
 
     IGuestDisk? IGuestDisk.BackingDisk => _core.Backing;
 
+    IStorage IGuestDisk.File => _core.File;
+
     internal ImageCore Core => _core;
 
     /// <summary>A new stream over the guest disk with its own position.</summary>

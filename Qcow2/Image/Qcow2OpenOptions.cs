@@ -1,3 +1,5 @@
+using QcowDedup.Qcow2.Storage;
+
 namespace QcowDedup.Qcow2.Image;
 
 /// <summary>How backing files are treated when an image is opened.</summary>
@@ -24,6 +26,22 @@ public sealed record Qcow2OpenOptions
 
     /// <summary>Whether to open backing files.</summary>
     public BackingFileMode BackingFiles { get; init; } = BackingFileMode.Open;
+
+    /// <summary>
+    /// Read while others write (qemu-img -U, force-share): take no lock that stops a writer and
+    /// ignore writers' locks. Only for read-only opens; what is read may change underneath, so
+    /// use it to look, not to copy.
+    /// </summary>
+    public bool ForceShare { get; init; }
+
+    /// <summary>
+    /// Whether the image, its backing files and its data file are locked as QEMU locks them
+    /// (default), so that QEMU and this library refuse to write an image the other is using.
+    /// </summary>
+    public FileLocking Locking { get; init; }
+
+    /// <summary>Which backing and data files the image may open (default: any regular file, as QEMU).</summary>
+    public BackingFilePolicy BackingPolicy { get; init; } = BackingFilePolicy.AnyRegularFile;
 
     /// <summary>Opens backing files and external data files by name.</summary>
     public IBackingFileResolver BackingResolver { get; init; } = DefaultBackingFileResolver.Instance;
@@ -63,4 +81,19 @@ public sealed record Qcow2OpenOptions
     /// image clean. Write nothing but repairs through such an image.
     /// </summary>
     public bool ForRepair { get; init; }
+
+    /// <summary>The permissions the image file itself is locked with.</summary>
+    internal FileLockRequest ImageLock => ForceShare ? FileLockRequest.ForceShared : FileLockRequest.Image(Writable);
+
+    /// <summary>How the image file itself is opened.</summary>
+    internal FileStorageOptions ImageFileOptions => new() { Writable = Writable, Lock = ImageLock, Locking = Locking };
+
+    /// <summary>Refuses contradictory options.</summary>
+    internal void Validate()
+    {
+        if (ForceShare && Writable)
+        {
+            throw new ArgumentException("force-share=on can only be used with read-only images", nameof(ForceShare));
+        }
+    }
 }

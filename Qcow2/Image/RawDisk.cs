@@ -13,7 +13,7 @@ internal sealed class RawDisk(IStorage storage, string displayName) : IGuestDisk
 
     public IGuestDisk? BackingDisk => null;
 
-    public IStorage Storage => storage;
+    public IStorage File => storage;
 
     public async ValueTask ReadAsync(long offset, Memory<byte> buffer, bool async, CancellationToken cancellationToken)
     {

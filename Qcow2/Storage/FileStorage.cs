@@ -4,17 +4,21 @@ namespace QcowDedup.Qcow2.Storage;
 
 /// <summary>
 /// A file opened with <see cref="RandomAccess"/>: positional reads and writes with no shared file
-/// position, so concurrent requests never interfere; <see cref="Flush"/> is fsync.
+/// position, so concurrent requests never interfere; <see cref="Flush"/> is fsync. The file is
+/// locked as QEMU locks it (see <see cref="FileLockRequest"/>) for as long as it is open.
 /// </summary>
 public sealed class FileStorage : IStorage
 {
     private readonly SafeFileHandle _handle;
+    private readonly PermissionLock _lock;
 
-    private FileStorage(SafeFileHandle handle, string path, bool writable)
+    private FileStorage(SafeFileHandle handle, string path, bool writable, FileStatus? status, FileLocking locking)
     {
         _handle = handle;
         Path = path;
         CanWrite = writable;
+        Identity = status?.Identity;
+        _lock = new PermissionLock(handle, path, locking);
     }
 
     /// <inheritdoc />
@@ -26,32 +30,97 @@ public sealed class FileStorage : IStorage
     /// <inheritdoc />
     public string? Path { get; }
 
-    /// <summary>Opens an existing file.</summary>
-    /// <exception cref="FileNotFoundException">The file does not exist.</exception>
-    public static FileStorage Open(string path, bool writable)
+    /// <summary>The permissions this open holds and forbids others.</summary>
+    public FileLockRequest Permissions => _lock.Current;
+
+    /// <summary>Device and inode, where the system tells them.</summary>
+    internal FileIdentity? Identity { get; }
+
+    /// <summary>
+    /// Where the open file really is: on Linux the kernel's name for the descriptor, so a symbolic
+    /// link swapped after the open cannot disguise it; elsewhere the path with links resolved.
+    /// </summary>
+    internal string RealPath
     {
-        var fullPath = System.IO.Path.GetFullPath(path);
-        var handle = File.OpenHandle(
-            fullPath,
-            FileMode.Open,
-            writable ? FileAccess.ReadWrite : FileAccess.Read,
-            writable ? FileShare.Read : FileShare.ReadWrite,
-            FileOptions.RandomAccess | FileOptions.Asynchronous);
-        return new FileStorage(handle, fullPath, writable);
+        get
+        {
+            if (OperatingSystem.IsLinux() && new FileInfo($"/proc/self/fd/{_handle.DangerousGetHandle()}").LinkTarget is { } target)
+            {
+                return target;
+            }
+
+            return (OperatingSystem.IsWindows() ? null : Posix.RealPath(Path!)) ?? Path!;
+        }
     }
 
-    /// <summary>Creates (or truncates) a file for writing.</summary>
-    public static FileStorage Create(string path, bool overwrite = true)
+    /// <summary>Opens an existing regular file with the locks QEMU takes for a raw file.</summary>
+    /// <exception cref="FileNotFoundException">The file does not exist.</exception>
+    /// <exception cref="ImageLockedException">Another opener holds the file in a conflicting way.</exception>
+    /// <exception cref="IOException">The path is a directory, FIFO, device or socket, or cannot be opened.</exception>
+    public static FileStorage Open(string path, bool writable) => Open(path, new FileStorageOptions { Writable = writable });
+
+    /// <summary>Opens an existing file as <paramref name="options"/> say.</summary>
+    /// <inheritdoc cref="Open(string, bool)" path="/exception"/>
+    public static FileStorage Open(string path, FileStorageOptions options)
     {
-        var fullPath = System.IO.Path.GetFullPath(path);
-        var handle = File.OpenHandle(
-            fullPath,
-            overwrite ? FileMode.Create : FileMode.CreateNew,
-            FileAccess.ReadWrite,
-            FileShare.Read,
-            FileOptions.RandomAccess | FileOptions.Asynchronous);
-        return new FileStorage(handle, fullPath, writable: true);
+        ArgumentException.ThrowIfNullOrEmpty(path);
+        ArgumentNullException.ThrowIfNull(options);
+        return OpenLocked(path, options, FileMode.Open, options.Lock ?? FileLockRequest.RawFile(options.Writable));
     }
+
+    /// <summary>
+    /// Creates a file, or empties an existing one, for writing. As QEMU does, the file is opened
+    /// without truncating it and locked first, so a file in use by anyone — this process included,
+    /// e.g. the source of a conversion — is refused untouched.
+    /// </summary>
+    /// <param name="path">The file.</param>
+    /// <param name="overwrite">Whether an existing file may be emptied.</param>
+    /// <inheritdoc cref="Open(string, bool)" path="/exception"/>
+    public static FileStorage Create(string path, bool overwrite = true) => Create(path, new FileStorageOptions { Writable = true }, overwrite);
+
+    /// <inheritdoc cref="Create(string, bool)"/>
+    /// <param name="path">The file.</param>
+    /// <param name="options">Locks and file kinds; <see cref="FileStorageOptions.Writable"/> is implied.</param>
+    /// <param name="overwrite">Whether an existing file may be emptied.</param>
+    public static FileStorage Create(string path, FileStorageOptions options, bool overwrite = true)
+    {
+        ArgumentException.ThrowIfNullOrEmpty(path);
+        ArgumentNullException.ThrowIfNull(options);
+        var final = options.Lock ?? FileLockRequest.RawFile(writable: true);
+        var creating = new FileLockRequest(final.Held | FileLockRequest.Creating.Held, final.Unshared | FileLockRequest.Creating.Unshared);
+        var storage = OpenLocked(path, options with { Writable = true }, overwrite ? FileMode.OpenOrCreate : FileMode.CreateNew, creating);
+        try
+        {
+            storage.SetLength(0);
+            storage._lock.Change(final);
+            return storage;
+        }
+        catch
+        {
+            storage.Dispose();
+            throw;
+        }
+    }
+
+    /// <summary>Whether two paths name the same file (same device and inode; the same full path where that cannot be told).</summary>
+    public static bool IsSameFile(string first, string second)
+    {
+        ArgumentException.ThrowIfNullOrEmpty(first);
+        ArgumentException.ThrowIfNullOrEmpty(second);
+        if (Posix.TryStat(first, out var a) && Posix.TryStat(second, out var b))
+        {
+            return a.Identity == b.Identity;
+        }
+
+        return string.Equals(System.IO.Path.GetFullPath(first), System.IO.Path.GetFullPath(second), OperatingSystem.IsWindows() ? StringComparison.OrdinalIgnoreCase : StringComparison.Ordinal);
+    }
+
+    /// <summary>
+    /// Changes the permissions this open holds and forbids others, as QEMU does when it reopens a
+    /// file: on a conflict nothing changes.
+    /// </summary>
+    /// <exception cref="ImageLockedException">Another opener conflicts with <paramref name="request"/>.</exception>
+    public void Lock(FileLockRequest request) => _lock.Change(request);
 
     /// <inheritdoc />
     public int Read(long offset, Span<byte> buffer)
@@ -123,6 +192,23 @@ public sealed class FileStorage : IStorage
     public bool TryGetDataExtent(long offset, out bool isData, out long extentEnd) =>
         SparseFile.TryGetDataExtent(_handle, offset, Length, out isData, out extentEnd);
 
-    /// <inheritdoc />
+    /// <summary>Closes the file; its locks go with the descriptor.</summary>
     public void Dispose() => _handle.Dispose();
+
+    private static FileStorage OpenLocked(string path, FileStorageOptions options, FileMode mode, FileLockRequest request)
+    {
+        var fullPath = System.IO.Path.GetFullPath(path);
+        var (handle, status) = FileOpener.Open(fullPath, options.Writable, mode, request, options.Locking, options.AllowNonRegularFile);
+        var storage = new FileStorage(handle, fullPath, options.Writable, status, options.Locking);
+        try
+        {
+            storage._lock.Change(request);
+            return storage;
+        }
+        catch
+        {
+            storage.Dispose();
+            throw;
+        }
+    }
 }

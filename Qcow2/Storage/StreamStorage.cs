@@ -9,6 +9,7 @@ public sealed class StreamStorage : IStorage
     private readonly Stream _stream;
     private readonly bool _leaveOpen;
     private readonly SemaphoreSlim _lock = new(1, 1);
+    private PermissionLock? _fileLock;
 
     /// <summary>Wraps <paramref name="stream"/>; it must be seekable and readable.</summary>
     /// <param name="stream">The image bytes.</param>
@@ -175,9 +176,23 @@ public sealed class StreamStorage : IStorage
         }
     }
 
+    /// <summary>
+    /// Locks the file under a <see cref="FileStream"/> as <see cref="FileStorage"/> locks its
+    /// files; other streams are not files anyone else can open, so nothing is locked.
+    /// </summary>
+    internal void Lock(FileLockRequest request, FileLocking locking)
+    {
+        if (_stream is FileStream file)
+        {
+            _fileLock ??= new PermissionLock(file.SafeFileHandle, file.Name, locking);
+            _fileLock.Change(request);
+        }
+    }
+
     /// <inheritdoc />
     public void Dispose()
     {
+        _fileLock?.Release(); // a stream left open must not keep the image locked
         if (!_leaveOpen)
         {
             _stream.Dispose();
