@@ -25,6 +25,7 @@ internal static class Program
 
     public static int Main(string[] args)
     {
+        StandardStreams.WriteWithoutTerminalSetup();
         return Run(args);
     }
 
