@@ -147,13 +147,13 @@ public class MeasureTests : TempDirectoryFixture
         AssertSameAsQemu(["-O", "qcow2", "-o", "backing_file=base.qcow2", image]);
     }
 
-    [TestCase("Cluster size 3072", "-O", "qcow2", "-o", "cluster_size=3k", "--size", "1G")]
-    [TestCase("Cluster size 4194304", "-O", "qcow2", "-o", "cluster_size=4M", "--size", "1G")]
+    [TestCase("Cluster size must be a power of two between 512 and 2048k", "-O", "qcow2", "-o", "cluster_size=3k", "--size", "1G")]
+    [TestCase("Cluster size must be a power of two between 512 and 2048k", "-O", "qcow2", "-o", "cluster_size=4M", "--size", "1G")]
     [TestCase("at least 16384 bytes", "-O", "qcow2", "-o", "extended_l2=on,cluster_size=4k", "--size", "1G")]
     [TestCase("require compat=1.1", "-O", "qcow2", "-o", "compat=0.10,refcount_bits=8", "--size", "1G")]
-    [TestCase("Refcount width 3", "-O", "qcow2", "-o", "refcount_bits=3", "--size", "1G")]
-    [TestCase("compatibility level: '1.2'", "-O", "qcow2", "-o", "compat=1.2", "--size", "1G")]
-    [TestCase("preallocation mode 'bogus'", "-O", "qcow2", "-o", "preallocation=bogus", "--size", "1G")]
+    [TestCase("Refcount width must be a power of two and may not exceed 64 bits", "-O", "qcow2", "-o", "refcount_bits=3", "--size", "1G")]
+    [TestCase("'compat' does not accept value '1.2'", "-O", "qcow2", "-o", "compat=1.2", "--size", "1G")]
+    [TestCase("'preallocation' does not accept value 'bogus'", "-O", "qcow2", "-o", "preallocation=bogus", "--size", "1G")]
     [TestCase("'lazy_refcounts' expects 'on' or 'off'", "-O", "qcow2", "-o", "lazy_refcounts=maybe", "--size", "1G")]
     [TestCase("invalid parameter 'frobnicate'", "-O", "qcow2", "-o", "frobnicate=on", "--size", "1G")]
     [TestCase("invalid parameter 'cluster_size'", "-O", "raw", "-o", "cluster_size=4k", "--size", "1G")]
@@ -162,7 +162,8 @@ public class MeasureTests : TempDirectoryFixture
     [TestCase("Invalid image size", "-O", "qcow2", "--size", "-5")]
     [TestCase("'vmdk'", "-O", "vmdk", "--size", "1G")]
     [TestCase("Either --size N or one filename", "-O", "qcow2")]
-    [TestCase("'xml'", "--output=xml", "--size", "1G")]
+    [TestCase("--output must be used with human or json as argument.", "--output=xml", "--size", "1G")]
+    [TestCase("-f and -l require a filename argument.", "-f", "qcow2", "-O", "qcow2", "--size", "1G")]
     public void Bad_input_fails_like_qemu_img_with_a_message_naming_the_problem(string message, params string[] args)
     {
         var qemu = Qemu.ImgResult(["measure", .. args]);

@@ -1,4 +1,5 @@
 using System.Text.Json.Nodes;
+using QcowDedup.Cli.Commands;
 using QcowDedup.Qcow2.Tests.Infrastructure;
 using QcowDedup.Qcow2.Tests.Interop;
 
@@ -112,6 +113,9 @@ public class ReadingVerbTests : TempDirectoryFixture
         CliRunner.Run("frobnicate").ExitCode.ShouldBe(1);
         var usage = CliRunner.Run("info", "--output", "yaml", garbage);
         usage.ExitCode.ShouldBe(1);
-        usage.Error.ShouldContain("usage:");
+        usage.Error.ShouldBe("qcow2 info: --output must be used with human or json as argument.\n");
+        var missingArgument = CliRunner.Run("info");
+        missingArgument.ExitCode.ShouldBe(1);
+        missingArgument.Error.ShouldBe($"qcow2 info: missing arguments; usage: {InfoCommand.Usage}\n", "the usage once, on the one error line");
     }
 }

@@ -54,6 +54,43 @@ public class WritingVerbTests : TempDirectoryFixture
         Qemu.AssertClean(path);
     }
 
+    [TestCase("0")]
+    [TestCase("-4M")]
+    [TestCase("-5M")]
+    public void Resize_to_nothing_is_refused_like_qemu_img_and_leaves_the_image_alone(string size)
+    {
+        var path = PathOf("r.qcow2");
+        Qemu.Img("create", "-q", "-f", "qcow2", path, "4M");
+        var before = File.ReadAllBytes(path);
+        var theirs = Qemu.ImgResult("resize", "--shrink", path, "--", size);
+
+        var ours = CliRunner.Run("resize", "--shrink", path, size);
+
+        theirs.Error.ShouldBe("qemu-img: New image size must be positive\n");
+        theirs.ExitCode.ShouldBe(1);
+        ours.Error.ShouldBe("qcow2 resize: New image size must be positive\n");
+        ours.ExitCode.ShouldBe(1);
+        File.ReadAllBytes(path).ShouldBe(before);
+    }
+
+    [Test]
+    public void Io_reads_numbers_and_patterns_as_qemu_io_does()
+    {
+        var path = PathOf("io.qcow2");
+        Qemu.Img("create", "-q", "-f", "qcow2", path, "1M");
+        CliRunner.Run("io", "-c", "write -P 0x11 0x10000 4k", path).Output.ShouldStartWith("wrote 4096/4096 bytes at offset 65536\n");
+        Qemu.Io(path, "read -P 17 64k 4k");
+
+        var badPattern = CliRunner.Run("io", "-c", "write -P 300 0 4k", path);
+        badPattern.Error.ShouldBe("qcow2 io: 300 is not a valid pattern byte\n", "300 is not silently written as 44");
+        var tooLong = CliRunner.Run("io", "-c", "write 0 3G", path);
+        tooLong.Error.ShouldBe("qcow2 io: length cannot exceed 2147483136, given 3G\n");
+        var pastTheEnd = CliRunner.Run("io", "-c", "write 0x7ffffffffffffe00 512", path);
+        pastTheEnd.ExitCode.ShouldBe(1);
+        pastTheEnd.Error.ShouldStartWith("write failed: Input/output error", customMessage: "offset + length must not wrap around");
+        Qemu.Io(path, "read -P 17 64k 4k");
+    }
+
     [Test]
     public void Io_writes_reads_verifies_discards_and_flushes_like_qemu_io()
     {

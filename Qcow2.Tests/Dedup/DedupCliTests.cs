@@ -90,10 +90,10 @@ public class DedupCliTests : TempDirectoryFixture
         Qemu.Io(image, "read -P 0x61 0 256k", "read -P 0x61 1M 256k");
     }
 
-    [TestCase("dedup_log_order=abc", "invalid value 'abc' for dedup_log_order")]
+    [TestCase("dedup_log_order=abc", "Parameter 'dedup_log_order' expects a number")]
     [TestCase("dedup_log_order=40", "log store order")]
     [TestCase("dedup_max_incarnations=0", "incarnations")]
-    [TestCase("dedup_verify=maybe", "invalid value 'maybe' for dedup_verify")]
+    [TestCase("dedup_verify=maybe", "Parameter 'dedup_verify' expects 'on' or 'off'")]
     public void Bad_dedup_options_are_refused_and_leave_no_file(string option, string message)
     {
         var image = PathOf("bad.qcow2");

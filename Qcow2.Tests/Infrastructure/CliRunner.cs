@@ -19,7 +19,7 @@ public static class CliRunner
             Console.SetError(error);
             try
             {
-                var code = Program.Main(args);
+                var code = Program.Run(args);
                 return new ProcessResult(code, output.ToString(), error.ToString());
             }
             finally

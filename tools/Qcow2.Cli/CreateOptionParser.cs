@@ -1,4 +1,3 @@
-using System.Globalization;
 using QcowDedup.Qcow2.Format;
 using QcowDedup.Qcow2.Image;
 
@@ -17,13 +16,16 @@ internal sealed class CreateOptionParser
     ];
 
     private readonly Dictionary<string, string> _values = new(StringComparer.Ordinal);
-    private readonly HashSet<string> _extensionKeys;
 
     /// <param name="optionStrings">Every -o argument, in order.</param>
     /// <param name="extensionKeys">Extra keys understood by loaded extensions (e.g. dedup).</param>
     public CreateOptionParser(IEnumerable<string> optionStrings, IEnumerable<string>? extensionKeys = null)
+        : this(optionStrings, [.. KnownKeys, .. extensionKeys ?? []])
     {
-        _extensionKeys = new HashSet<string>(extensionKeys ?? [], StringComparer.Ordinal);
+    }
+
+    private CreateOptionParser(IEnumerable<string> optionStrings, string[] knownKeys)
+    {
         foreach (var text in optionStrings)
         {
             foreach (var pair in text.Split(',', StringSplitOptions.RemoveEmptyEntries))
@@ -33,17 +35,25 @@ internal sealed class CreateOptionParser
                 var value = equals < 0 ? "on" : pair[(equals + 1)..];
                 if (key == "help" || key == "?")
                 {
-                    throw new UsageException("supported options: " + string.Join(", ", KnownKeys.Concat(_extensionKeys)));
+                    throw new UsageException("supported options: " + string.Join(", ", knownKeys));
                 }
 
-                if (!KnownKeys.Contains(key) && !_extensionKeys.Contains(key))
+                if (!knownKeys.Contains(key))
                 {
-                    throw new UsageException($"invalid parameter '{key}' (try -o help)");
+                    throw new UsageException($"Invalid parameter '{key}'");
                 }
 
                 _values[key] = value;
             }
         }
+    }
+
+    /// <summary>Options for deduplicating an existing image: only the dedup_* keys exist, and dedup is on.</summary>
+    public static CreateOptionParser ForDedup(IReadOnlyList<string> optionStrings)
+    {
+        var parser = new CreateOptionParser(optionStrings, [.. Extensions.CreateOptionKeys.Where(key => key != "dedup")]);
+        parser._values["dedup"] = "on";
+        return parser;
     }
 
     public string? this[string key] => _values.GetValueOrDefault(key);
@@ -58,34 +68,16 @@ internal sealed class CreateOptionParser
             throw new NotSupportedException("Creating encrypted qcow2 images is not supported.");
         }
 
-        var version = this["compat"] switch
-        {
-            null or "1.1" or "v3" => 3,
-            "0.10" or "v2" => 2,
-            var other => throw new UsageException($"invalid compat value '{other}' (use 0.10 or 1.1)"),
-        };
         return new Qcow2CreateOptions
         {
-            Size = this["size"] is { } text ? Sizes.Parse(text) : size,
-            Version = version,
-            ClusterSize = this["cluster_size"] is { } cluster ? checked((int)Sizes.Parse(cluster, "cluster_size")) : 65536,
-            RefcountBits = Int("refcount_bits") ?? 16,
+            Size = this["size"] is { } text ? Sizes.ParseParameter("size", text) : size,
+            Version = this["compat"] is { } compat ? Qcow2OptionValues.Version(compat) : 3,
+            ClusterSize = this["cluster_size"] is { } cluster ? Qcow2OptionValues.ClusterSize(cluster) : 65536,
+            RefcountBits = this["refcount_bits"] is { } bits ? Qcow2OptionValues.RefcountBits(bits) : 16,
             LazyRefcounts = Flag("lazy_refcounts"),
             ExtendedL2 = Flag("extended_l2"),
-            CompressionType = this["compression_type"] switch
-            {
-                null or "zlib" => CompressionType.Deflate,
-                "zstd" => CompressionType.Zstd,
-                var other => throw new UsageException($"invalid compression_type '{other}' (use zlib or zstd)"),
-            },
-            Preallocation = this["preallocation"] switch
-            {
-                null or "off" => Preallocation.Off,
-                "metadata" => Preallocation.Metadata,
-                "falloc" => Preallocation.Falloc,
-                "full" => Preallocation.Full,
-                var other => throw new UsageException($"invalid preallocation mode '{other}' (use off, metadata, falloc or full)"),
-            },
+            CompressionType = this["compression_type"] is { } compression ? Qcow2OptionValues.CompressionType(compression) : CompressionType.Deflate,
+            Preallocation = this["preallocation"] is { } preallocation ? Qcow2OptionValues.Preallocation(preallocation) : Preallocation.Off,
             BackingFile = backingFile ?? this["backing_file"],
             BackingFormat = backingFormat ?? this["backing_fmt"],
             DataFile = this["data_file"],
@@ -132,20 +124,10 @@ internal sealed class CreateOptionParser
     }
 
     /// <summary>A whole-number option, or null when absent.</summary>
-    public int? Int(string key) => this[key] switch
-    {
-        null => null,
-        var text when int.TryParse(text, NumberStyles.None, CultureInfo.InvariantCulture, out var value) => value,
-        var text => throw new UsageException($"invalid value '{text}' for {key} (expected a whole number)"),
-    };
+    public int? Int(string key) => this[key] is { } text ? Qcow2OptionValues.Number(key, text) : null;
 
     /// <summary>An on/off option (off when absent).</summary>
-    public bool Flag(string key) => this[key] switch
-    {
-        null or "off" or "false" or "no" => false,
-        "on" or "true" or "yes" => true,
-        var other => throw new UsageException($"invalid value '{other}' for {key} (use on or off)"),
-    };
+    public bool Flag(string key) => this[key] is { } text && Qcow2OptionValues.OnOff(key, text);
 
     private static string OnOff(bool value) => value ? "on" : "off";
 }

@@ -37,10 +37,7 @@ internal sealed class DiskSource : IDisposable
 
     public static DiskSource Open(string path, string? format, bool writable = false, Qcow2OpenOptions? options = null)
     {
-        if (!File.Exists(path))
-        {
-            throw new FileNotFoundException($"Could not open '{path}': No such file or directory", path);
-        }
+        FileArguments.CheckInput(path);
 
         format ??= Probe(path);
         switch (format)

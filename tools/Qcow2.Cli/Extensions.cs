@@ -34,7 +34,7 @@ internal static class Extensions
         {
             LogStoreOrder = parser.Int("dedup_log_order"),
             MaxIncarnations = parser.Int("dedup_max_incarnations") ?? 8,
-            IndexMemoryBudget = parser["dedup_memory"] is { } memory ? Sizes.Parse(memory, "dedup_memory") : 0,
+            IndexMemoryBudget = parser["dedup_memory"] is { } memory ? Sizes.ParseParameter("dedup_memory", memory) : 0,
             Verify = parser.Flag("dedup_verify"),
             MaxSharesPerCluster = parser.Int("dedup_max_shares") ?? 0,
         };

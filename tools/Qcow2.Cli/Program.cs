@@ -25,49 +25,68 @@ internal static class Program
 
     public static int Main(string[] args)
     {
-        if (args.Length == 0 || args[0] is "-h" or "--help" or "help")
+        StandardStreams.WriteWithoutTerminalSetup();
+        return Run(args);
+    }
+
+    /// <summary>
+    /// Runs one command line and returns its exit code. Every failure is reported as one line on
+    /// stderr: "qcow2 VERB: …" for a wrong command line, "qcow2: …" for what went wrong with the
+    /// images, and "qcow2: internal error …" for a bug; never a stack trace.
+    /// </summary>
+    internal static int Run(IReadOnlyList<string> args)
+    {
+        var verb = args.Count > 0 ? args[0] : string.Empty;
+
+        // compare reports errors with 2 (1 means "different"), like qemu-img compare.
+        var errorCode = verb == "compare" ? 2 : 1;
+        try
+        {
+            return Dispatch(args);
+        }
+        catch (Exception error)
+        {
+            return Fail(ErrorReport.Line(verb, error), errorCode);
+        }
+    }
+
+    private static int Dispatch(IReadOnlyList<string> args)
+    {
+        if (args.Count == 0 || args[0] is "-h" or "--help" or "help")
         {
             PrintHelp();
-            return args.Length == 0 ? 1 : 0;
+            return args.Count == 0 ? 1 : 0;
         }
 
-        if (args[0] is "-V" or "--version")
+        var verb = args[0];
+        if (verb is "-V" or "--version")
         {
             Console.Out.WriteLine($"qcow2 (QcowDedup) version {typeof(Program).Assembly.GetName().Version}");
             return 0;
         }
 
-        var verb = args[0];
         if (!Verbs.TryGetValue(verb, out var command))
         {
             Console.Error.WriteLine($"qcow2: unknown command '{verb}'; run 'qcow2 --help' for the list");
             return 1;
         }
 
-        // compare reports errors with 2 (1 means "different"), like qemu-img compare.
-        var errorCode = verb == "compare" ? 2 : 1;
-        try
-        {
-            return command.Run(args.Skip(1).ToList());
-        }
-        catch (UsageException error)
-        {
-            Console.Error.WriteLine($"qcow2 {verb}: {error.Message}");
-            Console.Error.WriteLine($"usage: {command.Usage}");
-            return errorCode;
-        }
-        catch (Exception error) when (error is IOException or InvalidDataException or NotSupportedException or UnauthorizedAccessException or ArgumentException or KeyNotFoundException or InvalidOperationException)
-        {
-            Console.Error.WriteLine($"qcow2: {Describe(error)}");
-            return errorCode;
-        }
+        return command.Run(args.Skip(1).ToList());
     }
 
-    private static string Describe(Exception error) => error switch
+    private static int Fail(string line, int exitCode)
     {
-        FileNotFoundException missing when missing.FileName is not null && !missing.Message.Contains(missing.FileName, StringComparison.Ordinal) => $"Could not open '{missing.FileName}': {missing.Message}",
-        _ => error.Message,
-    };
+        try
+        {
+            Console.Error.WriteLine(line);
+        }
+        catch (IOException)
+        {
+            // stderr is gone (a closed pipe): the exit code still tells.
+        }
+
+        return exitCode;
+    }
 
     private static void PrintHelp()
     {

@@ -1,4 +1,3 @@
-using System.Globalization;
 using QcowDedup.Qcow2.Image;
 
 namespace QcowDedup.Cli.Commands;
@@ -25,25 +24,12 @@ internal static class AmendCommand
         var values = Parse(line.Values("-o"));
         var options = new Qcow2AmendOptions
         {
-            Version = values.GetValueOrDefault("compat") switch
-            {
-                null => null,
-                "0.10" or "v2" => 2,
-                "1.1" or "v3" => 3,
-                var other => throw new UsageException($"invalid compat value '{other}' (use 0.10 or 1.1)"),
-            },
-            RefcountBits = values.GetValueOrDefault("refcount_bits") is { } bits
-                ? int.TryParse(bits, NumberStyles.None, CultureInfo.InvariantCulture, out var width) ? width : throw new UsageException($"invalid value '{bits}' for refcount_bits")
-                : null,
-            LazyRefcounts = values.GetValueOrDefault("lazy_refcounts") switch
-            {
-                null => null,
-                "on" or "true" or "yes" => true,
-                "off" or "false" or "no" => false,
-                var other => throw new UsageException($"invalid value '{other}' for lazy_refcounts (use on or off)"),
-            },
-            Size = values.GetValueOrDefault("size") is { } size ? Sizes.Parse(size) : null,
+            Version = values.GetValueOrDefault("compat") is { } compat ? Qcow2OptionValues.Version(compat) : null,
+            RefcountBits = values.GetValueOrDefault("refcount_bits") is { } bits ? Qcow2OptionValues.RefcountBits(bits) : null,
+            LazyRefcounts = values.GetValueOrDefault("lazy_refcounts") is { } lazy ? Qcow2OptionValues.OnOff("lazy_refcounts", lazy) : null,
+            Size = values.GetValueOrDefault("size") is { } size ? Sizes.ParseParameter("size", size) : null,
         };
+        FileArguments.CheckInput(line.Positionals[0]);
         Qcow2Image.Amend(line.Positionals[0], options, () => Extensions.ReadOptions(writable: true));
         return 0;
     }
@@ -62,7 +48,7 @@ internal static class AmendCommand
 
             if (CreateOnly.Contains(key))
             {
-                throw new UsageException($"Invalid parameter '{key}'\nThis option is only supported for image creation");
+                throw new UsageException($"Invalid parameter '{key}'. This option is only supported for image creation");
             }
 
             if (!Amendable.Contains(key))

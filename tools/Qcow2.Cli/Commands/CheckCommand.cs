@@ -32,18 +32,10 @@ internal static class CheckCommand
             throw new UsageException("Expecting one image file name");
         }
 
-        var json = line.Value("--output") switch
-        {
-            null or "human" => false,
-            "json" => true,
-            _ => throw new UsageException("--output must be used with human or json as argument."),
-        };
+        var json = OutputMode.IsJson(line.Value("--output"));
         var path = line.Positionals[0];
         var quiet = line.Has("-q");
-        if (!File.Exists(path))
-        {
-            throw new FileNotFoundException($"Could not open '{path}': Could not open '{path}': No such file or directory", path);
-        }
+        FileArguments.CheckInput(path);
 
         var format = line.Value("-f", "--format") ?? DiskSource.Probe(path);
         if (format is not ("qcow2" or "raw"))

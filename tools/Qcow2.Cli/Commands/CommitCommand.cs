@@ -1,5 +1,3 @@
-using QcowDedup.Qcow2.Image;
-
 namespace QcowDedup.Cli.Commands;
 
 /// <summary>qcow2 commit [-f qcow2] [-d] [-p] [-q] FILE — write an overlay into its backing file, as qemu-img commit.</summary>
@@ -17,7 +15,7 @@ internal static class CommitCommand
         }
 
         var path = line.Positionals[0];
-        using var image = Qcow2Image.Open(path, Extensions.ReadOptions(writable: true));
+        using var image = FileArguments.OpenImage(path, Extensions.ReadOptions(writable: true));
         if (line.Value("-b") is { } requested && !SameFile(requested, image.BackingChain.ElementAtOrDefault(1)?.Path))
         {
             throw new UsageException($"'{requested}' is not the backing file of '{path}'; committing further down the chain is not supported");

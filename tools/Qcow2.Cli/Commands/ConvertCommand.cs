@@ -17,6 +17,7 @@ internal static class ConvertCommand
         line.ExpectPositionals(2, 2, Usage);
         var target = line.Value("-O") ?? "raw";
         using var source = DiskSource.Open(line.Positionals[0], line.Value("-f"));
+        FileArguments.CheckOutput(line.Positionals[1]);
         var progress = new Progress(line.Has("-p") && !line.Has("-q"));
         switch (target)
         {

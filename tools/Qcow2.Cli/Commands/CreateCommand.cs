@@ -15,7 +15,7 @@ internal static class CreateCommand
         }
 
         var path = line.Positionals[0];
-        long? size = line.Positionals.Count > 1 ? ParseImageSize(line.Positionals[1]) : null;
+        long? size = line.Positionals.Count > 1 ? Sizes.ParseImageSize(line.Positionals[1]) : null;
         var parser = new CreateOptionParser(line.Values("-o"), Extensions.CreateOptionKeys);
         var options = parser.Build(size, line.Value("-b"), line.Value("-F"));
         if (options.Size is null && options.BackingFile is null)
@@ -23,6 +23,7 @@ internal static class CreateCommand
             throw new UsageException("an image size is needed without a backing file");
         }
 
+        FileArguments.CheckOutput(path);
         using var image = Extensions.Create(path, options, parser);
         if (!line.Has("-q"))
         {
@@ -30,18 +31,5 @@ internal static class CreateCommand
         }
 
         return 0;
-    }
-
-    /// <summary>qemu-img's image size syntax, with its error wording.</summary>
-    public static long ParseImageSize(string text)
-    {
-        try
-        {
-            return Sizes.Parse(text);
-        }
-        catch (UsageException)
-        {
-            throw new UsageException("Invalid image size specified. You may use k, M, G, T, P or E suffixes for kilobytes, megabytes, gigabytes, terabytes, petabytes and exabytes.");
-        }
     }
 }

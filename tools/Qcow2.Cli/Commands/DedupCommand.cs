@@ -12,10 +12,11 @@ internal static class DedupCommand
     {
         var line = CommandLine.Parse(args, ["-o"], ["-p", "-q"]);
         line.ExpectPositionals(1, 1, Usage);
-        var parser = new CreateOptionParser(line.Values("-o").Select(o => "dedup=on," + o).DefaultIfEmpty("dedup=on"), Extensions.CreateOptionKeys);
-        var options = Extensions.DedupOptionsFrom(parser)!;
+        var options = Extensions.DedupOptionsFrom(CreateOptionParser.ForDedup(line.Values("-o")))!;
+        var path = line.Positionals[0];
+        FileArguments.CheckInput(path);
         var progress = new Progress(line.Has("-p") && !line.Has("-q"));
-        var result = OfflineDeduplicator.Run(line.Positionals[0], options, new Progress<double>(progress.Report));
+        var result = OfflineDeduplicator.Run(path, options, new Progress<double>(progress.Report));
         progress.Finish();
         if (!line.Has("-q"))
         {

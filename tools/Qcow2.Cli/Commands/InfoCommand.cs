@@ -345,7 +345,7 @@ internal static class OutputMode
     {
         null or "human" => false,
         "json" => true,
-        _ => throw new UsageException($"--output must be 'human' or 'json', not '{value}'"),
+        _ => throw new UsageException("--output must be used with human or json as argument."),
     };
 }
 

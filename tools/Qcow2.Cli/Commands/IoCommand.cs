@@ -14,6 +14,9 @@ internal static class IoCommand
     public const string Usage = "qcow2 io [-f qcow2] [-r] -c 'write [-P PATTERN] [-z] [-u] [-c] OFF LEN' -c 'read [-P PATTERN] OFF LEN' -c 'discard OFF LEN' -c flush FILE";
     private const byte DefaultWritePattern = 0xcd;
 
+    /// <summary>qemu-io's BDRV_REQUEST_MAX_BYTES: the largest read or write one command may ask for.</summary>
+    private const long MaxRequestBytes = int.MaxValue / 512 * 512;
+
     public static int Run(IReadOnlyList<string> args)
     {
         var line = CommandLine.Parse(args, ["-f", "-c"], ["-r", "-q"]);
@@ -24,7 +27,7 @@ internal static class IoCommand
         }
 
         var commands = line.Values("-c").Select(ParseCommand).ToList();
-        using var image = Qcow2Image.Open(line.Positionals[0], Extensions.ReadOptions(writable: !line.Has("-r")));
+        using var image = FileArguments.OpenImage(line.Positionals[0], Extensions.ReadOptions(writable: !line.Has("-r")));
         var failed = false;
         foreach (var command in commands)
         {
@@ -42,7 +45,7 @@ internal static class IoCommand
             return true;
         }
 
-        if (command.Offset + command.Length > image.Size)
+        if (command.Offset > image.Size || command.Length > image.Size - command.Offset)
         {
             Console.Error.WriteLine($"{command.Verb} failed: Input/output error (request [{command.Offset}, {command.Offset + command.Length}) ends past the {image.Size}-byte disk)");
             return false;
@@ -130,7 +133,7 @@ internal static class IoCommand
             switch (words[i])
             {
                 case "-P" when i + 1 < words.Length:
-                    pattern = (byte)ParseNumber(words[++i], "pattern");
+                    pattern = ParsePattern(words[++i]);
                     break;
                 case "-z" when verb == "write":
                     zero = true;
@@ -159,13 +162,32 @@ internal static class IoCommand
             throw new UsageException("write -u needs -z");
         }
 
-        return new IoRequest(verb, ParseNumber(positionals[0], "offset"), ParseNumber(positionals[1], "length"), pattern, zero, unmap, compressed);
+        var offset = ParseNumber(positionals[0]);
+        var length = ParseNumber(positionals[1]);
+        if (length > MaxRequestBytes && !zero && verb != "discard")
+        {
+            throw new UsageException($"length cannot exceed {MaxRequestBytes}, given {positionals[1]}");
+        }
+
+        return new IoRequest(verb, offset, length, pattern, zero, unmap, compressed);
     }
 
-    private static long ParseNumber(string text, string what) =>
-        text.StartsWith("0x", StringComparison.OrdinalIgnoreCase)
-            ? long.Parse(text.AsSpan(2), NumberStyles.HexNumber, CultureInfo.InvariantCulture)
-            : Sizes.Parse(text, what);
+    /// <summary>An offset or a length: qemu-io's cvtnum, which takes qemu's size syntax, and its words.</summary>
+    private static long ParseNumber(string text) => Sizes.TryParse(text, out var value) switch
+    {
+        SizeSyntax.Valid => value,
+        SizeSyntax.TooLarge => throw new UsageException($"Parsing error: argument too large -- {text}"),
+        _ => throw new UsageException($"Parsing error: non-numeric argument, or extraneous/unrecognized suffix -- {text}"),
+    };
+
+    /// <summary>A -P byte: decimal or 0x hexadecimal, 0 to 255, with qemu-io's words for anything else.</summary>
+    private static byte ParsePattern(string text)
+    {
+        var value = text.StartsWith("0x", StringComparison.OrdinalIgnoreCase)
+            ? int.TryParse(text.AsSpan(2), NumberStyles.AllowHexSpecifier, CultureInfo.InvariantCulture, out var hex) ? hex : -1
+            : int.TryParse(text, NumberStyles.None, CultureInfo.InvariantCulture, out var number) ? number : -1;
+        return value is >= 0 and <= byte.MaxValue ? (byte)value : throw new UsageException($"{text} is not a valid pattern byte");
+    }
 
     private sealed record IoRequest(string Verb, long Offset, long Length, byte? Pattern, bool Zero, bool Unmap, bool Compressed);
 }

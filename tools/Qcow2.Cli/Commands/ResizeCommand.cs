@@ -1,5 +1,3 @@
-using QcowDedup.Qcow2.Image;
-
 namespace QcowDedup.Cli.Commands;
 
 /// <summary>qcow2 resize [--shrink] [-f qcow2] [-q] FILE [+|-]SIZE</summary>
@@ -23,11 +21,17 @@ internal static class ResizeCommand
             throw new UsageException($"only qcow2 images can be resized, not '{format}'");
         }
 
-        using var image = Qcow2Image.Open(line.Positionals[0], Extensions.ReadOptions(writable: true));
-        var relative = sizeText.StartsWith('+') || sizeText.StartsWith('-');
-        var amount = CreateCommand.ParseImageSize(relative ? sizeText[1..] : sizeText);
-        var newSize = !relative ? amount : sizeText[0] == '+' ? image.Size + amount : image.Size - amount;
-        if (newSize < 0)
+        // Like qemu-img, the size is read before the image is opened.
+        var sign = sizeText.StartsWith('+') ? 1 : sizeText.StartsWith('-') ? -1 : 0;
+        var amount = Sizes.ParseParameter("size", sign == 0 ? sizeText : sizeText[1..]);
+        using var image = FileArguments.OpenImage(line.Positionals[0], Extensions.ReadOptions(writable: true));
+        var newSize = sign switch
+        {
+            0 => amount,
+            > 0 when amount > long.MaxValue - image.Size => throw new UsageException($"Value '{sizeText}' is out of range for parameter 'size'"),
+            _ => image.Size + (sign * amount),
+        };
+        if (newSize <= 0)
         {
             throw new UsageException("New image size must be positive");
         }

@@ -27,7 +27,7 @@ internal static class SnapshotCommand
         var path = line.Positionals[0];
         if (actions[0] == "-l")
         {
-            using var image = Qcow2Image.Open(path, Extensions.ReadOptions() with { BackingFiles = BackingFileMode.Ignore });
+            using var image = FileArguments.OpenImage(path, Extensions.ReadOptions() with { BackingFiles = BackingFileMode.Ignore });
             if (image.Snapshots.Count > 0)
             {
                 Console.Out.WriteLine("Snapshot list:");
@@ -42,7 +42,7 @@ internal static class SnapshotCommand
         }
 
         var name = line.Value(actions[0])!;
-        using var writable = Qcow2Image.Open(path, Extensions.ReadOptions(writable: true) with { BackingFiles = BackingFileMode.Ignore });
+        using var writable = FileArguments.OpenImage(path, Extensions.ReadOptions(writable: true) with { BackingFiles = BackingFileMode.Ignore });
         var (verb, action) = actions[0] switch
         {
             "-c" => ("create", (Action)(() => writable.CreateSnapshot(name))),

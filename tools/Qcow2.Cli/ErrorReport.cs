@@ -1,0 +1,52 @@
+namespace QcowDedup.Cli;
+
+/// <summary>
+/// The one line on stderr that reports a failed command: "qcow2 VERB: …" for a wrong command
+/// line, "qcow2: …" for what went wrong with an image or a file, and "qcow2: internal error …"
+/// for a bug. Never a stack trace: a user can do nothing with one, and a bug report needs only
+/// the command line and this line.
+/// </summary>
+internal static class ErrorReport
+{
+    public static string Line(string verb, Exception error) => error switch
+    {
+        UsageException => $"qcow2 {verb}: {error.Message}",
+        _ when IsImageOrFileError(error) => $"qcow2: {Describe(error)}",
+        _ => $"qcow2: internal error ({error.GetType().Name}): {error.Message.ReplaceLineEndings(" ")}",
+    };
+
+    /// <summary>
+    /// The exceptions the library documents for bad images, files and arguments. A null argument
+    /// or a disposed object is a bug in this program, not the user's input.
+    /// </summary>
+    private static bool IsImageOrFileError(Exception error) => error switch
+    {
+        ArgumentNullException or ObjectDisposedException => false,
+        IOException or InvalidDataException or NotSupportedException or UnauthorizedAccessException => true,
+        ArgumentException or KeyNotFoundException or InvalidOperationException => true,
+        _ => false,
+    };
+
+    private static string Describe(Exception error) => error switch
+    {
+        FileNotFoundException missing when missing.FileName is not null && !missing.Message.Contains(missing.FileName, StringComparison.Ordinal) => $"Could not open '{missing.FileName}': {missing.Message}",
+        ArgumentException argument => WithoutParameterName(argument),
+        _ => error.Message,
+    };
+
+    /// <summary>
+    /// The library's argument message without what .NET appends for programmers: " (Parameter 'options')"
+    /// and, for a value out of range, a second line "Actual value was …".
+    /// </summary>
+    private static string WithoutParameterName(ArgumentException error)
+    {
+        var message = error.Message;
+        if (error is ArgumentOutOfRangeException { ActualValue: not null } && message.LastIndexOf('\n') is var newline and >= 0)
+        {
+            message = message[..newline];
+        }
+
+        var suffix = $" (Parameter '{error.ParamName}')";
+        return error.ParamName is not null && message.EndsWith(suffix, StringComparison.Ordinal) ? message[..^suffix.Length] : message;
+    }
+}
