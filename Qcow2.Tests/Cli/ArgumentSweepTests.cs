@@ -52,6 +52,7 @@ public class ArgumentSweepTests : TempDirectoryFixture
         }
 
         System.IO.Directory.CreateDirectory(PathOf("dir"));
+        System.Diagnostics.Process.Start("mkfifo", PathOf("fifo"))!.WaitForExit(); // opening it must not block
     }
 
     [TestCaseSource(nameof(Cases))]
@@ -113,12 +114,12 @@ public class ArgumentSweepTests : TempDirectoryFixture
 
         foreach (var verb in AllVerbs)
         {
-            foreach (var bad in new[] { new[] { "--output=xml" }, ["-f", "vmdk"], ["-o", "frobnicate=on"], ["--frobnicate"], ["-Z"] })
+            foreach (var bad in new[] { new[] { "--output=xml" }, ["-f", "vmdk"], ["-o", "frobnicate=on"], ["--frobnicate"], ["-Z"], ["--backing-policy=somewhere"] })
             {
                 yield return Case([verb, .. bad, .. WellFormedArguments(verb)]);
             }
 
-            foreach (var file in new[] { "{missing}", "{dir}", "{empty}", "{random}", "{truncated.qcow2}", "/dev/null" })
+            foreach (var file in new[] { "{missing}", "{dir}", "{empty}", "{random}", "{truncated.qcow2}", "/dev/null", "{fifo}" })
             {
                 yield return Case(OnFile(verb, file));
             }
@@ -173,6 +174,7 @@ public class ArgumentSweepTests : TempDirectoryFixture
         "{b}" => PathOf("b.qcow2"),
         "{missing}" => PathOf("missing.qcow2"),
         "{dir}" => PathOf("dir"),
+        "{fifo}" => PathOf("fifo"),
         "{empty}" => PathOf("empty"),
         "{random}" => PathOf("random"),
         "{truncated.qcow2}" => PathOf("truncated.qcow2"),

@@ -50,6 +50,22 @@ public sealed partial class Qcow2Image
         return SyncOver.Run(OpenCoreAsync(storage, options ?? new Qcow2OpenOptions(), !leaveOpen, new ChainContext(), async: false, CancellationToken.None));
     }
 
+    /// <summary>
+    /// Follows the backing chain of the image at <paramref name="path"/> from header to header —
+    /// names, paths, formats — without opening any layer as an image, and stops where a file is
+    /// missing, refused by the backing file policy, or loops, saying why (qemu-img info
+    /// --backing-chain, which shows nothing when one file is missing).
+    /// </summary>
+    /// <param name="path">The image.</param>
+    /// <param name="options">Policy, resolver, locking and force-share to follow; opened read-only.</param>
+    /// <exception cref="InvalidDataException">The image itself is corrupt.</exception>
+    /// <exception cref="FileNotFoundException">The image itself is missing.</exception>
+    public static IReadOnlyList<BackingChainLink> ReadBackingChain(string path, Qcow2OpenOptions? options = null)
+    {
+        ArgumentException.ThrowIfNullOrEmpty(path);
+        return BackingChainReader.Read(path, options ?? new Qcow2OpenOptions());
+    }
+
     /// <summary>Opens an internal snapshot's disk as a read-only image sharing this image's files.</summary>
     /// <param name="idOrName">The snapshot's id or, failing that, its name.</param>
     /// <exception cref="KeyNotFoundException">No such snapshot.</exception>
@@ -286,7 +302,7 @@ public sealed partial class Qcow2Image
         options with { Writable = false, Allocator = null, Extensions = [], DataFilePath = null, LeaveOpen = false, ForRepair = false };
 
     /// <summary>Opens a file the image names, as far as its backing file policy allows.</summary>
-    private static IStorage OpenImplicitFile(FileReference reference, Qcow2OpenOptions options)
+    internal static IStorage OpenImplicitFile(FileReference reference, Qcow2OpenOptions options)
     {
         var policy = options.BackingPolicy;
         reference = reference with { AllowNonRegularFile = policy.AllowNonRegularFiles };
@@ -330,7 +346,7 @@ public sealed partial class Qcow2Image
         }
     }
 
-    private static async ValueTask<string> ProbeFormatAsync(IStorage storage, bool async, CancellationToken cancellationToken)
+    internal static async ValueTask<string> ProbeFormatAsync(IStorage storage, bool async, CancellationToken cancellationToken)
     {
         var magic = new byte[4];
         var read = await storage.ReadAsync(0, magic, async, cancellationToken).ConfigureAwait(false);

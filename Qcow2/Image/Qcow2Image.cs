@@ -111,6 +111,34 @@ public sealed partial class Qcow2Image : IDisposable, IAsyncDisposable, IGuestDi
 
     internal ImageCore Core => _core;
 
+    /// <summary>
+    /// Whether <paramref name="path"/> is a file this image reads or writes: the image file, its
+    /// data file, or any file of its backing chain (same device and inode, so links count too).
+    /// Writing such a file — converting an image onto its own backing file, say — destroys data
+    /// the image still needs, whatever the locks say.
+    /// </summary>
+    /// <param name="path">The file to test; a missing file is never in use.</param>
+    public bool UsesFile(string path)
+    {
+        ArgumentException.ThrowIfNullOrEmpty(path);
+        ThrowIfDisposed();
+        if (!File.Exists(path))
+        {
+            return false;
+        }
+
+        for (IGuestDisk? disk = this; disk is not null; disk = disk.BackingDisk)
+        {
+            var files = disk is Qcow2Image image ? [image._core.File, image._core.DataFile] : new[] { disk.File };
+            if (files.Any(file => file.Path is { } used && FileStorage.IsSameFile(used, path)))
+            {
+                return true;
+            }
+        }
+
+        return false;
+    }
+
     /// <summary>A new stream over the guest disk with its own position.</summary>
     /// <param name="leaveOpen">Whether disposing the stream leaves this image open.</param>
     public Qcow2Stream OpenStream(bool leaveOpen = true) => new(this, leaveOpen);

@@ -17,9 +17,13 @@ internal sealed class CommandLine
 
     public IReadOnlyList<string> Positionals { get; }
 
-    /// <summary>Parses <paramref name="args"/>. Options listed in <paramref name="valued"/> take a value, those in <paramref name="flags"/> do not.</summary>
+    /// <summary>
+    /// Parses <paramref name="args"/>. Options listed in <paramref name="valued"/> take a value,
+    /// those in <paramref name="flags"/> do not; every verb also takes <see cref="ImageOptions.BackingPolicyOption"/>.
+    /// </summary>
     public static CommandLine Parse(IReadOnlyList<string> args, string[] valued, string[] flags)
     {
+        valued = [.. valued, ImageOptions.BackingPolicyOption];
         var positionals = new List<string>();
         var result = new CommandLine(positionals);
         for (var i = 0; i < args.Count; i++)

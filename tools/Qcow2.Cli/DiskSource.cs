@@ -35,7 +35,8 @@ internal sealed class DiskSource : IDisposable
 
     public Qcow2Image? Image => _image;
 
-    public static DiskSource Open(string path, string? format, bool writable = false, Qcow2OpenOptions? options = null)
+    /// <summary>Opens a disk to read, locked as qemu-img locks its sources: nobody may write or resize it meanwhile, unless force-shared.</summary>
+    public static DiskSource Open(string path, string? format, Qcow2OpenOptions options)
     {
         FileArguments.CheckInput(path);
 
@@ -43,21 +44,25 @@ internal sealed class DiskSource : IDisposable
         switch (format)
         {
             case "qcow2":
-                var openOptions = options ?? Extensions.ReadOptions(writable);
-                return new DiskSource(path, Qcow2Image.Open(path, openOptions));
+                return new DiskSource(path, Qcow2Image.Open(path, options));
             case "raw":
-                return new DiskSource(path, FileStorage.Open(path, writable));
+                var request = options.ForceShare ? FileLockRequest.ForceShared : FileLockRequest.Image(writable: false);
+                return new DiskSource(path, FileStorage.Open(path, new FileStorageOptions { Lock = request, Locking = options.Locking }));
             default:
                 throw new UsageException($"unknown or unsupported format '{format}' (use qcow2 or raw)");
         }
     }
 
+    /// <summary>qcow2 or raw, by the magic number. Opens without blocking and refuses FIFOs and devices, takes no lock.</summary>
     public static string Probe(string path)
     {
-        using var file = File.OpenRead(path);
+        using var file = FileStorage.Open(path, new FileStorageOptions { Lock = FileLockRequest.None });
         Span<byte> magic = stackalloc byte[4];
-        return file.ReadAtLeast(magic, 4, throwOnEndOfStream: false) == 4 && BinaryPrimitives.ReadUInt32BigEndian(magic) == Qcow2Layout.Magic ? "qcow2" : "raw";
+        return file.Read(0, magic) == 4 && BinaryPrimitives.ReadUInt32BigEndian(magic) == Qcow2Layout.Magic ? "qcow2" : "raw";
     }
+
+    /// <summary>Whether <paramref name="path"/> is this disk's file or any file it reads (backing, data file).</summary>
+    public bool UsesFile(string path) => _image?.UsesFile(path) ?? (File.Exists(path) && FileStorage.IsSameFile(Path, path));
 
     public void Read(long offset, Span<byte> buffer)
     {

@@ -29,6 +29,7 @@ internal static class ErrorReport
 
     private static string Describe(Exception error) => error switch
     {
+        QcowDedup.Qcow2.Storage.ImageLockedException locked => $"Could not open '{locked.FilePath}': {locked.Message}",
         FileNotFoundException missing when missing.FileName is not null && !missing.Message.Contains(missing.FileName, StringComparison.Ordinal) => $"Could not open '{missing.FileName}': {missing.Message}",
         ArgumentException argument => WithoutParameterName(argument),
         _ => error.Message,

@@ -30,7 +30,7 @@ internal static class AmendCommand
             Size = values.GetValueOrDefault("size") is { } size ? Sizes.ParseParameter("size", size) : null,
         };
         FileArguments.CheckInput(line.Positionals[0]);
-        Qcow2Image.Amend(line.Positionals[0], options, () => Extensions.ReadOptions(writable: true));
+        Qcow2Image.Amend(line.Positionals[0], options, () => ImageOptions.For(line, line.Positionals[0], writable: true));
         return 0;
     }
 

@@ -50,7 +50,7 @@ internal static class CheckCommand
         }
 
         var progress = new Progress(line.Has("-p") && !quiet);
-        using var image = Qcow2Image.Open(path, Extensions.ReadOptions(writable: repair != CheckRepair.None) with { ForRepair = true });
+        using var image = Qcow2Image.Open(path, ImageOptions.For(line, path, writable: repair != CheckRepair.None) with { ForRepair = true });
         var result = image.Check(repair);
         WriteDiagnostics(result);
         if (result.Failure is null && (result.CorruptionsFixed > 0 || result.LeaksFixed > 0))

@@ -15,14 +15,14 @@ internal static class CommitCommand
         }
 
         var path = line.Positionals[0];
-        using var image = FileArguments.OpenImage(path, Extensions.ReadOptions(writable: true));
+        using var image = FileArguments.OpenImage(path, ImageOptions.For(line, path, writable: true));
         if (line.Value("-b") is { } requested && !SameFile(requested, image.BackingChain.ElementAtOrDefault(1)?.Path))
         {
             throw new UsageException($"'{requested}' is not the backing file of '{path}'; committing further down the chain is not supported");
         }
 
         var progress = new Progress(line.Has("-p") && !line.Has("-q"));
-        image.Commit(keepOverlay: line.Has("-d"), Extensions.ReadOptions(writable: true), new Progress<double>(progress.Report));
+        image.Commit(keepOverlay: line.Has("-d"), ImageOptions.For(line, path, writable: true), new Progress<double>(progress.Report));
         progress.Finish();
         if (!line.Has("-q"))
         {

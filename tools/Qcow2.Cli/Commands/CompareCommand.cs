@@ -15,8 +15,8 @@ internal static class CompareCommand
     {
         var line = CommandLine.Parse(args, ["-f", "-F"], ["-s", "-p", "-q", "-U", "--force-share"]);
         line.ExpectPositionals(2, 2, Usage);
-        using var first = DiskSource.Open(line.Positionals[0], line.Value("-f"));
-        using var second = DiskSource.Open(line.Positionals[1], line.Value("-F"));
+        using var first = DiskSource.Open(line.Positionals[0], line.Value("-f"), ImageOptions.For(line, line.Positionals[0]));
+        using var second = DiskSource.Open(line.Positionals[1], line.Value("-F"), ImageOptions.For(line, line.Positionals[1]));
         var quiet = line.Has("-q");
         if (first.Size != second.Size)
         {

@@ -13,11 +13,18 @@ internal static class ConvertCommand
 
     public static int Run(IReadOnlyList<string> args)
     {
-        var line = CommandLine.Parse(args, ["-f", "-O", "-o"], ["-p", "-c", "-q", "-U", "--force-share"]);
+        var line = CommandLine.Parse(args, ["-f", "-O", "-o"], ["-p", "-c", "-q", .. ImageOptions.ForceShareFlags]);
         line.ExpectPositionals(2, 2, Usage);
         var target = line.Value("-O") ?? "raw";
-        using var source = DiskSource.Open(line.Positionals[0], line.Value("-f"));
+        using var source = DiskSource.Open(line.Positionals[0], line.Value("-f"), ImageOptions.For(line, line.Positionals[0]));
         FileArguments.CheckOutput(line.Positionals[1]);
+        if (source.UsesFile(line.Positionals[1]))
+        {
+            // Refused by identity, not only by the source's lock: with locking off or force-share
+            // nothing else would stop the output from truncating the source it is read from.
+            throw new IOException($"Could not create '{line.Positionals[1]}': it is the source image or a file the source reads (its backing or data file)");
+        }
+
         var progress = new Progress(line.Has("-p") && !line.Has("-q"));
         switch (target)
         {

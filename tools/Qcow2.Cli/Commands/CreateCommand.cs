@@ -1,3 +1,5 @@
+using QcowDedup.Qcow2.Image;
+
 namespace QcowDedup.Cli.Commands;
 
 /// <summary>qcow2 create [-f qcow2] [-o OPTIONS] [-b BACKING [-F FMT]] [-u] [-q] FILE [SIZE]</summary>
@@ -24,6 +26,7 @@ internal static class CreateCommand
         }
 
         FileArguments.CheckOutput(path);
+        options = options with { OpenOptions = new Qcow2OpenOptions { BackingPolicy = ImageOptions.Policy(line.Value(ImageOptions.BackingPolicyOption), path) } };
         using var image = Extensions.Create(path, options, parser);
         if (!line.Has("-q"))
         {

@@ -1,5 +1,6 @@
 using System.Globalization;
 using QcowDedup.Qcow2.Dedup;
+using QcowDedup.Qcow2.Image;
 
 namespace QcowDedup.Cli.Commands;
 
@@ -16,7 +17,8 @@ internal static class DedupCommand
         var path = line.Positionals[0];
         FileArguments.CheckInput(path);
         var progress = new Progress(line.Has("-p") && !line.Has("-q"));
-        var result = OfflineDeduplicator.Run(path, options, new Progress<double>(progress.Report));
+        using var image = Qcow2Image.Open(path, ImageOptions.For(line, path, writable: true).WithDedup(options with { Enable = true }));
+        var result = OfflineDeduplicator.Run(image, new Progress<double>(progress.Report));
         progress.Finish();
         if (!line.Has("-q"))
         {

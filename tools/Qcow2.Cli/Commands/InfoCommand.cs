@@ -14,26 +14,42 @@ internal static class InfoCommand
 
     public static int Run(IReadOnlyList<string> args)
     {
-        var line = CommandLine.Parse(args, ["-f", "--output"], ["--backing-chain", "-U", "--force-share"]);
+        var line = CommandLine.Parse(args, ["-f", "--output"], ["--backing-chain", .. ImageOptions.ForceShareFlags]);
         line.ExpectPositionals(1, 1, Usage);
         var json = OutputMode.IsJson(line.Value("--output"));
         var path = line.Positionals[0];
-        using var source = DiskSource.Open(path, line.Value("-f"));
+
+        // Like qemu-img info (BDRV_O_NO_BACKING), the image is opened without its backing files:
+        // info shows the name of a backing file that is missing or that the policy refuses.
+        var options = ImageOptions.For(line, path) with { BackingFiles = BackingFileMode.Ignore };
+        using var source = DiskSource.Open(path, line.Value("-f"), options);
         var layers = new List<LayerInfo>();
+        string? problem = null;
         if (source.Image is { } image)
         {
             layers.Add(LayerInfo.From(image, path));
             if (line.Has("--backing-chain"))
             {
-                foreach (var entry in image.BackingChain.Skip(1))
+                foreach (var link in Qcow2Image.ReadBackingChain(path, options).Skip(1))
                 {
-                    layers.Add(LayerInfo.FromChainEntry(entry));
+                    if (link.Problem is not null)
+                    {
+                        problem = $"Could not open backing file '{link.Name}' ({link.Path ?? "no local path"}): {link.Problem}";
+                        break;
+                    }
+
+                    layers.Add(LayerInfo.FromLink(link, options));
                 }
             }
         }
         else
         {
             layers.Add(LayerInfo.Raw(path, source.Size));
+        }
+
+        if (problem is not null && json)
+        {
+            throw new IOException(problem); // a script gets no partial chain
         }
 
         if (json)
@@ -53,6 +69,12 @@ internal static class InfoCommand
             Console.Out.Write(string.Join("\n", layers.Select(l => l.Human())));
         }
 
+        if (problem is not null)
+        {
+            Console.Error.WriteLine($"qcow2: {problem}");
+            return 1;
+        }
+
         return 0;
     }
 
@@ -61,20 +83,21 @@ internal static class InfoCommand
         public static LayerInfo From(Qcow2Image image, string name)
         {
             var info = image.Info;
-            var full = info.BackingFileName is null ? null : image.BackingChain.ElementAtOrDefault(1)?.Path ?? info.BackingFileName;
+            var full = info.BackingFileName is { } backing ? DefaultBackingFileResolver.TryResolvePath(backing, image.FilePath) ?? backing : null;
             return new LayerInfo(name, "qcow2", info.VirtualSize, info.ActualSize, info, image, full);
         }
 
-        public static LayerInfo FromChainEntry(BackingChainEntry entry)
+        public static LayerInfo FromLink(BackingChainLink link, Qcow2OpenOptions options)
         {
-            if (entry.Format == "qcow2" && entry.Path is { } path)
+            var path = link.Path ?? link.Name;
+            if (link.Format == "qcow2")
             {
-                using var image = Qcow2Image.Open(path, Extensions.ReadOptions() with { BackingFiles = BackingFileMode.Ignore });
+                using var image = Qcow2Image.Open(path, options);
                 var info = image.Info;
-                return new LayerInfo(entry.Path, "qcow2", info.VirtualSize, info.ActualSize, info, null, info.BackingFileName);
+                return new LayerInfo(path, "qcow2", info.VirtualSize, info.ActualSize, info, null, info.BackingFileName);
             }
 
-            return Raw(entry.Path ?? entry.Name, entry.VirtualSize);
+            return Raw(path, (new FileInfo(path).Length + 511) / 512 * 512);
         }
 
         public static LayerInfo Raw(string path, long size) => new(path, "raw", size, new FileInfo(path).Length, null, null, null);

@@ -19,7 +19,7 @@ internal static class IoCommand
 
     public static int Run(IReadOnlyList<string> args)
     {
-        var line = CommandLine.Parse(args, ["-f", "-c"], ["-r", "-q"]);
+        var line = CommandLine.Parse(args, ["-f", "-c"], ["-r", "-q", .. ImageOptions.ForceShareFlags]);
         line.ExpectPositionals(1, 1, Usage);
         if (line.Value("-f") is { } format && format != "qcow2")
         {
@@ -27,7 +27,7 @@ internal static class IoCommand
         }
 
         var commands = line.Values("-c").Select(ParseCommand).ToList();
-        using var image = FileArguments.OpenImage(line.Positionals[0], Extensions.ReadOptions(writable: !line.Has("-r")));
+        using var image = FileArguments.OpenImage(line.Positionals[0], ImageOptions.For(line, line.Positionals[0], writable: !line.Has("-r")));
         var failed = false;
         foreach (var command in commands)
         {

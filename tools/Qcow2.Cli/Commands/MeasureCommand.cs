@@ -61,7 +61,7 @@ internal static class MeasureCommand
         });
 
         CheckCommonOptions(options);
-        using var source = sourcePath is null ? null : DiskSource.Open(sourcePath, line.Value("-f"));
+        using var source = sourcePath is null ? null : DiskSource.Open(sourcePath, line.Value("-f"), ImageOptions.For(line, sourcePath));
         var measurement = target == "raw" ? MeasureRaw(source, size ?? 0) : MeasureQcow2(source, size, options);
         Console.Out.Write(json ? Json(measurement) : Human(measurement));
         return 0;

@@ -28,7 +28,7 @@ internal static class RebaseCommand
         }
 
         var unsafeRebase = line.Has("-u");
-        var options = Extensions.ReadOptions(writable: true) with { BackingFiles = unsafeRebase ? BackingFileMode.Ignore : BackingFileMode.Open };
+        var options = ImageOptions.For(line, line.Positionals[0], writable: true) with { BackingFiles = unsafeRebase ? BackingFileMode.Ignore : BackingFileMode.Open };
         using var image = FileArguments.OpenImage(line.Positionals[0], options);
         var progress = new Progress(line.Has("-p") && !line.Has("-q") && !unsafeRebase);
         image.Rebase(backing.Length == 0 ? null : backing, backingFormat, unsafeRebase, new Progress<double>(progress.Report));

@@ -24,7 +24,7 @@ internal static class ResizeCommand
         // Like qemu-img, the size is read before the image is opened.
         var sign = sizeText.StartsWith('+') ? 1 : sizeText.StartsWith('-') ? -1 : 0;
         var amount = Sizes.ParseParameter("size", sign == 0 ? sizeText : sizeText[1..]);
-        using var image = FileArguments.OpenImage(line.Positionals[0], Extensions.ReadOptions(writable: true));
+        using var image = FileArguments.OpenImage(line.Positionals[0], ImageOptions.For(line, line.Positionals[0], writable: true));
         var newSize = sign switch
         {
             0 => amount,

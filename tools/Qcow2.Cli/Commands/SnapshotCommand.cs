@@ -11,7 +11,7 @@ internal static class SnapshotCommand
 
     public static int Run(IReadOnlyList<string> args)
     {
-        var line = CommandLine.Parse(args, ["-f", "-c", "-a", "-d"], ["-l", "-q"]);
+        var line = CommandLine.Parse(args, ["-f", "-c", "-a", "-d"], ["-l", "-q", .. ImageOptions.ForceShareFlags]);
         line.ExpectPositionals(1, 1, Usage);
         if (line.Value("-f") is { } format && format != "qcow2")
         {
@@ -27,7 +27,7 @@ internal static class SnapshotCommand
         var path = line.Positionals[0];
         if (actions[0] == "-l")
         {
-            using var image = FileArguments.OpenImage(path, Extensions.ReadOptions() with { BackingFiles = BackingFileMode.Ignore });
+            using var image = FileArguments.OpenImage(path, ImageOptions.For(line, path) with { BackingFiles = BackingFileMode.Ignore });
             if (image.Snapshots.Count > 0)
             {
                 Console.Out.WriteLine("Snapshot list:");
@@ -42,7 +42,7 @@ internal static class SnapshotCommand
         }
 
         var name = line.Value(actions[0])!;
-        using var writable = FileArguments.OpenImage(path, Extensions.ReadOptions(writable: true) with { BackingFiles = BackingFileMode.Ignore });
+        using var writable = FileArguments.OpenImage(path, ImageOptions.For(line, path, writable: true) with { BackingFiles = BackingFileMode.Ignore });
         var (verb, action) = actions[0] switch
         {
             "-c" => ("create", (Action)(() => writable.CreateSnapshot(name))),
