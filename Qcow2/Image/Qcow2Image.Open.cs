@@ -49,12 +49,13 @@ public sealed partial class Qcow2Image
     }
 
     /// <summary>Opens an internal snapshot's disk as a read-only image sharing this image's files.</summary>
-    /// <param name="idOrName">The snapshot's id or, failing that, its name.</param>
+    /// <param name="key">The snapshot's id or name, as <paramref name="lookup"/> says.</param>
+    /// <param name="lookup">Whether <paramref name="key"/> is an id, a name, or an id else a name (qemu-img convert -s).</param>
     /// <exception cref="KeyNotFoundException">No such snapshot.</exception>
-    public Qcow2Image OpenSnapshot(string idOrName)
+    public Qcow2Image OpenSnapshot(string key, SnapshotLookup lookup)
     {
         ThrowIfDisposed();
-        var snapshot = FindSnapshot(idOrName) ?? throw new KeyNotFoundException($"The image has no snapshot with id or name '{idOrName}'.");
+        var snapshot = FindSnapshotOrThrow(key, lookup);
         var l1 = SyncOver.Run(L1Table.ReadAsync(_core.File, snapshot.L1TableOffset, snapshot.L1Size, $"L1 table of snapshot '{snapshot.Name}'", async: false, CancellationToken.None));
         var size = snapshot.DiskSize ?? Size;
         if (Header.Header.L2Coverage * (long)l1.Size < size && size > 0)
@@ -64,9 +65,6 @@ public sealed partial class Qcow2Image
 
         return new Qcow2Image(_core, new ClusterMap(_core.Geometry, l1, _core.L2Cache, () => _core.FileLength), size, isSnapshotView: true);
     }
-
-    internal SnapshotTableEntry? FindSnapshot(string idOrName) =>
-        _core.Snapshots.FirstOrDefault(s => s.Id == idOrName) ?? _core.Snapshots.FirstOrDefault(s => s.Name == idOrName);
 
     /// <summary>Opens an image from its storage. With <paramref name="deferExtensions"/>, Create opens the extensions itself once the disk has its size.</summary>
     internal static async ValueTask<Qcow2Image> OpenCoreAsync(IStorage storage, Qcow2OpenOptions options, bool ownsStorage, ChainContext chain, bool async, CancellationToken cancellationToken, bool deferExtensions = false)
