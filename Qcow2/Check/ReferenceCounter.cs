@@ -355,6 +355,7 @@ internal sealed class ReferenceCounter
                     _report.Note($"Repairing refcount block {i} is outside image");
                     _core.File.SetLength(offset + _geometry.ClusterSize);
                     _fileLength = _core.File.Length;
+                    _core.NoteFileEnd(_fileLength);
                     _report.CorruptionsFixed++;
                 }
                 else
