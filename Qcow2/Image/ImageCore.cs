@@ -87,6 +87,14 @@ internal sealed class ImageCore : IDisposable
     /// <summary>Host clusters that dropped to one referrer which could not be found yet (COPIED to set).</summary>
     public HashSet<long> PendingCopiedFixups { get; } = [];
 
+    /// <summary>
+    /// Opened read-only for a check (<see cref="Qcow2OpenOptions.ForRepair"/> without writing): the
+    /// L1 and refcount tables may reach past the end of the file, read as zeros as QEMU reads them,
+    /// so that the check counts what is missing instead of the open refusing the image. Nothing is
+    /// ever written through such an image; every other open refuses these tables.
+    /// </summary>
+    public bool ReadsTablesPastEndAsZeros => Options.ForRepair && !Options.Writable;
+
     /// <summary>Whether refcount updates may be postponed (compatible bit 0).</summary>
     public bool LazyRefcounts => (Header.Header.Compatible & CompatibleFeatures.LazyRefcounts) != 0;
 
@@ -187,7 +195,7 @@ internal sealed class ImageCore : IDisposable
         if (Refcounts is null)
         {
             var header = Header.Header;
-            Refcounts = await RefcountTable.ReadAsync(File, Geometry, RefcountCache, header.RefcountTableOffset, header.RefcountTableClusters, async, cancellationToken).ConfigureAwait(false);
+            Refcounts = await RefcountTable.ReadAsync(File, Geometry, RefcountCache, header.RefcountTableOffset, header.RefcountTableClusters, async, cancellationToken, zerosPastEnd: ReadsTablesPastEndAsZeros).ConfigureAwait(false);
         }
 
         return Refcounts;

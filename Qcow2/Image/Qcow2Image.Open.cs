@@ -79,7 +79,7 @@ public sealed partial class Qcow2Image
             CheckOpenable(header, storage, options);
 
             core = new ImageCore(storage, header, options, ownsStorage);
-            core.ActiveL1 = await L1Table.ReadAsync(storage, header.Header.L1TableOffset, header.Header.L1Size, "active L1 table", async, cancellationToken).ConfigureAwait(false);
+            core.ActiveL1 = await L1Table.ReadAsync(storage, header.Header.L1TableOffset, header.Header.L1Size, "active L1 table", async, cancellationToken, core.ReadsTablesPastEndAsZeros).ConfigureAwait(false);
             core.Snapshots = await ReadSnapshotTableAsync(storage, header.Header, async, cancellationToken).ConfigureAwait(false);
             core.Bitmaps = await ReadBitmapDirectoryAsync(storage, header, async, cancellationToken).ConfigureAwait(false);
             if (header.Header.HasExternalDataFile)
