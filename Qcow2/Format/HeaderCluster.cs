@@ -127,7 +127,7 @@ public sealed record HeaderCluster
         {
             Header = header,
             BackingFileName = backingName,
-            BackingFormat = backingName is null ? null : backingFormat,
+            BackingFormat = backingName is null || backingFormat is "" ? null : backingFormat, // QEMU probes when the format is empty
             ExternalDataFileName = dataFile,
             EncryptionHeader = encryption,
             Bitmaps = bitmaps,
