@@ -122,7 +122,7 @@ public class ReaderApiTests : TempDirectoryFixture
         image.Snapshots[0].DiskSize.ShouldBe(1 << 20);
         image.Bitmaps.ShouldHaveSingleItem().Name.ShouldBe("dirty");
         image.Bitmaps[0].Granularity.ShouldBe(128 * 1024);
-        Should.Throw<KeyNotFoundException>(() => image.OpenSnapshot("three"));
+        Should.Throw<KeyNotFoundException>(() => image.OpenSnapshot("three", SnapshotLookup.IdThenName));
     }
 
     [Test]

@@ -112,6 +112,12 @@ public static class BrokenImages
         new("bitmap_data_cluster_with_refcount_two", WithBitmap, p => SetRefcount(p, BitmapDataCluster(p), 2), new(0, 1, 0), QemuRepairs: true, []),
         new("l2_table_past_end_of_file", Standard, p => ImagePatch.WriteU64(p, L1EntryAt(p), Copied | (ulong)((FileClusters(p) + 4) * ClusterSize)),
             new(2, 5, 0), QemuRepairs: false, [(0, DiskSize)]),
+
+        // A file cut short (issue 8): QEMU opens it, reads what is missing as zeros, and counts every
+        // structure past the end. Header, refcount table and block, L1, L2, then 16 data clusters.
+        new("truncated_before_l1_table", OneMegabyte, p => ImagePatch.Truncate(p, 100_000), new(4, 0, 0), QemuRepairs: false, [(0, DiskSize)]),
+        new("truncated_inside_the_data", OneMegabyte, p => ImagePatch.Truncate(p, 300_000), new(16, 0, 0), QemuRepairs: false, [(0, DiskSize)]),
+        new("truncated_inside_the_header_cluster", OneMegabyte, p => ImagePatch.Truncate(p, 1_000), new(3, 0, 0), QemuRepairs: false, [(0, DiskSize)]),
     ];
 
     private const ulong L2EntryZeroFlag = 1;
@@ -119,6 +125,8 @@ public static class BrokenImages
     private static string[] StandardWrites => ["write -P 0x11 0 128k", "write -P 0x22 1M 64k", "write -P 0x33 2M 64k"];
 
     private static void Standard(string path) => Made(path, "", StandardWrites);
+
+    private static void OneMegabyte(string path) => Made(path, "", "write -P 0x11 0 1M");
 
     /// <summary>The standard image plus one internal snapshot: every cluster then has refcount 2.</summary>
     private static void Snapshotted(string path)

@@ -86,6 +86,9 @@ public sealed class CheckParityTests : TempDirectoryFixture
     [TestCase("refcount_table_entry_reserved_bits", "all")]
     [TestCase("preallocated_entry_unaligned", "all")]
     [TestCase("dirty_lazy_refcounts", "all")]
+    [TestCase("truncated_before_l1_table", "")]
+    [TestCase("truncated_inside_the_header_cluster", "")]
+    [TestCase("truncated_inside_the_data", "leaks")]
     public void Human_output_is_qemu_imgs(string name, string repair)
     {
         var broken = MakeBroken(BrokenImages.All.Single(k => k.Name == name)).Broken;

@@ -17,7 +17,7 @@ public class ReadMatrixTests : TempDirectoryFixture
         GuestComparison.AssertEqual(image, builder.ToRaw(built.Path));
         foreach (var snapshot in built.Snapshots)
         {
-            using var view = image.OpenSnapshot(snapshot);
+            using var view = image.OpenSnapshot(snapshot, SnapshotLookup.Name);
             GuestComparison.AssertEqual(view, builder.ToRaw(built.Path, snapshot));
         }
     }

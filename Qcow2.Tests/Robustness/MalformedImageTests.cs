@@ -115,6 +115,46 @@ public class MalformedImageTests : TempDirectoryFixture
     }
 
     [Test]
+    public void An_empty_backing_file_name_means_no_backing_file_as_in_qemu([Values] bool writable)
+    {
+        // A name of length 0 at a nonzero backing_file_offset: QEMU reads an empty name and opens no backing file.
+        ImagePatch.WriteU64(_image, 8, 0x1000);
+        ImagePatch.WriteU32(_image, 16, 0);
+        Qemu.Img("info", _image).ShouldNotContain("backing file");
+
+        using (var image = Qcow2Image.Open(_image, new Qcow2OpenOptions { Writable = writable }))
+        {
+            image.Header.BackingFileName.ShouldBeNull();
+            image.BackingChain.Count.ShouldBe(1);
+            var read = new byte[128 << 10];
+            image.Read(0, read);
+            read.ShouldAllBe(b => b == 0x5a);
+            if (writable)
+            {
+                image.Write(1 << 20, read);
+            }
+        }
+
+        Qemu.AssertClean(_image);
+        Qemu.Io(_image, "read -P 0x5a 0 128k");
+    }
+
+    [Test]
+    public void An_empty_backing_format_means_probe_the_backing_file_as_in_qemu()
+    {
+        var overlay = _builder.Create("overlay.qcow2", 64 << 20, backing: "image.qcow2", backingFormat: "qcow2");
+        ImagePatch.EditHeader(overlay, header => header with { BackingFormat = string.Empty });
+        Qemu.Io(overlay, "read -P 0x5a 0 128k"); // QEMU probes the backing file's format
+
+        using var image = Qcow2Image.Open(overlay);
+        image.Header.BackingFormat.ShouldBeNull();
+        image.BackingChain[1].Format.ShouldBe("qcow2");
+        var read = new byte[128 << 10];
+        image.Read(0, read);
+        read.ShouldAllBe(b => b == 0x5a);
+    }
+
+    [Test]
     public void Snapshot_table_past_the_end_of_the_file()
     {
         ImagePatch.WriteU32(_image, 60, 65536);

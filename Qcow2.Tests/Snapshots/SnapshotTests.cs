@@ -44,13 +44,13 @@ public class SnapshotTests : TempDirectoryFixture
                 else if (roll < 7)
                 {
                     var id = snapshots.Keys.ElementAt(random.Next(snapshots.Count));
-                    image.ApplySnapshot(id);
+                    image.ApplySnapshot(id, SnapshotLookup.Id);
                     active = snapshots[id].Clone();
                 }
                 else
                 {
                     var id = snapshots.Keys.ElementAt(random.Next(snapshots.Count));
-                    image.DeleteSnapshot(id);
+                    image.DeleteSnapshot(id, SnapshotLookup.Id);
                     snapshots.Remove(id);
                 }
 
@@ -73,7 +73,7 @@ public class SnapshotTests : TempDirectoryFixture
         {
             image.CreateSnapshot("by-us");
             image.Write(3 << 20, new byte[65536].Select(_ => (byte)0x33).ToArray());
-            image.ApplySnapshot("by-qemu");
+            image.ApplySnapshot("by-qemu", SnapshotLookup.Name);
         }
 
         Qemu.AssertClean(path);
@@ -85,7 +85,7 @@ public class SnapshotTests : TempDirectoryFixture
         Qemu.AssertClean(path);
         using (var image = Qcow2Image.Open(path, new Qcow2OpenOptions { Writable = true }))
         {
-            image.DeleteSnapshot("by-qemu");
+            image.DeleteSnapshot("by-qemu", SnapshotLookup.Name);
             image.Snapshots.ShouldBeEmpty();
         }
 
@@ -104,7 +104,7 @@ public class SnapshotTests : TempDirectoryFixture
             image.CreateSnapshot("small");
             image.Resize(8 << 20);
             image.Write(5 << 20, Enumerable.Repeat((byte)8, 4096).ToArray());
-            image.ApplySnapshot("small");
+            image.ApplySnapshot("small", SnapshotLookup.Name);
             image.Size.ShouldBe(1 << 20);
         }
 
@@ -133,8 +133,8 @@ public class SnapshotTests : TempDirectoryFixture
 
         using (var image = Qcow2Image.Open(plain, new Qcow2OpenOptions { Writable = true }))
         {
-            Should.Throw<KeyNotFoundException>(() => image.DeleteSnapshot("nosuch")).Message.ShouldContain("nosuch");
-            Should.Throw<KeyNotFoundException>(() => image.ApplySnapshot("nosuch"));
+            Should.Throw<KeyNotFoundException>(() => image.DeleteSnapshot("nosuch", SnapshotLookup.Name)).Message.ShouldContain("nosuch");
+            Should.Throw<KeyNotFoundException>(() => image.ApplySnapshot("nosuch", SnapshotLookup.IdThenName));
         }
 
         var missing = CliRunner.Run("snapshot", "-d", "nosuch", plain);
@@ -158,6 +158,73 @@ public class SnapshotTests : TempDirectoryFixture
         CliRunner.Run("snapshot", "-d", "first", path).ExitCode.ShouldBe(0); // the first match
         Qemu.Img("snapshot", "-l", path).ShouldNotContain("1         first");
         Qemu.AssertClean(path);
+    }
+
+    [Test]
+    public void Ids_and_names_are_looked_up_separately()
+    {
+        var path = ThreeSnapshotsWhereANameIsAnotherId();
+        using var image = Qcow2Image.Open(path, new Qcow2OpenOptions { Writable = true });
+        image.FindSnapshot("2", SnapshotLookup.Id)!.Name.ShouldBe("y");
+        image.FindSnapshot("2", SnapshotLookup.Name)!.Id.ShouldBe("3");
+        image.FindSnapshot("2", SnapshotLookup.IdThenName)!.Name.ShouldBe("y");
+        image.FindSnapshot("x", SnapshotLookup.IdThenName)!.Id.ShouldBe("1");
+        image.FindSnapshot("x", SnapshotLookup.Id).ShouldBeNull();
+        image.FindSnapshot("1", SnapshotLookup.Name).ShouldBeNull();
+        Should.Throw<KeyNotFoundException>(() => image.DeleteSnapshot("1", SnapshotLookup.Name)).Message.ShouldContain("name '1'");
+
+        image.DeleteSnapshot("2", SnapshotLookup.Name);
+        image.Snapshots.Select(s => (s.Id, s.Name)).ShouldBe([("1", "x"), ("2", "y")]);
+        using (var view = image.OpenSnapshot("2", SnapshotLookup.Id))
+        {
+            var first = new byte[1];
+            view.Read(0, first);
+            first[0].ShouldBe((byte)0x22);
+        }
+
+        image.ApplySnapshot("x", SnapshotLookup.Name);
+        var byte0 = new byte[1];
+        image.Read(0, byte0);
+        byte0[0].ShouldBe((byte)0x11);
+    }
+
+    [TestCase("-d", "2")] // deletes the snapshot named "2" (id 3), not id 2
+    [TestCase("-d", "y")]
+    [TestCase("-d", "1")] // no snapshot is named "1": an error, although id 1 exists
+    [TestCase("-a", "2")] // applies id 2 ("y"), not the snapshot named "2"
+    [TestCase("-a", "x")] // no id "x": the name
+    [TestCase("-a", "3")]
+    [TestCase("-a", "4")] // neither: an error
+    public void Cli_snapshot_lookup_matches_qemu_img(string verb, string key)
+    {
+        var qemu = ThreeSnapshotsWhereANameIsAnotherId();
+        var ours = PathOf("ours.qcow2");
+        File.Copy(qemu, ours);
+
+        var expected = Qemu.ImgResult("snapshot", verb, key, qemu);
+        var actual = CliRunner.Run("snapshot", verb, key, ours);
+
+        actual.ExitCode.ShouldBe(expected.ExitCode, expected.Error);
+        actual.Error.Replace("qcow2: ", string.Empty, StringComparison.Ordinal).ShouldBe(expected.Error.Replace("qemu-img: ", string.Empty, StringComparison.Ordinal));
+        Qemu.Img("snapshot", "-l", ours).ShouldBe(Qemu.Img("snapshot", "-l", qemu));
+        var compare = Qemu.Compare(ours, qemu, "qcow2", "qcow2");
+        compare.ExitCode.ShouldBe(0, compare.Output + compare.Error);
+        Qemu.AssertClean(ours);
+    }
+
+    /// <summary>Snapshots id 1 "x" (disk of 0x11), id 2 "y" (0x22) and id 3 "2" (0x33), then 0x44 written; all by qemu-img.</summary>
+    private string ThreeSnapshotsWhereANameIsAnotherId()
+    {
+        var path = PathOf("lookup.qcow2");
+        Qemu.Img("create", "-q", "-f", "qcow2", path, "1M");
+        foreach (var (pattern, name) in new[] { ("0x11", "x"), ("0x22", "y"), ("0x33", "2") })
+        {
+            Qemu.Io(path, $"write -P {pattern} 0 64k");
+            Qemu.Img("snapshot", "-c", name, path);
+        }
+
+        Qemu.Io(path, "write -P 0x44 0 64k");
+        return path;
     }
 
     private static void WriteSome(Qcow2Image image, SparseModel model, Random random, int clusterSize)

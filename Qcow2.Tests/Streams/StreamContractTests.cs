@@ -86,6 +86,18 @@ public abstract class StreamContractTests : TempDirectoryFixture
     }
 
     [Test]
+    public void Set_length_to_the_current_length_changes_nothing()
+    {
+        // Disk libraries (DiscUtils' Raw.Disk.Initialize) call SetLength(Length) on the streams they are given.
+        using var stream = OpenStream();
+        stream.Position = 1234;
+        stream.SetLength(ContentLength);
+        stream.Length.ShouldBe(ContentLength);
+        stream.Position.ShouldBe(1234);
+        Should.Throw<NotSupportedException>(() => stream.SetLength(ContentLength + 512));
+    }
+
+    [Test]
     public void Disposed_stream_refuses_use()
     {
         var stream = OpenStream();

@@ -86,6 +86,39 @@ public class ConvertToQcow2Tests : TempDirectoryFixture
         Qemu.Compare(flat, overlay, "qcow2", "qcow2").ExitCode.ShouldBe(0);
         Qcow2Image.Open(flat).BackingChain.Count.ShouldBe(1);
     }
+
+    [Test]
+    public void Converting_onto_a_backing_file_hides_its_data_where_the_source_is_zero(
+        [Values("1.1", "0.10")] string compat, [Values] bool compress, [Values] bool sourceIsQcow2)
+    {
+        // The backing file holds data everywhere the source has zeros, and where it has data too.
+        var backing = PathOf("backing.qcow2");
+        Qemu.Img("create", "-q", "-f", "qcow2", "-o", $"compat={compat}", backing, "12M");
+        Qemu.Io(backing, "write -P 0xbb 0 12M");
+        var source = _raw;
+        if (sourceIsQcow2)
+        {
+            source = PathOf("source.qcow2");
+            Qemu.Img("convert", "-f", "raw", "-O", "qcow2", _raw, source);
+            Qemu.Io(source, "write -z 9M 1M", "write -P 0xbb 11M 64k"); // explicit zeros, and data equal to the backing's
+        }
+
+        var target = PathOf("target.qcow2");
+        string[] args = ["convert", .. compress ? new[] { "-c" } : [], "-O", "qcow2", "-o", $"compat={compat},backing_file=backing.qcow2,backing_fmt=qcow2", source, target];
+        var cli = CliRunner.Run(args);
+        cli.ExitCode.ShouldBe(0, cli.Error);
+
+        var compare = Qemu.Compare(source, target, sourceIsQcow2 ? "qcow2" : "raw", "qcow2");
+        compare.ExitCode.ShouldBe(0, compare.Output + compare.Error);
+        Qemu.AssertClean(target);
+        Qemu.Img("info", target).ShouldContain("backing file: backing.qcow2");
+        if (sourceIsQcow2)
+        {
+            // Where the source holds the backing's own bytes, the backing may simply show through.
+            using var image = Qcow2Image.Open(target);
+            image.GetExtents(11 << 20, 64 << 10).ShouldHaveSingleItem().Kind.ShouldBe(ExtentKind.Backing);
+        }
+    }
 }
 
 /// <summary>Writes into compressed clusters decompress them into ordinary clusters.</summary>

@@ -123,7 +123,7 @@ internal sealed class RefcountChecker
 
             if ((fix & CheckRepair.Leaks) != 0)
             {
-                await FreeLeaksBeyondEndAsync(counter.References.Length, async, cancellationToken).ConfigureAwait(false);
+                await FreeLeaksBeyondEndAsync(counter, async, cancellationToken).ConfigureAwait(false);
             }
         }
 
@@ -204,13 +204,14 @@ internal sealed class RefcountChecker
     /// only looks as far as the file reaches, so it neither reports nor repairs these (a crash can
     /// leave them: the refcount update reached the disk, the data and its mapping did not); they
     /// would surface as leaks once the file grows over them. Blocks the check found broken are
-    /// left alone: their table entries are what is wrong, not the refcounts.
+    /// left alone: their table entries are what is wrong, not the refcounts. So are clusters a table
+    /// references past the end (a truncated file): what is wrong there is the missing data.
     /// </summary>
-    private async ValueTask FreeLeaksBeyondEndAsync(long firstCluster, bool async, CancellationToken cancellationToken)
+    private async ValueTask FreeLeaksBeyondEndAsync(ReferenceCounter counter, bool async, CancellationToken cancellationToken)
     {
         var table = _stored.Table;
         var fileLength = _core.File.Length;
-        for (var cluster = firstCluster; cluster < table.CoveredClusters; cluster++)
+        for (long cluster = counter.References.Length; cluster < table.CoveredClusters; cluster++)
         {
             var entry = table[cluster >> _geometry.RefcountBlockBits];
             if (entry.BlockOffset == 0 || entry.ReservedBits != 0 || !_geometry.IsClusterAligned(entry.BlockOffset) || entry.BlockOffset >= fileLength)
@@ -220,7 +221,7 @@ internal sealed class RefcountChecker
             }
 
             var refcount = await _stored.GetAsync(cluster, async, cancellationToken).ConfigureAwait(false) ?? 0;
-            if (refcount != 0)
+            if (refcount != 0 && !counter.IsReferencedPastEnd(cluster))
             {
                 _report.Note($"Repairing cluster {cluster} refcount={refcount} reference=0 (past the end of the file)");
                 await _core.RefcountManager!.ChangeAsync(cluster, -(long)refcount, ClusterUse.Data, async, cancellationToken).ConfigureAwait(false);

@@ -24,6 +24,8 @@ internal sealed class ReferenceCounter
     private readonly ulong _max;
     private long _fileLength;
     private bool _fixErrors;
+    private readonly List<(long First, long End)> _pastEnd = [];
+    private (long First, long End)[]? _pastEndSorted;
 
     public ReferenceCounter(ImageCore core, CheckReport report, CorruptionSignal signal)
     {
@@ -100,6 +102,8 @@ internal sealed class ReferenceCounter
         if (offset + size - _fileLength >= _geometry.ClusterSize)
         {
             _report.Error($"ERROR: counting reference for region exceeding the end of the file by one cluster or more: offset 0x{offset:x} size 0x{size:x}");
+            _pastEnd.Add((offset >> _geometry.ClusterBits, ((offset + size - 1) >> _geometry.ClusterBits) + 1));
+            _pastEndSorted = null;
             return;
         }
 
@@ -123,6 +127,40 @@ internal sealed class ReferenceCounter
 
             References[cluster]++;
         }
+    }
+
+    /// <summary>
+    /// Whether <paramref name="cluster"/> lies in a region something references but that the count
+    /// left out for reaching past the end of the file (as QEMU does): missing, not leaked.
+    /// </summary>
+    public bool IsReferencedPastEnd(long cluster)
+    {
+        var ranges = _pastEndSorted ??= [.. _pastEnd.OrderBy(r => r.First)];
+        var low = 0;
+        var high = ranges.Length - 1;
+        while (low <= high)
+        {
+            var middle = (low + high) >>> 1;
+            if (ranges[middle].First > cluster)
+            {
+                high = middle - 1;
+            }
+            else
+            {
+                low = middle + 1;
+            }
+        }
+
+        // Ranges may overlap: any range starting at or before the cluster may cover it.
+        for (var i = high; i >= 0; i--)
+        {
+            if (ranges[i].End > cluster)
+            {
+                return true;
+            }
+        }
+
+        return false;
     }
 
     private async ValueTask CountL1Async(long offset, int size, bool active, bool async, CancellationToken cancellationToken)
@@ -355,6 +393,7 @@ internal sealed class ReferenceCounter
                     _report.Note($"Repairing refcount block {i} is outside image");
                     _core.File.SetLength(offset + _geometry.ClusterSize);
                     _fileLength = _core.File.Length;
+                    _core.NoteFileEnd(_fileLength);
                     _report.CorruptionsFixed++;
                 }
                 else

@@ -119,14 +119,15 @@ public sealed record HeaderCluster
                 throw Qcow2Corruption.Create("header", "backing file name extends past cluster 0", header.BackingFileOffset);
             }
 
-            backingName = Encoding.UTF8.GetString(cluster0.Slice((int)header.BackingFileOffset, header.BackingFileSize));
+            // QEMU reads a name of length 0 as "" and opens no backing file for it, so it is no backing file.
+            backingName = header.BackingFileSize == 0 ? null : Encoding.UTF8.GetString(cluster0.Slice((int)header.BackingFileOffset, header.BackingFileSize));
         }
 
         return new HeaderCluster
         {
             Header = header,
             BackingFileName = backingName,
-            BackingFormat = backingFormat,
+            BackingFormat = backingName is null || backingFormat is "" ? null : backingFormat, // QEMU probes when the format is empty
             ExternalDataFileName = dataFile,
             EncryptionHeader = encryption,
             Bitmaps = bitmaps,

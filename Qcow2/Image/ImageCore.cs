@@ -87,6 +87,14 @@ internal sealed class ImageCore : IDisposable
     /// <summary>Host clusters that dropped to one referrer which could not be found yet (COPIED to set).</summary>
     public HashSet<long> PendingCopiedFixups { get; } = [];
 
+    /// <summary>
+    /// Opened read-only for a check (<see cref="Qcow2OpenOptions.ForRepair"/> without writing): the
+    /// L1 and refcount tables may reach past the end of the file, read as zeros as QEMU reads them,
+    /// so that the check counts what is missing instead of the open refusing the image. Nothing is
+    /// ever written through such an image; every other open refuses these tables.
+    /// </summary>
+    public bool ReadsTablesPastEndAsZeros => Options.ForRepair && !Options.Writable;
+
     /// <summary>Whether refcount updates may be postponed (compatible bit 0).</summary>
     public bool LazyRefcounts => (Header.Header.Compatible & CompatibleFeatures.LazyRefcounts) != 0;
 
@@ -173,13 +181,21 @@ internal sealed class ImageCore : IDisposable
         return SyncOver.Run(table.GetAsync(hostOffset >> Geometry.ClusterBits, long.MaxValue, async: false, CancellationToken.None));
     }
 
-    /// <summary>Loads the refcount table if needed. Caller holds the metadata lock.</summary>
+    /// <summary>
+    /// The current refcount table (the writable state's, which replaces the table as it grows), else
+    /// the one loaded on first use. Caller holds the metadata lock.
+    /// </summary>
     public async ValueTask<RefcountTable> GetRefcountsLockedAsync(bool async, CancellationToken cancellationToken)
     {
+        if (RefcountManager is { } manager)
+        {
+            return manager.Table;
+        }
+
         if (Refcounts is null)
         {
             var header = Header.Header;
-            Refcounts = await RefcountTable.ReadAsync(File, Geometry, RefcountCache, header.RefcountTableOffset, header.RefcountTableClusters, async, cancellationToken).ConfigureAwait(false);
+            Refcounts = await RefcountTable.ReadAsync(File, Geometry, RefcountCache, header.RefcountTableOffset, header.RefcountTableClusters, async, cancellationToken, zerosPastEnd: ReadsTablesPastEndAsZeros).ConfigureAwait(false);
         }
 
         return Refcounts;
@@ -187,7 +203,12 @@ internal sealed class ImageCore : IDisposable
 
     public DecompressedClusterCache Decompressed { get; } = new();
 
-    /// <summary>Length of the image file as last seen; grows as this library writes.</summary>
+    /// <summary>
+    /// Length of the image file as this library knows it: never less than the physical length last
+    /// read, and raised by every allocation and write past it. Tables allocated but still only in
+    /// the caches lie past the physical end until a flush, so this is what mapping checks entries
+    /// against; it drops only when this library cuts the file (<see cref="NoteTruncated"/>).
+    /// </summary>
     public long FileLength => Interlocked.Read(ref _fileLength);
 
     /// <summary>
@@ -209,13 +230,21 @@ internal sealed class ImageCore : IDisposable
         }
     }
 
-    /// <summary>Re-reads the file length (after truncation or when a check needs certainty).</summary>
+    /// <summary>
+    /// Re-reads the physical length and returns <see cref="FileLength"/> raised to it. Never lowers
+    /// it: a physical end below clusters allocated but not yet written does not make them vanish.
+    /// </summary>
     public long RefreshFileLength()
     {
-        var length = File.Length;
-        Interlocked.Exchange(ref _fileLength, length);
-        return length;
+        NoteFileEnd(File.Length);
+        return FileLength;
     }
+
+    /// <summary>
+    /// This library cut the file at <paramref name="length"/>, after a flush and past every cluster
+    /// still in use, so nothing allocated lies beyond it.
+    /// </summary>
+    public void NoteTruncated(long length) => Interlocked.Exchange(ref _fileLength, length);
 
     public void Dispose()
     {

@@ -235,9 +235,10 @@ public sealed partial class Qcow2Image
                     var hostRefcount = type == ClusterType.ZeroAllocated
                         ? (long)await refcounts.GetAsync(entry.HostOffset >> geometry.ClusterBits, async, cancellationToken).ConfigureAwait(false)
                         : 0;
-                    if (type == ClusterType.ZeroAllocated && hostRefcount == sharers)
+                    // Only this entry reaches the host cluster (and, in a table of its own, says so with COPIED):
+                    // it stays, its bytes become the zeros the guest saw. Otherwise zeros go to a fresh cluster.
+                    if (type == ClusterType.ZeroAllocated && hostRefcount == sharers && (sharers > 1 || entry.IsCopied))
                     {
-                        // Only this entry reaches the host cluster: it stays, its bytes become the zeros the guest saw.
                         await WriteDataAsync(entry.HostOffset, zeros, async, cancellationToken).ConfigureAwait(false);
                         replacement = L2Entry.Normal(entry.HostOffset, copied: entry.IsCopied);
                     }

@@ -67,12 +67,13 @@ public sealed partial class Qcow2Image
     }
 
     /// <summary>Opens an internal snapshot's disk as a read-only image sharing this image's files.</summary>
-    /// <param name="idOrName">The snapshot's id or, failing that, its name.</param>
+    /// <param name="key">The snapshot's id or name, as <paramref name="lookup"/> says.</param>
+    /// <param name="lookup">Whether <paramref name="key"/> is an id, a name, or an id else a name (qemu-img convert -s).</param>
     /// <exception cref="KeyNotFoundException">No such snapshot.</exception>
-    public Qcow2Image OpenSnapshot(string idOrName)
+    public Qcow2Image OpenSnapshot(string key, SnapshotLookup lookup)
     {
         ThrowIfDisposed();
-        var snapshot = FindSnapshot(idOrName) ?? throw new KeyNotFoundException($"The image has no snapshot with id or name '{idOrName}'.");
+        var snapshot = FindSnapshotOrThrow(key, lookup);
         var l1 = SyncOver.Run(L1Table.ReadAsync(_core.File, snapshot.L1TableOffset, snapshot.L1Size, $"L1 table of snapshot '{snapshot.Name}'", async: false, CancellationToken.None));
         var size = snapshot.DiskSize ?? Size;
         if (Header.Header.L2Coverage * (long)l1.Size < size && size > 0)
@@ -82,9 +83,6 @@ public sealed partial class Qcow2Image
 
         return new Qcow2Image(_core, new ClusterMap(_core.Geometry, l1, _core.L2Cache, () => _core.FileLength), size, isSnapshotView: true);
     }
-
-    internal SnapshotTableEntry? FindSnapshot(string idOrName) =>
-        _core.Snapshots.FirstOrDefault(s => s.Id == idOrName) ?? _core.Snapshots.FirstOrDefault(s => s.Name == idOrName);
 
     /// <summary>Opens an image from its storage. With <paramref name="deferExtensions"/>, Create opens the extensions itself once the disk has its size.</summary>
     internal static async ValueTask<Qcow2Image> OpenCoreAsync(IStorage storage, Qcow2OpenOptions options, bool ownsStorage, ChainContext chain, bool async, CancellationToken cancellationToken, bool deferExtensions = false)
@@ -101,7 +99,7 @@ public sealed partial class Qcow2Image
             CheckOpenable(header, storage, options);
 
             core = new ImageCore(storage, header, options, ownsStorage);
-            core.ActiveL1 = await L1Table.ReadAsync(storage, header.Header.L1TableOffset, header.Header.L1Size, "active L1 table", async, cancellationToken).ConfigureAwait(false);
+            core.ActiveL1 = await L1Table.ReadAsync(storage, header.Header.L1TableOffset, header.Header.L1Size, "active L1 table", async, cancellationToken, core.ReadsTablesPastEndAsZeros).ConfigureAwait(false);
             core.Snapshots = await ReadSnapshotTableAsync(storage, header.Header, async, cancellationToken).ConfigureAwait(false);
             core.Bitmaps = await ReadBitmapDirectoryAsync(storage, header, async, cancellationToken).ConfigureAwait(false);
             if (header.Header.HasExternalDataFile)

@@ -234,7 +234,7 @@ public sealed partial class Qcow2Image
         if (end < length)
         {
             _core.File.SetLength(end);
-            _core.RefreshFileLength();
+            _core.NoteTruncated(end);
         }
     }
 }

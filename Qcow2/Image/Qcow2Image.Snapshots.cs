@@ -31,36 +31,60 @@ public sealed partial class Qcow2Image
     /// Reverts the active disk to a snapshot (qemu-img snapshot -a), its virtual size included.
     /// The snapshot stays; what only the old active disk referenced is freed.
     /// </summary>
-    /// <param name="idOrName">The snapshot's id, or else its name (the first match).</param>
-    /// <exception cref="KeyNotFoundException">No snapshot has that id or name.</exception>
-    public void ApplySnapshot(string idOrName)
+    /// <param name="key">The snapshot's id or name, as <paramref name="lookup"/> says.</param>
+    /// <param name="lookup">Whether <paramref name="key"/> is an id, a name, or an id else a name (qemu-img snapshot -a).</param>
+    /// <exception cref="KeyNotFoundException">No snapshot matches.</exception>
+    public void ApplySnapshot(string key, SnapshotLookup lookup)
     {
         ThrowIfDisposed();
-        SyncOver.Run(ApplySnapshotCoreAsync(idOrName, async: false, CancellationToken.None));
+        SyncOver.Run(ApplySnapshotCoreAsync(key, lookup, async: false, CancellationToken.None));
     }
 
     /// <inheritdoc cref="ApplySnapshot"/>
-    public ValueTask ApplySnapshotAsync(string idOrName, CancellationToken cancellationToken = default)
+    public ValueTask ApplySnapshotAsync(string key, SnapshotLookup lookup, CancellationToken cancellationToken = default)
     {
         ThrowIfDisposed();
-        return ApplySnapshotCoreAsync(idOrName, async: true, cancellationToken);
+        return ApplySnapshotCoreAsync(key, lookup, async: true, cancellationToken);
     }
 
     /// <summary>Deletes a snapshot (qemu-img snapshot -d), freeing what only it referenced.</summary>
-    /// <param name="idOrName">The snapshot's id, or else its name (the first match).</param>
-    /// <exception cref="KeyNotFoundException">No snapshot has that id or name.</exception>
-    public void DeleteSnapshot(string idOrName)
+    /// <param name="key">The snapshot's id or name, as <paramref name="lookup"/> says.</param>
+    /// <param name="lookup">Whether <paramref name="key"/> is an id or a name (qemu-img snapshot -d matches names only).</param>
+    /// <exception cref="KeyNotFoundException">No snapshot matches.</exception>
+    public void DeleteSnapshot(string key, SnapshotLookup lookup)
     {
         ThrowIfDisposed();
-        SyncOver.Run(DeleteSnapshotCoreAsync(idOrName, async: false, CancellationToken.None));
+        SyncOver.Run(DeleteSnapshotCoreAsync(key, lookup, async: false, CancellationToken.None));
     }
 
     /// <inheritdoc cref="DeleteSnapshot"/>
-    public ValueTask DeleteSnapshotAsync(string idOrName, CancellationToken cancellationToken = default)
+    public ValueTask DeleteSnapshotAsync(string key, SnapshotLookup lookup, CancellationToken cancellationToken = default)
     {
         ThrowIfDisposed();
-        return DeleteSnapshotCoreAsync(idOrName, async: true, cancellationToken);
+        return DeleteSnapshotCoreAsync(key, lookup, async: true, cancellationToken);
     }
+
+    /// <summary>The snapshot <paramref name="key"/> names, looked up as <paramref name="lookup"/> says; null when none matches.</summary>
+    public SnapshotTableEntry? FindSnapshot(string key, SnapshotLookup lookup)
+    {
+        ArgumentNullException.ThrowIfNull(key);
+        var snapshots = _core.Snapshots;
+        return lookup switch
+        {
+            SnapshotLookup.Id => snapshots.FirstOrDefault(s => s.Id == key),
+            SnapshotLookup.Name => snapshots.FirstOrDefault(s => s.Name == key),
+            SnapshotLookup.IdThenName => snapshots.FirstOrDefault(s => s.Id == key) ?? snapshots.FirstOrDefault(s => s.Name == key),
+            _ => throw new ArgumentOutOfRangeException(nameof(lookup), lookup, "Unknown snapshot lookup."),
+        };
+    }
+
+    private SnapshotTableEntry FindSnapshotOrThrow(string key, SnapshotLookup lookup) =>
+        FindSnapshot(key, lookup) ?? throw new KeyNotFoundException(lookup switch
+        {
+            SnapshotLookup.Id => $"The image has no snapshot with id '{key}'.",
+            SnapshotLookup.Name => $"The image has no snapshot with name '{key}'.",
+            _ => $"The image has no snapshot with id or name '{key}'.",
+        });
 
     /// <summary>
     /// Drops every mapping of the active disk, so all of it reads from the backing file again (or
@@ -144,13 +168,13 @@ public sealed partial class Qcow2Image
         return snapshot;
     }
 
-    private async ValueTask ApplySnapshotCoreAsync(string idOrName, bool async, CancellationToken cancellationToken)
+    private async ValueTask ApplySnapshotCoreAsync(string key, SnapshotLookup lookup, bool async, CancellationToken cancellationToken)
     {
-        ArgumentNullException.ThrowIfNull(idOrName);
+        ArgumentNullException.ThrowIfNull(key);
         ThrowUnlessSnapshotsAllowed();
         using var everything = await _core.GuestLock.AcquireAsync(0, long.MaxValue, exclusive: true, async, cancellationToken).ConfigureAwait(false);
         using var locked = await _core.MetadataLock.AcquireAsync(async, cancellationToken).ConfigureAwait(false);
-        var snapshot = FindSnapshot(idOrName) ?? throw new KeyNotFoundException($"The image has no snapshot with id or name '{idOrName}'.");
+        var snapshot = FindSnapshotOrThrow(key, lookup);
         var snapshotL1 = await ReadSnapshotL1Async(snapshot, async, cancellationToken).ConfigureAwait(false);
         await FlushLockedAsync(async, cancellationToken).ConfigureAwait(false);
         await GrowL1Locked(snapshotL1.Length, async, cancellationToken).ConfigureAwait(false);
@@ -171,13 +195,13 @@ public sealed partial class Qcow2Image
         await FlushLockedAsync(async, cancellationToken).ConfigureAwait(false);
     }
 
-    private async ValueTask DeleteSnapshotCoreAsync(string idOrName, bool async, CancellationToken cancellationToken)
+    private async ValueTask DeleteSnapshotCoreAsync(string key, SnapshotLookup lookup, bool async, CancellationToken cancellationToken)
     {
-        ArgumentNullException.ThrowIfNull(idOrName);
+        ArgumentNullException.ThrowIfNull(key);
         ThrowUnlessSnapshotsAllowed();
         using var everything = await _core.GuestLock.AcquireAsync(0, long.MaxValue, exclusive: true, async, cancellationToken).ConfigureAwait(false);
         using var locked = await _core.MetadataLock.AcquireAsync(async, cancellationToken).ConfigureAwait(false);
-        var snapshot = FindSnapshot(idOrName) ?? throw new KeyNotFoundException($"The image has no snapshot with id or name '{idOrName}'.");
+        var snapshot = FindSnapshotOrThrow(key, lookup);
         var snapshotL1 = await ReadSnapshotL1Async(snapshot, async, cancellationToken).ConfigureAwait(false);
         await FlushLockedAsync(async, cancellationToken).ConfigureAwait(false);
 

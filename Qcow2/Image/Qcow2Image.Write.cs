@@ -171,8 +171,10 @@ public sealed partial class Qcow2Image
                     throw Qcow2Corruption.Create("refcount block", $"data cluster 0x{host:x} (guest offset 0x{clusterStart:x}) is in use but its refcount is 0");
                 }
 
-                // Trust the refcount, not COPIED: a shared cluster is never written in place.
-                inPlace = refcount == 1 && _core.Allocator.AllowOverwriteInPlace(host, clusterStart, wholeCluster);
+                // In place only when COPIED says this entry owns the cluster alone (QEMU's rule) and the
+                // refcount agrees (ours): a refcount of 1 under an entry without COPIED can be a damaged
+                // image whose "data cluster" is another entry's data or some table, so copy it instead.
+                inPlace = entry.IsCopied && refcount == 1 && _core.Allocator.AllowOverwriteInPlace(host, clusterStart, wholeCluster);
             }
         }
 

@@ -139,7 +139,12 @@ public sealed partial class Qcow2Image : IDisposable, IAsyncDisposable, IGuestDi
         return false;
     }
 
-    /// <summary>A new stream over the guest disk with its own position.</summary>
+    /// <summary>
+    /// A new stream over the guest disk with its own position. Disposing it flushes what was
+    /// written through it; by default it leaves this image open, so the image must still be
+    /// disposed. To hand a disk to code that disposes only the stream, pass
+    /// <c>leaveOpen: false</c> or use <see cref="Qcow2Stream.Open"/> / <see cref="Qcow2Stream.Create"/>.
+    /// </summary>
     /// <param name="leaveOpen">Whether disposing the stream leaves this image open.</param>
     public Qcow2Stream OpenStream(bool leaveOpen = true) => new(this, leaveOpen);
 
@@ -190,6 +195,9 @@ public sealed partial class Qcow2Image : IDisposable, IAsyncDisposable, IGuestDi
             }
         }
     }
+
+    /// <summary>Whether <see cref="Dispose"/> ran (a stream that outlives its image must not flush it).</summary>
+    internal bool IsDisposed => Volatile.Read(ref _disposed) != 0;
 
     private void ThrowIfDisposed() => ObjectDisposedException.ThrowIf(Volatile.Read(ref _disposed) != 0, this);
 

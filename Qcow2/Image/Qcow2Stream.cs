@@ -2,15 +2,25 @@ namespace QcowDedup.Qcow2.Image;
 
 /// <summary>
 /// The guest disk of a <see cref="Qcow2Image"/> as a seekable stream that behaves like a disk:
-/// Length is the virtual size, reads past the end return 0 bytes, writes past the end fail.
-/// Each stream has its own position; the image underneath is thread-safe.
+/// Length is the virtual size, reads past the end return 0 bytes, writes past the end fail,
+/// <see cref="SetLength"/> to the current length does nothing. Each stream has its own position;
+/// the image underneath is thread-safe.
 /// </summary>
+/// <remarks>
+/// Who makes writes durable, as with a <see cref="FileStream"/>: <see cref="Flush()"/> flushes the
+/// whole image (what every stream and caller wrote to it so far), and disposing a stream that was
+/// written through flushes the image too. A stream that owns its image (<see cref="Open"/>,
+/// <see cref="Create"/>, or <c>leaveOpen: false</c>) disposes it, which flushes and closes it; one
+/// that leaves it open (<see cref="Qcow2Image.OpenStream"/>'s default) leaves closing the image — and
+/// clearing its dirty state and file handles — to whoever holds it.
+/// </remarks>
 public sealed class Qcow2Stream : Stream
 {
     private readonly Qcow2Image _image;
     private readonly bool _leaveOpen;
     private long _position;
     private bool _disposed;
+    private bool _written;
 
     /// <summary>Wraps <paramref name="image"/>.</summary>
     /// <param name="image">The image whose guest disk to expose.</param>
@@ -21,6 +31,21 @@ public sealed class Qcow2Stream : Stream
         _image = image;
         _leaveOpen = leaveOpen;
     }
+
+    /// <summary>
+    /// Opens the image at <paramref name="path"/> and returns a stream that owns it: disposing the
+    /// stream flushes and closes the image. For handing a disk to a library that disposes only the
+    /// stream (DiscUtils' <c>Ownership.Dispose</c>).
+    /// </summary>
+    /// <inheritdoc cref="Qcow2Image.Open(string, Qcow2OpenOptions?)" path="/exception"/>
+    public static Qcow2Stream Open(string path, Qcow2OpenOptions? options = null) => new(Qcow2Image.Open(path, options), leaveOpen: false);
+
+    /// <summary>
+    /// Creates an image at <paramref name="path"/> (see <see cref="Qcow2Image.Create(string, Qcow2CreateOptions)"/>)
+    /// and returns a writable stream that owns it: disposing the stream flushes and closes the image.
+    /// </summary>
+    /// <inheritdoc cref="Qcow2Image.Create(string, Qcow2CreateOptions)" path="/exception"/>
+    public static Qcow2Stream Create(string path, Qcow2CreateOptions options) => new(Qcow2Image.Create(path, options), leaveOpen: false);
 
     /// <summary>The image this stream reads and writes.</summary>
     public Qcow2Image Image => _image;
@@ -138,6 +163,7 @@ public sealed class Qcow2Stream : Stream
     public override void Write(ReadOnlySpan<byte> buffer)
     {
         CheckWritable(buffer.Length);
+        _written = true;
         _image.Write(_position, buffer);
         _position += buffer.Length;
     }
@@ -153,12 +179,13 @@ public sealed class Qcow2Stream : Stream
     public override async ValueTask WriteAsync(ReadOnlyMemory<byte> buffer, CancellationToken cancellationToken = default)
     {
         CheckWritable(buffer.Length);
+        _written = true;
         var position = _position;
         _position += buffer.Length;
         await _image.WriteAsync(position, buffer, cancellationToken).ConfigureAwait(false);
     }
 
-    /// <summary>Makes written data durable (data and metadata reach the disk).</summary>
+    /// <summary>Makes everything written to the image so far durable (data and metadata reach the disk); nothing to do when read-only.</summary>
     public override void Flush()
     {
         ObjectDisposedException.ThrowIf(_disposed, this);
@@ -175,11 +202,23 @@ public sealed class Qcow2Stream : Stream
         return _image.IsWritable ? _image.FlushAsync(cancellationToken).AsTask() : Task.CompletedTask;
     }
 
-    /// <summary>Not supported: a disk's size changes with <see cref="Qcow2Image.Resize"/>.</summary>
-    public override void SetLength(long value) =>
-        throw new NotSupportedException("A qcow2 disk's size changes with Qcow2Image.Resize, not Stream.SetLength.");
+    /// <summary>
+    /// Does nothing when <paramref name="value"/> is the current <see cref="Length"/> (disk
+    /// libraries call that); any other length is not supported.
+    /// </summary>
+    /// <exception cref="NotSupportedException"><paramref name="value"/> is not the disk's size: resize with <see cref="Qcow2Image.Resize"/>.</exception>
+    public override void SetLength(long value)
+    {
+        if (value != Length)
+        {
+            throw new NotSupportedException($"A qcow2 disk keeps its {Length}-byte size through Stream.SetLength; change it with Qcow2Image.Resize.");
+        }
+    }
 
-    /// <inheritdoc />
+    /// <summary>
+    /// Flushes the image when something was written through this stream, then disposes the image
+    /// if this stream owns it. Like <see cref="FileStream"/>, a failing flush throws.
+    /// </summary>
     protected override void Dispose(bool disposing)
     {
         if (disposing && !_disposed)
@@ -189,9 +228,32 @@ public sealed class Qcow2Stream : Stream
             {
                 _image.Dispose();
             }
+            else if (_written && _image.IsWritable && !_image.IsDisposed)
+            {
+                _image.Flush();
+            }
         }
 
         base.Dispose(disposing);
+    }
+
+    /// <inheritdoc cref="Dispose(bool)"/>
+    public override async ValueTask DisposeAsync()
+    {
+        if (!_disposed)
+        {
+            _disposed = true;
+            if (!_leaveOpen)
+            {
+                await _image.DisposeAsync().ConfigureAwait(false);
+            }
+            else if (_written && _image.IsWritable && !_image.IsDisposed)
+            {
+                await _image.FlushAsync().ConfigureAwait(false);
+            }
+        }
+
+        await base.DisposeAsync().ConfigureAwait(false); // Dispose(true) after this finds nothing left to do
     }
 
     private int Available(int requested)

@@ -29,7 +29,8 @@ internal sealed class L1Table
     public L1Entry this[long index] => index < _entries.Length ? new L1Entry(_entries[index]) : default;
 
     /// <summary>Reads <paramref name="size"/> entries at <paramref name="offset"/>.</summary>
-    public static async ValueTask<L1Table> ReadAsync(IStorage storage, long offset, int size, string structure, bool async, CancellationToken cancellationToken)
+    /// <remarks>With <paramref name="zerosPastEnd"/> entries past the end of the file read as zeros (as QEMU reads them) instead of the table being refused.</remarks>
+    public static async ValueTask<L1Table> ReadAsync(IStorage storage, long offset, int size, string structure, bool async, CancellationToken cancellationToken, bool zerosPastEnd = false)
     {
         var bytes = (long)size * Qcow2Layout.L1EntrySize;
         if (bytes > Qcow2Layout.MaxL1TableBytes)
@@ -37,13 +38,20 @@ internal sealed class L1Table
             throw Qcow2Corruption.Create(structure, $"{size} entries exceed QEMU's {Qcow2Layout.MaxL1TableBytes >> 20} MiB limit", offset);
         }
 
-        if (size > 0 && offset + bytes > storage.Length)
+        var buffer = new byte[bytes];
+        if (zerosPastEnd)
+        {
+            await storage.ReadAsync(offset, buffer, async, cancellationToken).ConfigureAwait(false); // the rest stays zero
+        }
+        else if (size > 0 && offset + bytes > storage.Length)
         {
             throw Qcow2Corruption.Create(structure, $"{size} entries ({bytes} bytes) extend past the end of the file ({storage.Length} bytes)", offset);
         }
+        else
+        {
+            await storage.ReadStructureAsync(offset, buffer, structure, async, cancellationToken).ConfigureAwait(false);
+        }
 
-        var buffer = new byte[bytes];
-        await storage.ReadStructureAsync(offset, buffer, structure, async, cancellationToken).ConfigureAwait(false);
         var entries = new ulong[size];
         for (var i = 0; i < size; i++)
         {

@@ -39,7 +39,9 @@ internal sealed class RefcountTable
 
     public RefcountTableEntry this[long index] => index < _entries.Length ? new RefcountTableEntry(_entries[index]) : default;
 
-    public static async ValueTask<RefcountTable> ReadAsync(IStorage storage, Geometry geometry, TableCache blocks, long offset, int clusters, bool async, CancellationToken cancellationToken)
+    /// <summary>Reads the refcount table of <paramref name="clusters"/> clusters at <paramref name="offset"/>.</summary>
+    /// <remarks>With <paramref name="zerosPastEnd"/> entries past the end of the file read as zeros (as QEMU reads them) instead of the table being refused.</remarks>
+    public static async ValueTask<RefcountTable> ReadAsync(IStorage storage, Geometry geometry, TableCache blocks, long offset, int clusters, bool async, CancellationToken cancellationToken, bool zerosPastEnd = false)
     {
         var bytes = (long)clusters * geometry.ClusterSize;
         if (bytes > Qcow2Layout.MaxRefcountTableBytes)
@@ -47,13 +49,20 @@ internal sealed class RefcountTable
             throw Qcow2Corruption.Create("refcount table", $"{clusters} clusters exceed QEMU's {Qcow2Layout.MaxRefcountTableBytes >> 20} MiB limit", offset);
         }
 
-        if (offset + bytes > storage.Length)
+        var buffer = new byte[bytes];
+        if (zerosPastEnd)
+        {
+            await storage.ReadAsync(offset, buffer, async, cancellationToken).ConfigureAwait(false); // the rest stays zero
+        }
+        else if (offset + bytes > storage.Length)
         {
             throw Qcow2Corruption.Create("refcount table", $"{bytes} bytes extend past the end of the file ({storage.Length} bytes)", offset);
         }
+        else
+        {
+            await storage.ReadStructureAsync(offset, buffer, "refcount table", async, cancellationToken).ConfigureAwait(false);
+        }
 
-        var buffer = new byte[bytes];
-        await storage.ReadStructureAsync(offset, buffer, "refcount table", async, cancellationToken).ConfigureAwait(false);
         var entries = new ulong[bytes / Qcow2Layout.RefcountTableEntrySize];
         for (var i = 0; i < entries.Length; i++)
         {

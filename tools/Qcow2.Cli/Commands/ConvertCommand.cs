@@ -68,36 +68,104 @@ internal static class ConvertCommand
     }
 
     /// <summary>
-    /// Writes the source's non-zero clusters into a fresh image; all-zero clusters stay
-    /// unallocated. With <paramref name="compress"/> each cluster is stored compressed unless it
-    /// does not shrink (then plainly, like qemu-img).
+    /// Writes into a fresh image every cluster where it does not already read the source's bytes.
+    /// Without a backing file it reads zeros, so the source's non-zero clusters are written and its
+    /// zero clusters stay unallocated. With one, the backing file shows through wherever nothing is
+    /// written: clusters where it holds the source's bytes stay unallocated, and where the source
+    /// is zero over backing data, zeros are written (zero clusters on v3). With
+    /// <paramref name="compress"/> each cluster is stored compressed unless it does not shrink
+    /// (then plainly, like qemu-img).
     /// </summary>
     private static void ToQcow2(DiskSource source, Qcow2Image image, bool compress, Progress progress)
     {
         var clusterSize = image.ClusterSize;
-        CopyData(source, progress, clusterSize, (position, chunk) =>
+        // Where the new image reads something other than zeros before anything is written: its backing file's data.
+        var shown = image.Header.BackingFileName is null ? [] : Granules(image.GetMap(0, image.Size), image.Size, clusterSize);
+        var ranges = Union(Granules(source.Map(0, source.Size), source.Size, clusterSize), shown);
+        var buffer = ArrayPool<byte>.Shared.Rent(ChunkSize);
+        var current = ArrayPool<byte>.Shared.Rent(ChunkSize);
+        try
         {
-            for (var done = 0; done < chunk.Length;)
+            foreach (var (start, end) in ranges)
             {
-                var offset = position + done;
-                var inCluster = (int)(offset % clusterSize);
-                var count = Math.Min(clusterSize - inCluster, chunk.Length - done);
-                var piece = chunk.Slice(done, count);
-                if (piece.ContainsAnyExcept((byte)0))
+                for (var position = start; position < end;)
                 {
-                    if (compress && inCluster == 0 && (count == clusterSize || offset + count == image.Size))
+                    var next = Math.Min(end, (position / ChunkSize * ChunkSize) + ChunkSize);
+                    var chunk = buffer.AsSpan(0, (int)(next - position));
+                    var before = current.AsSpan(0, chunk.Length);
+                    source.Read(position, chunk);
+                    if (Overlaps(shown, position, next))
                     {
-                        image.WriteCompressed(offset, piece);
+                        image.Read(position, before);
                     }
                     else
                     {
-                        image.Write(offset, piece);
+                        before.Clear();
                     }
-                }
 
-                done += count;
+                    WriteDifferences(image, position, chunk, before, compress);
+                    position = next;
+                    progress.Report((double)position / Math.Max(1, source.Size));
+                }
             }
-        });
+        }
+        finally
+        {
+            ArrayPool<byte>.Shared.Return(buffer);
+            ArrayPool<byte>.Shared.Return(current);
+        }
+    }
+
+    /// <summary>Writes each cluster of <paramref name="chunk"/> that differs from what the image reads there (<paramref name="before"/>).</summary>
+    private static void WriteDifferences(Qcow2Image image, long position, ReadOnlySpan<byte> chunk, ReadOnlySpan<byte> before, bool compress)
+    {
+        var clusterSize = image.ClusterSize;
+        for (var done = 0; done < chunk.Length;)
+        {
+            var offset = position + done;
+            var inCluster = (int)(offset % clusterSize);
+            var count = Math.Min(clusterSize - inCluster, chunk.Length - done);
+            var piece = chunk.Slice(done, count);
+            if (!piece.SequenceEqual(before.Slice(done, count)))
+            {
+                if (!piece.ContainsAnyExcept((byte)0))
+                {
+                    image.WriteZeroes(offset, count); // hides backing data: zero clusters, or zero data on v2
+                }
+                else if (compress && inCluster == 0 && (count == clusterSize || offset + count == image.Size))
+                {
+                    image.WriteCompressed(offset, piece);
+                }
+                else
+                {
+                    image.Write(offset, piece);
+                }
+            }
+
+            done += count;
+        }
+    }
+
+    private static bool Overlaps(List<(long Start, long End)> ranges, long start, long end) =>
+        ranges.Any(r => r.Start < end && start < r.End);
+
+    /// <summary>Merges two sorted lists of disjoint ranges into one.</summary>
+    private static List<(long Start, long End)> Union(List<(long Start, long End)> first, List<(long Start, long End)> second)
+    {
+        var merged = new List<(long Start, long End)>();
+        foreach (var (start, end) in first.Concat(second).OrderBy(r => r.Start))
+        {
+            if (merged.Count > 0 && merged[^1].End >= start)
+            {
+                merged[^1] = (merged[^1].Start, Math.Max(merged[^1].End, end));
+            }
+            else
+            {
+                merged.Add((start, end));
+            }
+        }
+
+        return merged;
     }
 
     /// <summary>
@@ -134,13 +202,17 @@ internal static class ConvertCommand
     }
 
     /// <summary>Ranges the map does not report as zeros, widened to whole granules and merged.</summary>
-    private static List<(long Start, long End)> DataRanges(DiskSource source, int granularity)
+    private static List<(long Start, long End)> DataRanges(DiskSource source, int granularity) =>
+        Granules(source.Map(0, source.Size), source.Size, granularity);
+
+    /// <summary>Ranges of <paramref name="map"/> not reported as zeros, widened to whole granules (at most <paramref name="size"/>) and merged.</summary>
+    private static List<(long Start, long End)> Granules(IEnumerable<MapEntry> map, long size, int granularity)
     {
         var ranges = new List<(long Start, long End)>();
-        foreach (var entry in source.Map(0, source.Size).Where(e => !e.Zero))
+        foreach (var entry in map.Where(e => !e.Zero))
         {
             var start = entry.Start / granularity * granularity;
-            var end = Math.Min(source.Size, (entry.End + granularity - 1) / granularity * granularity);
+            var end = Math.Min(size, (entry.End + granularity - 1) / granularity * granularity);
             if (ranges.Count > 0 && ranges[^1].End >= start)
             {
                 ranges[^1] = (ranges[^1].Start, Math.Max(ranges[^1].End, end));

@@ -43,11 +43,12 @@ internal static class SnapshotCommand
 
         var name = line.Value(actions[0])!;
         using var writable = FileArguments.OpenImage(path, ImageOptions.For(line, path, writable: true) with { BackingFiles = BackingFileMode.Ignore });
+        // qemu-img 7.2: -d matches names only (bdrv_snapshot_find), -a ids first, then names (find_snapshot_by_id_or_name).
         var (verb, action) = actions[0] switch
         {
             "-c" => ("create", (Action)(() => writable.CreateSnapshot(name))),
-            "-a" => ("apply", () => writable.ApplySnapshot(name)),
-            _ => ("delete", () => writable.DeleteSnapshot(name)),
+            "-a" => ("apply", () => writable.ApplySnapshot(name, SnapshotLookup.IdThenName)),
+            _ => ("delete", () => writable.DeleteSnapshot(name, SnapshotLookup.Name)),
         };
         try
         {
@@ -55,11 +56,15 @@ internal static class SnapshotCommand
         }
         catch (Exception error) when (error is KeyNotFoundException or NotSupportedException or InvalidOperationException)
         {
-            var reason = error is KeyNotFoundException ? "snapshot not found" : error.Message;
+            var reason = error is KeyNotFoundException ? NotFoundReason(verb) : error.Message;
             Console.Error.WriteLine($"qcow2: Could not {verb} snapshot '{name}': {reason}");
             return 1;
         }
 
         return 0;
     }
+
+    /// <summary>qemu-img's wording: its own for -d, the qcow2 driver's ENOENT for -a.</summary>
+    private static string NotFoundReason(string verb) =>
+        verb == "apply" ? "Failed to load snapshot: No such file or directory" : "snapshot not found";
 }
