@@ -111,6 +111,38 @@ public class QemuLockInteropTests : TempDirectoryFixture
     }
 
     [Test]
+    public void A_second_process_of_ours_cannot_write_while_we_write()
+    {
+        var path = CreateImage();
+        using (var writer = Qcow2Image.Open(path, new Qcow2OpenOptions { Writable = true }))
+        {
+            writer.Write(0, Pattern(0x31, ClusterSize));
+            var other = Qemu.Run(Dotnet, [typeof(QcowDedup.Cli.Program).Assembly.Location, "io", "-c", "write -P 0x32 0 64k", path]);
+            other.ExitCode.ShouldBe(1, other.Error);
+            other.Error.ShouldContain("Failed to get \"write\" lock");
+            writer.Write(ClusterSize, Pattern(0x33, ClusterSize));
+        }
+
+        Qemu.AssertClean(path);
+        Qemu.Io(path, "read -P 0x31 0 64k", "read -P 0x33 64k 64k");
+    }
+
+    [Test]
+    public void An_image_opened_from_a_FileStream_is_locked_until_disposed_even_when_the_stream_stays_open()
+    {
+        var path = CreateImage();
+        using var stream = new FileStream(path, FileMode.Open, FileAccess.ReadWrite, FileShare.ReadWrite);
+        using (var image = Qcow2Image.Open(stream, new Qcow2OpenOptions { Writable = true, LeaveOpen = true }))
+        {
+            image.Write(0, Pattern(0x41, ClusterSize));
+            Qemu.ImgResult("info", path).Error.ShouldContain("Failed to get shared \"write\" lock");
+        }
+
+        Qemu.ImgResult("info", path).ExitCode.ShouldBe(0);
+        stream.CanRead.ShouldBeTrue();
+    }
+
+    [Test]
     public void Our_reader_and_qemus_reader_coexist_and_both_keep_writers_out()
     {
         var path = CreateImage();
@@ -179,6 +211,8 @@ public class QemuLockInteropTests : TempDirectoryFixture
         bytes.Sort();
         return bytes;
     }
+
+    private static string Dotnet => Environment.GetEnvironmentVariable("DOTNET_HOST_PATH") is { Length: > 0 } host ? host : "dotnet";
 
     private string CreateImage()
     {

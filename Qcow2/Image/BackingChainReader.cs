@@ -18,7 +18,8 @@ internal static class BackingChainReader
 {
     public static IReadOnlyList<BackingChainLink> Read(string path, Qcow2OpenOptions options)
     {
-        options = options with { Writable = false, BackingFiles = BackingFileMode.Ignore };
+        // Only headers are read: no extension or allocator is attached to any layer.
+        options = options with { Writable = false, BackingFiles = BackingFileMode.Ignore, Extensions = [], Allocator = null };
         var links = new List<BackingChainLink>();
         var chain = new ChainContext();
         string? name;

@@ -21,8 +21,8 @@ internal static class InfoCommand
 
         // Like qemu-img info (BDRV_O_NO_BACKING), the image is opened without its backing files:
         // info shows the name of a backing file that is missing or that the policy refuses.
-        var options = ImageOptions.For(line, path) with { BackingFiles = BackingFileMode.Ignore };
-        using var source = DiskSource.Open(path, line.Value("-f"), options);
+        Qcow2OpenOptions Options() => ImageOptions.For(line, path) with { BackingFiles = BackingFileMode.Ignore }; // one per open: it carries the dedup extension
+        using var source = DiskSource.Open(path, line.Value("-f"), Options());
         var layers = new List<LayerInfo>();
         string? problem = null;
         if (source.Image is { } image)
@@ -30,7 +30,7 @@ internal static class InfoCommand
             layers.Add(LayerInfo.From(image, path));
             if (line.Has("--backing-chain"))
             {
-                foreach (var link in Qcow2Image.ReadBackingChain(path, options).Skip(1))
+                foreach (var link in Qcow2Image.ReadBackingChain(path, Options()).Skip(1))
                 {
                     if (link.Problem is not null)
                     {
@@ -38,7 +38,7 @@ internal static class InfoCommand
                         break;
                     }
 
-                    layers.Add(LayerInfo.FromLink(link, options));
+                    layers.Add(LayerInfo.FromLink(link, Options()));
                 }
             }
         }
