@@ -41,6 +41,23 @@ public class ChainOperationTests : TempDirectoryFixture
         }
     }
 
+    [Test]
+    public void Commit_into_a_base_with_an_external_data_file_writes_the_data_file()
+    {
+        // QEMU opens relative data file names against its working directory: the test directory.
+        var basePath = PathOf("base.qcow2");
+        Qemu.Img("create", "-q", "-f", "qcow2", "-o", "data_file=base.data", basePath, "4M");
+        Qemu.Io(basePath, "write -P 1 0 1M");
+        Qemu.Img("create", "-q", "-f", "qcow2", "-b", "base.qcow2", "-F", "qcow2", PathOf("top.qcow2"));
+        Qemu.Io(PathOf("top.qcow2"), "write -P 2 512k 64k", "write -P 3 2M 64k");
+
+        // The overlay's read-only view holds the data file against resizing; the commit writes it.
+        var result = CliRunner.Run("commit", PathOf("top.qcow2"));
+        result.ExitCode.ShouldBe(0, result.Error);
+        Qemu.AssertClean(basePath);
+        Qemu.Io(basePath, "read -P 1 0 512k", "read -P 2 512k 64k", "read -P 1 576k 448k", "read -P 3 2M 64k", "read -P 0 1M 1M");
+    }
+
     [TestCase("qcow2", false)]
     [TestCase("raw", false)]
     [TestCase("none", false)]

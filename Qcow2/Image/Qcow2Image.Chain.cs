@@ -60,7 +60,11 @@ public sealed partial class Qcow2Image
         // Our read-only view of the backing file forbids writers, as QEMU's does; where QEMU
         // reopens that view read-write for a commit, ours shares the file while the commit
         // writes through a second open, and is opened afresh afterwards.
-        _core.Backing?.File.Lock(FileLockRequest.ForceShared, _core.Options.Locking);
+        foreach (var file in FilesOf(_core.Backing))
+        {
+            file.Lock(FileLockRequest.ForceShared, _core.Options.Locking);
+        }
+
         CommitTarget? target = null;
         try
         {
@@ -98,6 +102,14 @@ public sealed partial class Qcow2Image
 
         progress?.Report(1);
     }
+
+    /// <summary>The files a layer writes when it is written: its image file and its external data file.</summary>
+    private static IEnumerable<IStorage> FilesOf(IGuestDisk? disk) => disk switch
+    {
+        null => [],
+        Qcow2Image image when !ReferenceEquals(image._core.DataFile, image._core.File) => [image._core.File, image._core.DataFile],
+        _ => [disk.File],
+    };
 
     /// <summary>Copies what this overlay holds (allocated and zero ranges) into the commit target, growing it first.</summary>
     private async ValueTask CopyIntoAsync(CommitTarget target, IProgress<double>? progress, bool async, CancellationToken cancellationToken)

@@ -129,8 +129,7 @@ public sealed partial class Qcow2Image : IDisposable, IAsyncDisposable, IGuestDi
 
         for (IGuestDisk? disk = this; disk is not null; disk = disk.BackingDisk)
         {
-            var files = disk is Qcow2Image image ? [image._core.File, image._core.DataFile] : new[] { disk.File };
-            if (files.Any(file => file.Path is { } used && FileStorage.IsSameFile(used, path)))
+            if (FilesOf(disk).Any(file => file.Path is { } used && FileStorage.IsSameFile(used, path)))
             {
                 return true;
             }
