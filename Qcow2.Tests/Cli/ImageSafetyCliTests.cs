@@ -114,6 +114,21 @@ public class ImageSafetyCliTests : TempDirectoryFixture
     }
 
     [Test]
+    public void An_image_never_becomes_its_own_backing_file([Values("-u", null)] string? unsafeFlag)
+    {
+        var image = PrepareImage();
+        File.CreateSymbolicLink(PathOf("alias.qcow2"), image);
+        foreach (var name in new[] { "img.qcow2", "./img.qcow2", "alias.qcow2" })
+        {
+            var result = CliRunner.Run(["rebase", .. unsafeFlag is null ? Array.Empty<string>() : [unsafeFlag], "-b", name, "-F", "qcow2", image]);
+            result.ExitCode.ShouldBe(1, name);
+        }
+
+        Qemu.Img("info", image).ShouldNotContain("backing file");
+        Qemu.AssertClean(image);
+    }
+
+    [Test]
     public void Info_shows_an_overlay_whose_backing_file_is_missing()
     {
         var top = PrepareOverlay();

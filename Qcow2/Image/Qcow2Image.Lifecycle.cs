@@ -46,6 +46,12 @@ public sealed partial class Qcow2Image
             throw new InvalidOperationException("An image whose data file is raw cannot have a backing file.");
         }
 
+        // qemu-img rebase -u accepts this and leaves an image no one can open; refuse it even unsafely.
+        if (name is not null && _core.File.Path is { } self && DefaultBackingFileResolver.TryResolvePath(name, self) is { } target && FileStorage.IsSameFile(target, self))
+        {
+            throw new InvalidOperationException($"'{name}' is {self} itself; an image cannot be its own backing file.");
+        }
+
         using var everything = await _core.GuestLock.AcquireAsync(0, long.MaxValue, exclusive: true, async, cancellationToken).ConfigureAwait(false);
         using var locked = await _core.MetadataLock.AcquireAsync(async, cancellationToken).ConfigureAwait(false);
         IGuestDisk? backing = null;
