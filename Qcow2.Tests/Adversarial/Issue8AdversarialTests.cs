@@ -17,6 +17,80 @@ public class Issue8AdversarialTests : TempDirectoryFixture
     private const int ClusterSize = 65536;
     private const long Size = 1 << 20;
 
+    // ---- convert -U: the output's data file must not be a file the source reads ----------------
+
+    [Test]
+    public void Convert_with_force_share_never_creates_the_output_data_file_over_the_raw_source()
+    {
+        var source = RawFile("src.raw", 0x5c);
+        var before = Hash(source);
+
+        var result = CliRunner.Run("convert", "-U", "-O", "qcow2", "-o", $"data_file={source}", source, PathOf("dst.qcow2"));
+
+        result.ExitCode.ShouldBe(1, result.Output);
+        result.Error.ShouldContain("data file");
+        Hash(source).ShouldBe(before);
+    }
+
+    [Test]
+    public void Convert_with_force_share_never_creates_the_output_data_file_over_the_sources_backing_file()
+    {
+        var basePath = PathOf("base.qcow2");
+        Qemu.Img("create", "-f", "qcow2", basePath, "1M");
+        Qemu.Io(basePath, "write -P 0x11 0 64k");
+        var top = PathOf("top.qcow2");
+        Qemu.Img("create", "-f", "qcow2", "-b", basePath, "-F", "qcow2", top);
+        Qemu.Io(top, "write -P 0x22 64k 64k");
+        var before = Hash(basePath);
+
+        var result = CliRunner.Run("convert", "-U", "-O", "qcow2", "-o", "data_file=base.qcow2", top, PathOf("dst.qcow2"));
+
+        result.ExitCode.ShouldBe(1, result.Output);
+        Hash(basePath).ShouldBe(before);
+        Qemu.AssertClean(top);
+        Qemu.Io(top, "read -P 0x11 0 64k", "read -P 0x22 64k 64k");
+    }
+
+    // ---- create: the data file must not be the backing file (creating it empties it) ------------
+
+    [Test]
+    public void Create_never_empties_its_backing_file_named_as_its_data_file()
+    {
+        var backing = RawFile("base.raw", 0x33);
+        var before = Hash(backing);
+
+        Should.Throw<ArgumentException>(() => Qcow2Image.Create(PathOf("top.qcow2"), new Qcow2CreateOptions { Size = Size, BackingFile = "base.raw", BackingFormat = "raw", DataFile = backing }).Dispose())
+            .Message.ShouldContain("backing file");
+        Hash(backing).ShouldBe(before);
+
+        var result = CliRunner.Run("create", "-f", "qcow2", "-o", "data_file=base.raw", "-b", backing, "-F", "raw", PathOf("cli.qcow2"));
+        result.ExitCode.ShouldBe(1, result.Output);
+        Hash(backing).ShouldBe(before);
+    }
+
+    // ---- Create over a FileStream: lock first, then empty --------------------------------------
+
+    [Test]
+    public void Create_over_a_FileStream_of_an_image_qemu_writes_leaves_it_untouched()
+    {
+        var path = PathOf("vm.qcow2");
+        Qemu.Img("create", "-f", "qcow2", path, "1M");
+        using (var qemu = QemuIoSession.Open(path))
+        {
+            qemu.Run("write -P 0x42 0 64k").ShouldContain("wrote");
+            qemu.Run("flush");
+            using (var stream = new FileStream(path, FileMode.Open, FileAccess.ReadWrite, FileShare.ReadWrite))
+            {
+                Should.Throw<ImageLockedException>(() => Qcow2Image.Create(new StreamStorage(stream, leaveOpen: true, path), new Qcow2CreateOptions { Size = Size }).Dispose());
+            }
+
+            qemu.Run("write -P 0x43 64k 64k").ShouldContain("wrote");
+        }
+
+        Qemu.AssertClean(path);
+        Qemu.Io(path, "read -P 0x42 0 64k", "read -P 0x43 64k 64k");
+    }
+
     // ---- two openers on one descriptor ---------------------------------------------------------
 
     [Test]
@@ -49,6 +123,28 @@ public class Issue8AdversarialTests : TempDirectoryFixture
 
         Qemu.AssertClean(path);
         Qemu.Io(path, "read -P 0x61 0 64k");
+    }
+
+    // ---- ".." after a linked directory: the file checked must be the file written --------------
+
+    [Test]
+    public void Convert_with_force_share_never_truncates_the_source_spelled_through_a_linked_directory_and_dot_dot()
+    {
+        var tree = PathOf("tree");
+        var elsewhere = PathOf("elsewhere");
+        System.IO.Directory.CreateDirectory(tree);
+        System.IO.Directory.CreateDirectory(Path.Combine(elsewhere, "deeper"));
+        File.CreateSymbolicLink(Path.Combine(tree, "link"), Path.Combine(elsewhere, "deeper"));
+        File.WriteAllText(Path.Combine(elsewhere, "src.raw"), "decoy"); // where the kernel resolves tree/link/../src.raw
+        var source = Path.Combine(tree, "src.raw");
+        File.Copy(RawFile("template.raw", 0x5c), source);
+        var before = Hash(source);
+
+        // .NET opens tree/link/../src.raw as tree/src.raw (".." by name): that is the source itself.
+        var result = CliRunner.Run("convert", "-U", "-O", "raw", source, Path.Combine(tree, "link", "..", "src.raw"));
+
+        result.ExitCode.ShouldBe(1, result.Output);
+        Hash(source).ShouldBe(before);
     }
 
     // ---- helpers -------------------------------------------------------------------------------

@@ -36,17 +36,27 @@ public sealed partial class Qcow2Image
         }
     }
 
-    /// <summary>QEMU refuses an image that would be its own backing file; a data file must not be the image either.</summary>
+    /// <summary>
+    /// QEMU refuses an image that would be its own backing file; a data file must not be the image
+    /// either, nor the backing file, which creating the data file would empty (qemu-img does that).
+    /// </summary>
     private static void RefuseSelfReference(Qcow2CreateOptions options, string fullPath)
     {
-        if (options.BackingFile is { } backing && FileStorage.IsSameFile(DefaultBackingFileResolver.ResolvePath(backing, fullPath), fullPath))
+        var backing = options.BackingFile is { } backingName ? DefaultBackingFileResolver.ResolvePath(backingName, fullPath) : null;
+        if (backing is not null && FileStorage.IsSameFile(backing, fullPath))
         {
             throw new ArgumentException($"Trying to create an image with the same filename as the backing file ({fullPath})", nameof(options));
         }
 
-        if (options.DataFile is { } dataFile && FileStorage.IsSameFile(DefaultBackingFileResolver.ResolvePath(dataFile, fullPath), fullPath))
+        var dataFile = options.DataFile is { } dataName ? DefaultBackingFileResolver.ResolvePath(dataName, fullPath) : null;
+        if (dataFile is not null && FileStorage.IsSameFile(dataFile, fullPath))
         {
             throw new ArgumentException($"The data file and the image are the same file ({fullPath})", nameof(options));
+        }
+
+        if (dataFile is not null && backing is not null && FileStorage.IsSameFile(dataFile, backing))
+        {
+            throw new ArgumentException($"The data file and the backing file are the same file ({dataFile}); creating the data file would empty the backing file", nameof(options));
         }
     }
 
@@ -60,12 +70,21 @@ public sealed partial class Qcow2Image
         ArgumentNullException.ThrowIfNull(options);
         var (size, backingFormat) = ResolveCreateSize(options, storage.Path);
         Validate(options, size);
+        var locking = (options.OpenOptions ?? new Qcow2OpenOptions()).Locking;
         try
         {
+            if (storage.Path is { } path)
+            {
+                RefuseSelfReference(options, Path.GetFullPath(path));
+            }
+
+            // Locked before it is emptied, as Create(string) does: a FileStream over a file a VM
+            // is running must be refused untouched, not truncated and then refused.
+            storage.Lock(FileLockRequest.Image(writable: true), locking);
             storage.SetLength(0);
             if (options.DataFile is { } dataFile)
             {
-                using var data = FileStorage.Create(DefaultBackingFileResolver.ResolvePath(dataFile, storage.Path));
+                using var data = FileStorage.Create(DefaultBackingFileResolver.ResolvePath(dataFile, storage.Path), new FileStorageOptions { Writable = true, Locking = locking });
                 if (options.DataFileRaw || options.Preallocation != Preallocation.Off)
                 {
                     data.SetLength(size);
