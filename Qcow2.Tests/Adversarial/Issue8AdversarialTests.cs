@@ -125,6 +125,37 @@ public class Issue8AdversarialTests : TempDirectoryFixture
         Qemu.Io(path, "read -P 0x61 0 64k");
     }
 
+    // ---- predicate policy: it must judge the file really opened --------------------------------
+
+    [Test]
+    public void Predicate_policy_judges_the_data_file_really_opened_not_the_name_it_was_shown()
+    {
+        var images = PathOf("images");
+        var home = PathOf("home");
+        System.IO.Directory.CreateDirectory(images);
+        System.IO.Directory.CreateDirectory(home);
+        var upload = Path.Combine(images, "upload.qcow2");
+        var previous = Environment.CurrentDirectory;
+        try
+        {
+            // Made in home/, so qemu-img records the relative data file name; it exists only there.
+            Environment.CurrentDirectory = home;
+            Qemu.WorkingDirectory.Value = home;
+            Qemu.Img("create", "-f", "qcow2", "-o", "data_file=secret.raw,data_file_raw=on", upload, "1M");
+            Qemu.IoFormat("raw", Path.Combine(home, "secret.raw"), "write -P 0x77 0 64k");
+
+            var seen = new List<string>();
+            var policy = BackingFilePolicy.Where((_, full) => { seen.Add(full); return full.StartsWith(images + "/", StringComparison.Ordinal); }, "files under images/");
+            Should.Throw<BackingFilePolicyException>(() => Qcow2Image.Open(upload, new Qcow2OpenOptions { BackingPolicy = policy }).Dispose());
+            seen.ShouldContain(Path.Combine(home, "secret.raw"));
+        }
+        finally
+        {
+            Environment.CurrentDirectory = previous;
+            Qemu.WorkingDirectory.Value = Directory;
+        }
+    }
+
     // ---- ".." after a linked directory: the file checked must be the file written --------------
 
     [Test]
