@@ -156,6 +156,35 @@ public class Issue8AdversarialTests : TempDirectoryFixture
         }
     }
 
+    // ---- deep chains on small stacks -----------------------------------------------------------
+
+    [Test]
+    public void Thousand_deep_chain_opened_on_one_thread_closes_on_a_small_stack_without_crashing()
+    {
+        var top = CreateChain(1000);
+        var image = Qcow2Image.Open(top);
+        Exception? error = null;
+        var thread = new Thread(
+            () =>
+            {
+                try
+                {
+                    image.Dispose();
+                }
+                catch (Exception caught)
+                {
+                    error = caught;
+                }
+            },
+            maxStackSize: 128 * 1024);
+        thread.Start();
+        thread.Join();
+        error.ShouldBeNull();
+
+        // Every layer's file was closed: a writer may open the bottom one now.
+        using var bottom = Qcow2Image.Open(PathOf("c00000.qcow2"), new Qcow2OpenOptions { Writable = true });
+    }
+
     // ---- ".." after a linked directory: the file checked must be the file written --------------
 
     [Test]
