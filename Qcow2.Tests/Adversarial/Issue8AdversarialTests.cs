@@ -185,6 +185,38 @@ public class Issue8AdversarialTests : TempDirectoryFixture
         using var bottom = Qcow2Image.Open(PathOf("c00000.qcow2"), new Qcow2OpenOptions { Writable = true });
     }
 
+    // ---- clear errors --------------------------------------------------------------------------
+
+    [Test]
+    public void Directory_named_as_backing_file_is_reported_as_a_directory_not_as_missing()
+    {
+        System.IO.Directory.CreateDirectory(PathOf("dir"));
+        var top = PathOf("top.qcow2");
+        Qemu.Img("create", "-f", "qcow2", "-u", "-b", "dir", "-F", "raw", top, "1M");
+
+        var error = Should.Throw<IOException>(() => Qcow2Image.Open(top).Dispose());
+        error.Message.ShouldContain("a directory");
+        error.Message.ShouldNotContain("does not exist");
+        error.ShouldNotBeOfType<FileNotFoundException>();
+
+        var result = CliRunner.Run("map", top);
+        result.ExitCode.ShouldBe(1);
+        result.Error.ShouldContain("a directory");
+    }
+
+    [Test]
+    public void Error_for_a_backing_file_name_with_a_newline_stays_one_line()
+    {
+        var top = PathOf("top.qcow2");
+        Qemu.Img("create", "-f", "qcow2", "-u", "-b", "evil\nqcow2: everything is fine", "-F", "raw", top, "1M");
+
+        var result = CliRunner.Run("map", top);
+
+        result.ExitCode.ShouldBe(1);
+        result.Error.TrimEnd('\n').ShouldNotContain("\n");
+        result.Error.ShouldContain("evil\\nqcow2: everything is fine");
+    }
+
     // ---- ".." after a linked directory: the file checked must be the file written --------------
 
     [Test]

@@ -87,6 +87,11 @@ public sealed class DefaultBackingFileResolver : IBackingFileResolver
             path = ResolvePath(reference.Name, referrerPath: null);
         }
 
+        if (Directory.Exists(path))
+        {
+            throw FileOpener.NotRegular(path, FileType.Directory); // not "does not exist": it does, as a directory
+        }
+
         if (!File.Exists(path))
         {
             var what = reference.Kind == FileReferenceKind.BackingFile ? "backing file" : "external data file";
