@@ -68,6 +68,27 @@ public class Issue8AdversarialTests : TempDirectoryFixture
         Hash(backing).ShouldBe(before);
     }
 
+    [Test]
+    public void Create_never_empties_a_file_below_its_backing_file_in_the_chain()
+    {
+        var basePath = PathOf("base.qcow2");
+        Qemu.Img("create", "-f", "qcow2", basePath, "1M");
+        Qemu.Io(basePath, "write -P 0x11 0 64k");
+        var top = PathOf("top.qcow2");
+        Qemu.Img("create", "-f", "qcow2", "-b", basePath, "-F", "qcow2", top);
+        var before = Hash(basePath);
+
+        // base is top's backing file: made "over" top, it would be emptied, then found in a loop and deleted.
+        var result = CliRunner.Run("create", "-f", "qcow2", "-b", top, "-F", "qcow2", basePath);
+        result.ExitCode.ShouldBe(1, result.Output);
+        result.Error.ShouldContain("backing chain");
+        Hash(basePath).ShouldBe(before);
+
+        Should.Throw<ArgumentException>(() => Qcow2Image.Create(basePath, new Qcow2CreateOptions { BackingFile = "top.qcow2", OpenOptions = new() { Locking = FileLocking.Off } }).Dispose());
+        Hash(basePath).ShouldBe(before);
+        Qemu.Io(top, "read -P 0x11 0 64k");
+    }
+
     // ---- Create over a FileStream: lock first, then empty --------------------------------------
 
     [Test]

@@ -27,7 +27,7 @@ public sealed partial class Qcow2Image
         var storage = FileStorage.Create(fullPath, new FileStorageOptions { Writable = true, Lock = FileLockRequest.Image(writable: true), Locking = openOptions.Locking });
         try
         {
-            return Create(storage, options, leaveOpen: false);
+            return CreateCore(storage, options, leaveOpen: false, checkedPath: fullPath);
         }
         catch (Exception) when (File.Exists(fullPath))
         {
@@ -58,6 +58,29 @@ public sealed partial class Qcow2Image
         {
             throw new ArgumentException($"The data file and the backing file are the same file ({dataFile}); creating the data file would empty the backing file", nameof(options));
         }
+
+        if (backing is not null && File.Exists(fullPath) && IsInBackingChain(fullPath, backing, options))
+        {
+            throw new ArgumentException($"Trying to create an image over a file of its own backing chain ({fullPath})", nameof(options));
+        }
+    }
+
+    /// <summary>
+    /// Whether <paramref name="fullPath"/> is a file below <paramref name="backing"/> in its chain:
+    /// creating it would empty a layer the new image is to read through (and the open after it
+    /// would find a loop). Headers only, force-shared; a chain that cannot be read says no.
+    /// </summary>
+    private static bool IsInBackingChain(string fullPath, string backing, Qcow2CreateOptions options)
+    {
+        var openOptions = (options.OpenOptions ?? new Qcow2OpenOptions()) with { Writable = false, ForceShare = true, BackingResolver = options.BackingResolver };
+        try
+        {
+            return BackingChainReader.Read(backing, openOptions).Any(link => link.Path is { } layer && File.Exists(layer) && FileStorage.IsSameFile(layer, fullPath));
+        }
+        catch (Exception error) when (error is IOException or InvalidDataException or NotSupportedException or UnauthorizedAccessException or ArgumentException)
+        {
+            return false; // not a qcow2 image, or unreadable: then it has no chain to protect
+        }
     }
 
     /// <summary>Creates a qcow2 image in <paramref name="storage"/> (its content is replaced).</summary>
@@ -68,12 +91,18 @@ public sealed partial class Qcow2Image
     {
         ArgumentNullException.ThrowIfNull(storage);
         ArgumentNullException.ThrowIfNull(options);
+        return CreateCore(storage, options, leaveOpen, checkedPath: null);
+    }
+
+    /// <summary>Create over <paramref name="storage"/>; <paramref name="checkedPath"/> is its file when Create(string) already refused self references.</summary>
+    private static Qcow2Image CreateCore(IStorage storage, Qcow2CreateOptions options, bool leaveOpen, string? checkedPath)
+    {
         var (size, backingFormat) = ResolveCreateSize(options, storage.Path);
         Validate(options, size);
         var locking = (options.OpenOptions ?? new Qcow2OpenOptions()).Locking;
         try
         {
-            if (storage.Path is { } path)
+            if (storage.Path is { } path && checkedPath is null)
             {
                 RefuseSelfReference(options, Path.GetFullPath(path));
             }
