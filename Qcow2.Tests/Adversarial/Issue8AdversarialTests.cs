@@ -86,6 +86,10 @@ public class Issue8AdversarialTests : TempDirectoryFixture
 
         Should.Throw<ArgumentException>(() => Qcow2Image.Create(basePath, new Qcow2CreateOptions { BackingFile = "top.qcow2", OpenOptions = new() { Locking = FileLocking.Off } }).Dispose());
         Hash(basePath).ShouldBe(before);
+
+        // Nor as the new image's data file.
+        Should.Throw<ArgumentException>(() => Qcow2Image.Create(PathOf("new.qcow2"), new Qcow2CreateOptions { BackingFile = "top.qcow2", DataFile = "base.qcow2" }).Dispose());
+        Hash(basePath).ShouldBe(before);
         Qemu.Io(top, "read -P 0x11 0 64k");
     }
 

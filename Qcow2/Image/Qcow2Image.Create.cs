@@ -54,9 +54,9 @@ public sealed partial class Qcow2Image
             throw new ArgumentException($"The data file and the image are the same file ({fullPath})", nameof(options));
         }
 
-        if (dataFile is not null && backing is not null && FileStorage.IsSameFile(dataFile, backing))
+        if (dataFile is not null && backing is not null && (FileStorage.IsSameFile(dataFile, backing) || (File.Exists(dataFile) && IsInBackingChain(dataFile, backing, options))))
         {
-            throw new ArgumentException($"The data file and the backing file are the same file ({dataFile}); creating the data file would empty the backing file", nameof(options));
+            throw new ArgumentException($"The data file {dataFile} is the backing file or a file of its chain; creating the data file would empty it", nameof(options));
         }
 
         if (backing is not null && File.Exists(fullPath) && IsInBackingChain(fullPath, backing, options))
