@@ -242,6 +242,23 @@ public class Issue8AdversarialTests : TempDirectoryFixture
         result.Error.ShouldContain("evil\\nqcow2: everything is fine");
     }
 
+    [Test]
+    public void Backing_file_name_with_a_NUL_names_itself_and_its_image()
+    {
+        var top = PathOf("top.qcow2");
+        Qemu.Img("create", "-f", "qcow2", "-u", "-b", "base.rawXX", "-F", "raw", top, "1M");
+        var bytes = File.ReadAllBytes(top);
+        var at = bytes.AsSpan().IndexOf("base.rawXX"u8);
+        bytes[at + 8] = 0;
+        bytes[at + 9] = 0x1b;
+        File.WriteAllBytes(top, bytes);
+
+        var result = CliRunner.Run("map", top);
+
+        result.ExitCode.ShouldBe(1);
+        result.Error.ShouldBe($"qcow2: The file name 'base.raw\\x00\\x1b' named by {top} contains a NUL character, which no file name can hold.\n");
+    }
+
     // ---- ".." after a linked directory: the file checked must be the file written --------------
 
     [Test]

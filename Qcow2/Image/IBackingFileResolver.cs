@@ -54,6 +54,13 @@ public sealed class DefaultBackingFileResolver : IBackingFileResolver
             throw new NotSupportedException($"The file name '{name}' uses a QEMU protocol; only local files are supported.");
         }
 
+        if (name.Contains('\0', StringComparison.Ordinal))
+        {
+            // .NET would say only "Null character in path.", without saying which name or whose.
+            var of = referrerPath is null ? string.Empty : $" named by {referrerPath}";
+            throw new ArgumentException($"The file name '{name}'{of} contains a NUL character, which no file name can hold.", nameof(name));
+        }
+
         if (Path.IsPathRooted(name))
         {
             return Path.GetFullPath(name);
