@@ -77,10 +77,19 @@ public sealed class BackingFilePolicy
         }
     }
 
-    /// <summary>Refuses an opened file whose real location escapes the tree (through a symbolic link).</summary>
-    /// <exception cref="BackingFilePolicyException">The file really lies outside the tree.</exception>
-    internal void AuthorizeOpened(FileReference reference, IStorage storage)
+    /// <summary>
+    /// Refuses an opened file whose real location escapes the tree (through a symbolic link), or,
+    /// under a predicate, a file other than the one <paramref name="authorized"/> named (a relative
+    /// data file name falls back to the current directory): the predicate must see what was opened.
+    /// </summary>
+    /// <exception cref="BackingFilePolicyException">The file really lies outside the tree, or the predicate refuses it.</exception>
+    internal void AuthorizeOpened(FileReference reference, IStorage storage, string? authorized)
     {
+        if (_allow is not null && storage.Path is { } opened && !string.Equals(opened, authorized, StringComparison.Ordinal) && !_allow(reference, opened))
+        {
+            throw new BackingFilePolicyException(reference, opened, Description);
+        }
+
         if (_root is null || storage.Path is not { } path)
         {
             return;

@@ -54,6 +54,13 @@ public sealed class DefaultBackingFileResolver : IBackingFileResolver
             throw new NotSupportedException($"The file name '{name}' uses a QEMU protocol; only local files are supported.");
         }
 
+        if (name.Contains('\0', StringComparison.Ordinal))
+        {
+            // .NET would say only "Null character in path.", without saying which name or whose.
+            var of = referrerPath is null ? string.Empty : $" named by {referrerPath}";
+            throw new ArgumentException($"The file name '{name}'{of} contains a NUL character, which no file name can hold.", nameof(name));
+        }
+
         if (Path.IsPathRooted(name))
         {
             return Path.GetFullPath(name);
@@ -85,6 +92,11 @@ public sealed class DefaultBackingFileResolver : IBackingFileResolver
         {
             // QEMU opens a relative data file name against its current directory, not the image's.
             path = ResolvePath(reference.Name, referrerPath: null);
+        }
+
+        if (Directory.Exists(path))
+        {
+            throw FileOpener.NotRegular(path, FileType.Directory); // not "does not exist": it does, as a directory
         }
 
         if (!File.Exists(path))

@@ -240,6 +240,14 @@ internal sealed class ImageCore : IDisposable
         return FileLength;
     }
 
+    /// <summary>Takes the backing disk away from this layer (to close a chain without recursion).</summary>
+    public IGuestDisk? DetachBacking()
+    {
+        var backing = Backing;
+        Backing = null;
+        return backing;
+    }
+
     /// <summary>
     /// This library cut the file at <paramref name="length"/>, after a flush and past every cluster
     /// still in use, so nothing allocated lies beyond it.
@@ -248,7 +256,17 @@ internal sealed class ImageCore : IDisposable
 
     public void Dispose()
     {
-        Backing?.Dispose();
+        // A chain may be 1,024 files deep: close it layer by layer, each detached from the one
+        // below first, so that no thread needs stack for the whole chain to close it.
+        var backing = Backing;
+        Backing = null;
+        while (backing is not null)
+        {
+            var below = backing is Qcow2Image layer ? layer.Core.DetachBacking() : null;
+            backing.Dispose();
+            backing = below;
+        }
+
         if (!ReferenceEquals(DataFile, File))
         {
             DataFile.Dispose();

@@ -27,7 +27,7 @@ public sealed partial class Qcow2Image
         var storage = FileStorage.Create(fullPath, new FileStorageOptions { Writable = true, Lock = FileLockRequest.Image(writable: true), Locking = openOptions.Locking });
         try
         {
-            return Create(storage, options, leaveOpen: false);
+            return CreateCore(storage, options, leaveOpen: false, checkedPath: fullPath);
         }
         catch (Exception) when (File.Exists(fullPath))
         {
@@ -36,17 +36,50 @@ public sealed partial class Qcow2Image
         }
     }
 
-    /// <summary>QEMU refuses an image that would be its own backing file; a data file must not be the image either.</summary>
+    /// <summary>
+    /// QEMU refuses an image that would be its own backing file; a data file must not be the image
+    /// either, nor the backing file, which creating the data file would empty (qemu-img does that).
+    /// </summary>
     private static void RefuseSelfReference(Qcow2CreateOptions options, string fullPath)
     {
-        if (options.BackingFile is { } backing && FileStorage.IsSameFile(DefaultBackingFileResolver.ResolvePath(backing, fullPath), fullPath))
+        var backing = options.BackingFile is { } backingName ? DefaultBackingFileResolver.ResolvePath(backingName, fullPath) : null;
+        if (backing is not null && FileStorage.IsSameFile(backing, fullPath))
         {
             throw new ArgumentException($"Trying to create an image with the same filename as the backing file ({fullPath})", nameof(options));
         }
 
-        if (options.DataFile is { } dataFile && FileStorage.IsSameFile(DefaultBackingFileResolver.ResolvePath(dataFile, fullPath), fullPath))
+        var dataFile = options.DataFile is { } dataName ? DefaultBackingFileResolver.ResolvePath(dataName, fullPath) : null;
+        if (dataFile is not null && FileStorage.IsSameFile(dataFile, fullPath))
         {
             throw new ArgumentException($"The data file and the image are the same file ({fullPath})", nameof(options));
+        }
+
+        if (dataFile is not null && backing is not null && (FileStorage.IsSameFile(dataFile, backing) || (File.Exists(dataFile) && IsInBackingChain(dataFile, backing, options))))
+        {
+            throw new ArgumentException($"The data file {dataFile} is the backing file or a file of its chain; creating the data file would empty it", nameof(options));
+        }
+
+        if (backing is not null && File.Exists(fullPath) && IsInBackingChain(fullPath, backing, options))
+        {
+            throw new ArgumentException($"Trying to create an image over a file of its own backing chain ({fullPath})", nameof(options));
+        }
+    }
+
+    /// <summary>
+    /// Whether <paramref name="fullPath"/> is a file below <paramref name="backing"/> in its chain:
+    /// creating it would empty a layer the new image is to read through (and the open after it
+    /// would find a loop). Headers only, force-shared; a chain that cannot be read says no.
+    /// </summary>
+    private static bool IsInBackingChain(string fullPath, string backing, Qcow2CreateOptions options)
+    {
+        var openOptions = (options.OpenOptions ?? new Qcow2OpenOptions()) with { Writable = false, ForceShare = true, BackingResolver = options.BackingResolver };
+        try
+        {
+            return BackingChainReader.Read(backing, openOptions).Any(link => link.Path is { } layer && File.Exists(layer) && FileStorage.IsSameFile(layer, fullPath));
+        }
+        catch (Exception error) when (error is IOException or InvalidDataException or NotSupportedException or UnauthorizedAccessException or ArgumentException)
+        {
+            return false; // not a qcow2 image, or unreadable: then it has no chain to protect
         }
     }
 
@@ -58,14 +91,29 @@ public sealed partial class Qcow2Image
     {
         ArgumentNullException.ThrowIfNull(storage);
         ArgumentNullException.ThrowIfNull(options);
+        return CreateCore(storage, options, leaveOpen, checkedPath: null);
+    }
+
+    /// <summary>Create over <paramref name="storage"/>; <paramref name="checkedPath"/> is its file when Create(string) already refused self references.</summary>
+    private static Qcow2Image CreateCore(IStorage storage, Qcow2CreateOptions options, bool leaveOpen, string? checkedPath)
+    {
         var (size, backingFormat) = ResolveCreateSize(options, storage.Path);
         Validate(options, size);
+        var locking = (options.OpenOptions ?? new Qcow2OpenOptions()).Locking;
         try
         {
+            if (storage.Path is { } path && checkedPath is null)
+            {
+                RefuseSelfReference(options, Path.GetFullPath(path));
+            }
+
+            // Locked before it is emptied, as Create(string) does: a FileStream over a file a VM
+            // is running must be refused untouched, not truncated and then refused.
+            storage.Lock(FileLockRequest.Image(writable: true), locking);
             storage.SetLength(0);
             if (options.DataFile is { } dataFile)
             {
-                using var data = FileStorage.Create(DefaultBackingFileResolver.ResolvePath(dataFile, storage.Path));
+                using var data = FileStorage.Create(DefaultBackingFileResolver.ResolvePath(dataFile, storage.Path), new FileStorageOptions { Writable = true, Locking = locking });
                 if (options.DataFileRaw || options.Preallocation != Preallocation.Off)
                 {
                     data.SetLength(size);

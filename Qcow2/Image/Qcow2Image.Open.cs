@@ -304,11 +304,12 @@ public sealed partial class Qcow2Image
     {
         var policy = options.BackingPolicy;
         reference = reference with { AllowNonRegularFile = policy.AllowNonRegularFiles };
-        policy.Authorize(reference, DefaultBackingFileResolver.TryResolvePath(reference.Name, reference.ReferrerPath));
+        var authorized = DefaultBackingFileResolver.TryResolvePath(reference.Name, reference.ReferrerPath);
+        policy.Authorize(reference, authorized);
         var storage = options.BackingResolver.Open(reference);
         try
         {
-            policy.AuthorizeOpened(reference, storage);
+            policy.AuthorizeOpened(reference, storage, authorized);
             return storage;
         }
         catch

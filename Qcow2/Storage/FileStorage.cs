@@ -102,12 +102,17 @@ public sealed class FileStorage : IStorage
         }
     }
 
-    /// <summary>Whether two paths name the same file (same device and inode; the same full path where that cannot be told).</summary>
+    /// <summary>
+    /// Whether two paths name the same file (same device and inode; the same full path where that
+    /// cannot be told). Paths are taken as <see cref="Open(string, FileStorageOptions)"/> and
+    /// <see cref="Create(string, FileStorageOptions, bool)"/> take them, ".." removed by name: in
+    /// "dir/link/../x" that is dir/x, where the kernel would go to the link target's parent.
+    /// </summary>
     public static bool IsSameFile(string first, string second)
     {
         ArgumentException.ThrowIfNullOrEmpty(first);
         ArgumentException.ThrowIfNullOrEmpty(second);
-        if (Posix.TryStat(first, out var a) && Posix.TryStat(second, out var b))
+        if (Posix.TryStat(System.IO.Path.GetFullPath(first), out var a) && Posix.TryStat(System.IO.Path.GetFullPath(second), out var b))
         {
             return a.Identity == b.Identity;
         }

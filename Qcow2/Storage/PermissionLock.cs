@@ -1,3 +1,4 @@
+using System.Runtime.CompilerServices;
 using Microsoft.Win32.SafeHandles;
 
 namespace QcowDedup.Qcow2.Storage;
@@ -8,6 +9,9 @@ namespace QcowDedup.Qcow2.Storage;
 /// open-file-description locks, then tests whether anyone else read-locks a byte that conflicts.
 /// OFD locks belong to one open file description, so two opens in one process exclude each other
 /// as two processes do, and the locks vanish when the descriptor closes, even after a crash.
+/// Openers that share one descriptor (two images over one <see cref="FileStream"/>) share its
+/// locks too, so they are checked against each other here and the descriptor publishes the union
+/// of what they hold: the kernel cannot tell them apart.
 /// </summary>
 internal sealed class PermissionLock
 {
@@ -21,6 +25,9 @@ internal sealed class PermissionLock
         (BlockPermissions.WriteUnchanged, "write unchanged"),
         (BlockPermissions.Resize, "resize"),
     ];
+
+    /// <summary>The openers publishing locks through each descriptor, by handle.</summary>
+    private static readonly ConditionalWeakTable<SafeFileHandle, List<PermissionLock>> Sharers = new();
 
     private readonly SafeFileHandle _handle;
     private readonly string _path;
@@ -51,27 +58,75 @@ internal sealed class PermissionLock
             return;
         }
 
-        var previous = Current;
-        Publish(new FileLockRequest(previous.Held | request.Held, previous.Unshared | request.Unshared));
-        if (FindConflict(request) is { } conflict)
+        var sharers = Sharers.GetValue(_handle, _ => []);
+        lock (sharers)
         {
-            Publish(previous);
-            throw conflict;
-        }
+            // Others on this descriptor hold the same lock bytes: the kernel shows them to nobody here.
+            if (FindConflictAmong(sharers, request) is { } sibling)
+            {
+                throw sibling;
+            }
 
-        Publish(request);
-        Current = request;
+            var others = UnionOf(sharers);
+            var previous = Current;
+            Publish(Union(Union(previous, request), others));
+            if (FindConflict(request) is { } conflict)
+            {
+                Publish(Union(previous, others));
+                throw conflict;
+            }
+
+            Publish(Union(request, others));
+            Current = request;
+            if (!sharers.Contains(this))
+            {
+                sharers.Add(this);
+            }
+        }
     }
 
     /// <summary>Drops every lock byte (for a descriptor that stays open after the image closes).</summary>
     public void Release()
     {
-        if (_enabled && !_handle.IsClosed && Current != FileLockRequest.None)
+        if (_enabled && Sharers.TryGetValue(_handle, out var sharers))
         {
-            Publish(FileLockRequest.None);
+            lock (sharers)
+            {
+                sharers.Remove(this);
+                if (!_handle.IsClosed && Current != FileLockRequest.None)
+                {
+                    Publish(UnionOf(sharers)); // what the other openers on this descriptor still hold stays locked
+                }
+            }
         }
 
         Current = FileLockRequest.None;
+    }
+
+    private static FileLockRequest Union(FileLockRequest first, FileLockRequest second) =>
+        new(first.Held | second.Held, first.Unshared | second.Unshared);
+
+    private FileLockRequest UnionOf(List<PermissionLock> sharers) =>
+        sharers.Where(s => !ReferenceEquals(s, this)).Aggregate(FileLockRequest.None, (union, s) => Union(union, s.Current));
+
+    /// <summary>The rule of <see cref="FindConflict"/>, applied to the other openers of this descriptor.</summary>
+    private ImageLockedException? FindConflictAmong(List<PermissionLock> sharers, FileLockRequest request)
+    {
+        var others = UnionOf(sharers);
+        foreach (var (permission, name) in Names)
+        {
+            if ((request.Held & others.Unshared & permission) != 0)
+            {
+                return new ImageLockedException(_path, name, shared: false);
+            }
+
+            if ((request.Unshared & others.Held & permission) != 0)
+            {
+                return new ImageLockedException(_path, name, shared: true);
+            }
+        }
+
+        return null;
     }
 
     private void Publish(FileLockRequest request) =>

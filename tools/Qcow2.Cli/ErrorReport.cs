@@ -8,12 +8,39 @@ namespace QcowDedup.Cli;
 /// </summary>
 internal static class ErrorReport
 {
-    public static string Line(string verb, Exception error) => error switch
+    public static string Line(string verb, Exception error) => OneLine(error switch
     {
         UsageException => $"qcow2 {verb}: {error.Message}",
         _ when IsImageOrFileError(error) => $"qcow2: {Describe(error)}",
         _ => $"qcow2: internal error ({error.GetType().Name}): {error.Message.ReplaceLineEndings(" ")}",
-    };
+    });
+
+    /// <summary>
+    /// Control characters escaped: a file name an image carries may hold a newline (or a terminal
+    /// escape), and the report must stay one line that shows the name as it is.
+    /// </summary>
+    private static string OneLine(string line)
+    {
+        if (!line.Any(char.IsControl))
+        {
+            return line;
+        }
+
+        var escaped = new System.Text.StringBuilder(line.Length + 8);
+        foreach (var c in line)
+        {
+            escaped.Append(c switch
+            {
+                '\n' => "\\n",
+                '\r' => "\\r",
+                '\t' => "\\t",
+                _ when char.IsControl(c) => $"\\x{(int)c:x2}",
+                _ => c.ToString(),
+            });
+        }
+
+        return escaped.ToString();
+    }
 
     /// <summary>
     /// The exceptions the library documents for bad images, files and arguments. A null argument

@@ -39,6 +39,12 @@ internal static class ConvertCommand
             case "qcow2":
                 var parser = new CreateOptionParser(line.Values("-o"), Extensions.CreateOptionKeys);
                 var options = parser.Build(source.Size, backingFile: null, backingFormat: null);
+                if (options.DataFile is { } dataFile && source.UsesFile(DefaultBackingFileResolver.ResolvePath(dataFile, Path.GetFullPath(line.Positionals[1]))))
+                {
+                    // Creating the data file empties it; with -U no lock of the source's would stop that.
+                    throw new IOException($"Could not create the data file '{dataFile}': it is the source image or a file the source reads (its backing or data file)");
+                }
+
                 using (var image = Extensions.Create(line.Positionals[1], options with { Size = source.Size }, parser))
                 {
                     ToQcow2(source, image, line.Has("-c"), progress);
