@@ -50,7 +50,10 @@ public sealed class BackingFilePolicy
         return new($"files under {full}", null, Path.TrimEndingDirectorySeparator(real), allowNonRegular: false);
     }
 
-    /// <summary>Files for which <paramref name="allow"/> returns true, given the reference and the full path it resolves to.</summary>
+    /// <summary>
+    /// Files for which <paramref name="allow"/> returns true, given the reference and the full path
+    /// it leads to (symbolic links and ".." resolved where the file exists).
+    /// </summary>
     /// <param name="allow">The decision; called before the file is opened.</param>
     /// <param name="description">What the predicate allows, for messages.</param>
     public static BackingFilePolicy Where(Func<FileReference, string, bool> allow, string description = "files the caller allows")
@@ -70,7 +73,8 @@ public sealed class BackingFilePolicy
     /// <exception cref="BackingFilePolicyException">The policy does not allow it.</exception>
     internal void Authorize(FileReference reference, string? fullPath)
     {
-        var target = fullPath ?? reference.Name;
+        // The predicate sees a canonical path: links and ".." resolved where the file exists.
+        var target = fullPath is null ? reference.Name : Canonical(fullPath);
         if ((_allow is not null && !_allow(reference, target)) || (_root is not null && fullPath is not null && !IsInside(fullPath)))
         {
             throw new BackingFilePolicyException(reference, target, Description);
@@ -85,27 +89,31 @@ public sealed class BackingFilePolicy
     /// <exception cref="BackingFilePolicyException">The file really lies outside the tree, or the predicate refuses it.</exception>
     internal void AuthorizeOpened(FileReference reference, IStorage storage, string? authorized)
     {
-        if (_allow is not null && storage.Path is { } opened && !string.Equals(opened, authorized, StringComparison.Ordinal) && !_allow(reference, opened))
+        if (_allow is not null && storage.Path is { } path && Canonical(path) is var opened && !string.Equals(opened, authorized is null ? null : Canonical(authorized), StringComparison.Ordinal) && !_allow(reference, opened))
         {
             throw new BackingFilePolicyException(reference, opened, Description);
         }
 
-        if (_root is null || storage.Path is not { } path)
+        if (_root is null || storage.Path is not { } named)
         {
             return;
         }
 
-        var real = storage is FileStorage file ? file.RealPath : Posix.RealPath(path) ?? path;
+        var real = storage is FileStorage file ? file.RealPath : Canonical(named);
         if (!IsInside(real))
         {
             throw new BackingFilePolicyException(reference, real, Description);
         }
     }
 
+    /// <summary>The path with every link and ".." resolved as the kernel does, where the file exists; else by name.</summary>
+    private static string Canonical(string path) =>
+        (OperatingSystem.IsWindows() ? null : Posix.RealPath(path)) ?? Path.GetFullPath(path);
+
     private bool IsInside(string path)
     {
         var comparison = OperatingSystem.IsWindows() ? StringComparison.OrdinalIgnoreCase : StringComparison.Ordinal;
-        var resolved = OperatingSystem.IsWindows() ? Path.GetFullPath(path) : Posix.RealPath(path) ?? Path.GetFullPath(path);
+        var resolved = Canonical(path);
         var prefix = Path.EndsInDirectorySeparator(_root!) ? _root : _root + Path.DirectorySeparatorChar;
         return resolved.StartsWith(prefix, comparison) || string.Equals(resolved, _root, comparison);
     }

@@ -63,11 +63,11 @@ public sealed class DefaultBackingFileResolver : IBackingFileResolver
 
         if (Path.IsPathRooted(name))
         {
-            return Path.GetFullPath(name);
+            return FilePaths.Absolute(name);
         }
 
-        var directory = referrerPath is null ? Environment.CurrentDirectory : Path.GetDirectoryName(Path.GetFullPath(referrerPath))!;
-        return Path.GetFullPath(Path.Combine(directory, name));
+        var directory = referrerPath is null ? Environment.CurrentDirectory : Path.GetDirectoryName(FilePaths.Absolute(referrerPath))!;
+        return FilePaths.Absolute(Path.Combine(directory, name)); // as QEMU's path_combine: the kernel resolves '..'
     }
 
     /// <summary>The full path a name refers to, or null when it is not a local file name (a QEMU protocol).</summary>

@@ -16,7 +16,7 @@ public sealed partial class Qcow2Image
     {
         ArgumentException.ThrowIfNullOrEmpty(path);
         ArgumentNullException.ThrowIfNull(options);
-        var fullPath = Path.GetFullPath(path);
+        var fullPath = FilePaths.Absolute(path);
         RefuseSelfReference(options, fullPath);
         var (size, _) = ResolveCreateSize(options, fullPath);
         Validate(options, size);
@@ -104,7 +104,7 @@ public sealed partial class Qcow2Image
         {
             if (storage.Path is { } path && checkedPath is null)
             {
-                RefuseSelfReference(options, Path.GetFullPath(path));
+                RefuseSelfReference(options, FilePaths.Absolute(path));
             }
 
             // Locked before it is emptied, as Create(string) does: a FileStream over a file a VM

@@ -44,6 +44,10 @@ public sealed partial class Qcow2Image
     /// <param name="storage">The image bytes.</param>
     /// <param name="options">Open options.</param>
     /// <param name="leaveOpen">Whether disposing the image leaves <paramref name="storage"/> open.</param>
+    /// <remarks>
+    /// A file's locks belong to its open (<see cref="FileStorage"/> object), not to each image over
+    /// it: two images opened over one storage object are not refused, so give each image its own storage.
+    /// </remarks>
     public static Qcow2Image Open(IStorage storage, Qcow2OpenOptions? options = null, bool leaveOpen = false)
     {
         ArgumentNullException.ThrowIfNull(storage);
@@ -269,7 +273,7 @@ public sealed partial class Qcow2Image
         if (options.DataFilePath is { } overridePath)
         {
             // Named by the caller, not by the image: the backing file policy does not apply.
-            storage = options.BackingResolver.Open(new FileReference(Path.GetFullPath(overridePath), FileReferenceKind.ExternalDataFile, imagePath, options.Writable));
+            storage = options.BackingResolver.Open(new FileReference(FilePaths.Absolute(overridePath), FileReferenceKind.ExternalDataFile, imagePath, options.Writable));
         }
         else
         {

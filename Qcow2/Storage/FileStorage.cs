@@ -112,12 +112,12 @@ public sealed class FileStorage : IStorage
     {
         ArgumentException.ThrowIfNullOrEmpty(first);
         ArgumentException.ThrowIfNullOrEmpty(second);
-        if (Posix.TryStat(System.IO.Path.GetFullPath(first), out var a) && Posix.TryStat(System.IO.Path.GetFullPath(second), out var b))
+        if (Posix.TryStat(FilePaths.Absolute(first), out var a) && Posix.TryStat(FilePaths.Absolute(second), out var b))
         {
             return a.Identity == b.Identity;
         }
 
-        return string.Equals(System.IO.Path.GetFullPath(first), System.IO.Path.GetFullPath(second), OperatingSystem.IsWindows() ? StringComparison.OrdinalIgnoreCase : StringComparison.Ordinal);
+        return string.Equals(FilePaths.Absolute(first), FilePaths.Absolute(second), OperatingSystem.IsWindows() ? StringComparison.OrdinalIgnoreCase : StringComparison.Ordinal);
     }
 
     /// <summary>
@@ -202,7 +202,7 @@ public sealed class FileStorage : IStorage
 
     private static FileStorage OpenLocked(string path, FileStorageOptions options, FileMode mode, FileLockRequest request)
     {
-        var fullPath = System.IO.Path.GetFullPath(path);
+        var fullPath = FilePaths.Absolute(path);
         var (handle, status) = FileOpener.Open(fullPath, options.Writable, mode, request, options.Locking, options.AllowNonRegularFile);
         var storage = new FileStorage(handle, fullPath, options.Writable, status, options.Locking);
         try

@@ -1,3 +1,5 @@
+using QcowDedup.Qcow2.Storage;
+
 namespace QcowDedup.Cli.Commands;
 
 /// <summary>qcow2 commit [-f qcow2] [-d] [-p] [-q] FILE — write an overlay into its backing file, as qemu-img commit.</summary>
@@ -33,5 +35,5 @@ internal static class CommitCommand
     }
 
     private static bool SameFile(string given, string? backing) =>
-        backing is not null && string.Equals(Path.GetFullPath(given), Path.GetFullPath(backing), StringComparison.Ordinal);
+        backing is not null && FileStorage.IsSameFile(given, backing);
 }

@@ -39,7 +39,7 @@ internal static class ConvertCommand
             case "qcow2":
                 var parser = new CreateOptionParser(line.Values("-o"), Extensions.CreateOptionKeys);
                 var options = parser.Build(source.Size, backingFile: null, backingFormat: null);
-                if (options.DataFile is { } dataFile && source.UsesFile(DefaultBackingFileResolver.ResolvePath(dataFile, Path.GetFullPath(line.Positionals[1]))))
+                if (options.DataFile is { } dataFile && source.UsesFile(DefaultBackingFileResolver.ResolvePath(dataFile, FilePaths.Absolute(line.Positionals[1]))))
                 {
                     // Creating the data file empties it; with -U no lock of the source's would stop that.
                     throw new IOException($"Could not create the data file '{dataFile}': it is the source image or a file the source reads (its backing or data file)");
