@@ -35,11 +35,7 @@ public class Issue8AdversarialTests : TempDirectoryFixture
     [Test]
     public void Convert_with_force_share_never_creates_the_output_data_file_over_the_sources_backing_file()
     {
-        var basePath = PathOf("base.qcow2");
-        Qemu.Img("create", "-f", "qcow2", basePath, "1M");
-        Qemu.Io(basePath, "write -P 0x11 0 64k");
-        var top = PathOf("top.qcow2");
-        Qemu.Img("create", "-f", "qcow2", "-b", basePath, "-F", "qcow2", top);
+        var (basePath, top) = BaseWithOverlay();
         Qemu.Io(top, "write -P 0x22 64k 64k");
         var before = Hash(basePath);
 
@@ -71,11 +67,7 @@ public class Issue8AdversarialTests : TempDirectoryFixture
     [Test]
     public void Create_never_empties_a_file_below_its_backing_file_in_the_chain()
     {
-        var basePath = PathOf("base.qcow2");
-        Qemu.Img("create", "-f", "qcow2", basePath, "1M");
-        Qemu.Io(basePath, "write -P 0x11 0 64k");
-        var top = PathOf("top.qcow2");
-        Qemu.Img("create", "-f", "qcow2", "-b", basePath, "-F", "qcow2", top);
+        var (basePath, top) = BaseWithOverlay();
         var before = Hash(basePath);
 
         // base is top's backing file: made "over" top, it would be emptied, then found in a loop and deleted.
@@ -302,6 +294,17 @@ public class Issue8AdversarialTests : TempDirectoryFixture
     }
 
     // ---- helpers -------------------------------------------------------------------------------
+
+    /// <summary>base.qcow2 (0x11 in its first cluster) under top.qcow2.</summary>
+    private (string Base, string Top) BaseWithOverlay()
+    {
+        var basePath = PathOf("base.qcow2");
+        Qemu.Img("create", "-f", "qcow2", basePath, "1M");
+        Qemu.Io(basePath, "write -P 0x11 0 64k");
+        var top = PathOf("top.qcow2");
+        Qemu.Img("create", "-f", "qcow2", "-b", basePath, "-F", "qcow2", top);
+        return (basePath, top);
+    }
 
     private string RawFile(string name, byte pattern)
     {

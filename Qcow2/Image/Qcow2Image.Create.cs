@@ -18,8 +18,8 @@ public sealed partial class Qcow2Image
         ArgumentNullException.ThrowIfNull(options);
         var fullPath = FilePaths.Absolute(path);
         RefuseSelfReference(options, fullPath);
-        var (size, _) = ResolveCreateSize(options, fullPath);
-        Validate(options, size);
+        var resolved = ResolveCreateSize(options, fullPath);
+        Validate(options, resolved.Size);
         var openOptions = options.OpenOptions ?? new Qcow2OpenOptions();
 
         // Locked before it is emptied: a file anyone is using (the source of a conversion, a
@@ -27,7 +27,7 @@ public sealed partial class Qcow2Image
         var storage = FileStorage.Create(fullPath, new FileStorageOptions { Writable = true, Lock = FileLockRequest.Image(writable: true), Locking = openOptions.Locking });
         try
         {
-            return CreateCore(storage, options, leaveOpen: false, checkedPath: fullPath);
+            return CreateCore(storage, options, leaveOpen: false, checkedPath: fullPath, resolved);
         }
         catch (Exception) when (File.Exists(fullPath))
         {
@@ -91,14 +91,18 @@ public sealed partial class Qcow2Image
     {
         ArgumentNullException.ThrowIfNull(storage);
         ArgumentNullException.ThrowIfNull(options);
-        return CreateCore(storage, options, leaveOpen, checkedPath: null);
+        var resolved = ResolveCreateSize(options, storage.Path);
+        Validate(options, resolved.Size);
+        return CreateCore(storage, options, leaveOpen, checkedPath: null, resolved);
     }
 
-    /// <summary>Create over <paramref name="storage"/>; <paramref name="checkedPath"/> is its file when Create(string) already refused self references.</summary>
-    private static Qcow2Image CreateCore(IStorage storage, Qcow2CreateOptions options, bool leaveOpen, string? checkedPath)
+    /// <summary>
+    /// Create over <paramref name="storage"/> with the size and backing format already resolved and
+    /// validated; <paramref name="checkedPath"/> is its file when Create(string) already refused self references.
+    /// </summary>
+    private static Qcow2Image CreateCore(IStorage storage, Qcow2CreateOptions options, bool leaveOpen, string? checkedPath, (long Size, string? BackingFormat) resolved)
     {
-        var (size, backingFormat) = ResolveCreateSize(options, storage.Path);
-        Validate(options, size);
+        var (size, backingFormat) = resolved;
         var locking = (options.OpenOptions ?? new Qcow2OpenOptions()).Locking;
         try
         {
