@@ -52,8 +52,27 @@ public class RefcountGrowthTests : TempDirectoryFixture
         image.Flush();
         var length = new FileInfo(path).Length;
         image.Discard(0, data.Length);
+        image.Flush(); // the unmapping is durable: the freed clusters may be reused
         image.Write(32 << 20, data);
         image.Flush();
         new FileInfo(path).Length.ShouldBeLessThanOrEqualTo(length + (2 * 65536));
+    }
+
+    [Test]
+    public void Freed_space_is_not_reused_before_its_unmapping_is_flushed()
+    {
+        // Reusing it earlier could, after a crash, bring the old L2 entry back over someone else's data.
+        var path = PathOf("quarantine.qcow2");
+        using var image = Qcow2Image.Create(path, new Qcow2CreateOptions { Size = 64 << 20 });
+        var data = new byte[1 << 20];
+        new Random(2).NextBytes(data);
+        image.Write(0, data);
+        image.Flush();
+        var before = image.GetMap(0, data.Length).Where(m => m.Offset is not null).Select(m => m.Offset!.Value).ToList();
+        image.Discard(0, data.Length);
+        image.Write(32 << 20, data);
+        var after = image.GetMap(32 << 20, data.Length).Where(m => m.Offset is not null).ToList();
+        after.ShouldNotBeEmpty();
+        after.ShouldAllBe(m => m.Offset >= before.Max() + data.Length || m.Offset + m.Length <= before.Min());
     }
 }

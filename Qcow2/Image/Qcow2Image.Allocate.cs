@@ -67,6 +67,9 @@ public sealed partial class Qcow2Image
         }
     }
 
+    /// <summary>Clusters freed since the last flush (unusable until it) beyond which a data allocation flushes first: 64 MiB, at least 256 clusters.</summary>
+    private int QuarantineFlushClusters => Math.Max(256, (64 << 20) >> _core.Geometry.ClusterBits);
+
     /// <summary>The subcluster bitmap after the write (unused without extended L2).</summary>
     private SubclusterBitmap NewBitmap(ClusterState state, int writeStart, int writeEnd, int from, int to)
     {
@@ -129,7 +132,12 @@ public sealed partial class Qcow2Image
                 }
             }
 
-            return (await _core.RefcountManager!.AllocateClustersAsync(1, async, cancellationToken).ConfigureAwait(false), PlacementOutcome.Fresh);
+            if (_core.RefcountManager!.QuarantinedClusters >= QuarantineFlushClusters)
+            {
+                await FlushLockedAsync(async, cancellationToken).ConfigureAwait(false); // lets freed clusters be reused instead of growing the file
+            }
+
+            return (await _core.RefcountManager.AllocateClustersAsync(1, async, cancellationToken).ConfigureAwait(false), PlacementOutcome.Fresh);
         }
     }
 

@@ -37,6 +37,7 @@ internal sealed partial class RefcountManager
     private readonly Func<long, int, bool, CancellationToken, ValueTask> _commitTableLocation;
     private readonly Action<long, ClusterUse> _onFreed;
     private readonly Action<long> _onAllocated;
+    private readonly HashSet<long> _quarantined = [];
     private long _freeClusterHint;
     private long _freeByteOffset;
 
@@ -185,7 +186,9 @@ internal sealed partial class RefcountManager
 
         if (updated == 0)
         {
-            _freeClusterHint = Math.Min(_freeClusterHint, cluster);
+            // Not reusable before the next flush: until the L2 entry that unmapped it is durable, a
+            // crash could bring that entry back pointing at whatever the cluster was reused for.
+            _quarantined.Add(cluster);
             _onFreed(cluster, use);
         }
 
@@ -204,6 +207,24 @@ internal sealed partial class RefcountManager
         {
             await ChangeAsync(cluster, delta, ClusterUse.Compressed, async, cancellationToken).ConfigureAwait(false);
         }
+    }
+
+    /// <summary>Clusters freed since the last flush, which allocation skips.</summary>
+    public int QuarantinedClusters => _quarantined.Count;
+
+    /// <summary>
+    /// Everything that unmapped the quarantined clusters is durable now (the caller flushed the L2
+    /// tables, refcount blocks and L1 table): they may be allocated again.
+    /// </summary>
+    public void ReleaseQuarantine()
+    {
+        if (_quarantined.Count == 0)
+        {
+            return;
+        }
+
+        _freeClusterHint = Math.Min(_freeClusterHint, _quarantined.Min());
+        _quarantined.Clear();
     }
 
     /// <summary>Reserved clusters from <paramref name="startCluster"/> on were given back: free space may start there again.</summary>
@@ -244,7 +265,7 @@ internal sealed partial class RefcountManager
             var free = true;
             for (var i = 0; i < count; i++)
             {
-                if (await GetAsync(candidate + i, async, cancellationToken).ConfigureAwait(false) != 0)
+                if (_quarantined.Contains(candidate + i) || await GetAsync(candidate + i, async, cancellationToken).ConfigureAwait(false) != 0)
                 {
                     if (i == 0 && candidate == _freeClusterHint)
                     {
