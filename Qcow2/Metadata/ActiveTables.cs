@@ -95,6 +95,15 @@ internal sealed class ActiveTables(IStorage file, Geometry geometry, L1Table l1,
     private async ValueTask<TableHandle> CopySharedTableAsync(long l1Index, long oldOffset, bool async, CancellationToken cancellationToken)
     {
         var copyOffset = await refcounts.AllocateClustersAsync(1, async, cancellationToken).ConfigureAwait(false);
+
+        // The copy's refcount goes to disk before the copy exists in the L2 cache (as QEMU's
+        // l2_allocate): a pending decrement can make the refcount cache depend on the L2 cache, and
+        // resolving that would otherwise write the copy, and then the L1 entry, ahead of its refcount.
+        if (accurateRefcounts())
+        {
+            await refcountCache.FlushAsync(async, cancellationToken).ConfigureAwait(false);
+        }
+
         var copy = await l2Cache.CreateAsync(copyOffset, async, cancellationToken).ConfigureAwait(false);
         try
         {
