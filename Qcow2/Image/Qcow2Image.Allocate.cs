@@ -45,7 +45,15 @@ public sealed partial class Qcow2Image
             var shared = outcome == PlacementOutcome.Shared;
             if (!shared)
             {
-                await WriteDataAsync(host + writeStart, content[writeStart..writeEnd], async, cancellationToken).ConfigureAwait(false);
+                try
+                {
+                    await WriteDataAsync(host + writeStart, content[writeStart..writeEnd], async, cancellationToken).ConfigureAwait(false);
+                }
+                catch (IOException)
+                {
+                    await AbortAllocationAsync(host, async).ConfigureAwait(false);
+                    throw;
+                }
             }
 
             using (await _core.MetadataLock.AcquireAsync(async, cancellationToken).ConfigureAwait(false))
@@ -64,6 +72,24 @@ public sealed partial class Qcow2Image
         finally
         {
             ArrayPool<byte>.Shared.Return(buffer);
+        }
+    }
+
+    /// <summary>
+    /// Gives back a fresh cluster whose data write failed: nothing maps it, so without this it
+    /// would leak. A failure here leaves the leak (harmless) and the first error is the one reported.
+    /// </summary>
+    private async ValueTask AbortAllocationAsync(long host, bool async)
+    {
+        try
+        {
+            using (await _core.MetadataLock.AcquireAsync(async, CancellationToken.None).ConfigureAwait(false))
+            {
+                await _core.RefcountManager!.ChangeAsync(host >> _core.Geometry.ClusterBits, -1, ClusterUse.Data, async, CancellationToken.None).ConfigureAwait(false);
+            }
+        }
+        catch (IOException)
+        {
         }
     }
 

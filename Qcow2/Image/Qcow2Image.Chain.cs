@@ -18,14 +18,14 @@ public sealed partial class Qcow2Image
     public void Commit(bool keepOverlay = false, Qcow2OpenOptions? backingOptions = null, IProgress<double>? progress = null)
     {
         ThrowIfDisposed();
-        SyncOver.Run(CommitCoreAsync(keepOverlay, backingOptions, progress, async: false, CancellationToken.None));
+        SyncOver.Run(Guard(CommitCoreAsync(keepOverlay, backingOptions, progress, async: false, CancellationToken.None)));
     }
 
     /// <inheritdoc cref="Commit"/>
     public ValueTask CommitAsync(bool keepOverlay = false, Qcow2OpenOptions? backingOptions = null, IProgress<double>? progress = null, CancellationToken cancellationToken = default)
     {
         ThrowIfDisposed();
-        return CommitCoreAsync(keepOverlay, backingOptions, progress, async: true, cancellationToken);
+        return Guard(CommitCoreAsync(keepOverlay, backingOptions, progress, async: true, cancellationToken));
     }
 
     /// <summary>
@@ -41,14 +41,14 @@ public sealed partial class Qcow2Image
     public void Rebase(string? backingFile, string? backingFormat, bool unsafeRebase = false, IProgress<double>? progress = null)
     {
         ThrowIfDisposed();
-        SyncOver.Run(RebaseCoreAsync(backingFile, backingFormat, unsafeRebase, progress, async: false, CancellationToken.None));
+        SyncOver.Run(Guard(RebaseCoreAsync(backingFile, backingFormat, unsafeRebase, progress, async: false, CancellationToken.None)));
     }
 
     /// <inheritdoc cref="Rebase"/>
     public ValueTask RebaseAsync(string? backingFile, string? backingFormat, bool unsafeRebase = false, IProgress<double>? progress = null, CancellationToken cancellationToken = default)
     {
         ThrowIfDisposed();
-        return RebaseCoreAsync(backingFile, backingFormat, unsafeRebase, progress, async: true, cancellationToken);
+        return Guard(RebaseCoreAsync(backingFile, backingFormat, unsafeRebase, progress, async: true, cancellationToken));
     }
 
     private async ValueTask CommitCoreAsync(bool keepOverlay, Qcow2OpenOptions? backingOptions, IProgress<double>? progress, bool async, CancellationToken cancellationToken)

@@ -11,18 +11,21 @@ public sealed partial class Qcow2Image
     /// <summary>A dirty image opened for repair stays dirty on close until a check repairs it clean.</summary>
     private bool _keepDirtyBit;
 
+    /// <summary>An operation of this session failed with an I/O error: the dirty bit stays at close.</summary>
+    private volatile bool _ioErrorSeen;
+
     /// <summary>Makes everything written so far durable: guest data, then refcounts, L2 and L1 tables.</summary>
     public void Flush()
     {
         ThrowIfDisposed();
-        SyncOver.Run(FlushCoreAsync(async: false, CancellationToken.None));
+        SyncOver.Run(Guard(FlushCoreAsync(async: false, CancellationToken.None)));
     }
 
     /// <inheritdoc cref="Flush"/>
     public ValueTask FlushAsync(CancellationToken cancellationToken = default)
     {
         ThrowIfDisposed();
-        return FlushCoreAsync(async: true, cancellationToken);
+        return Guard(FlushCoreAsync(async: true, cancellationToken));
     }
 
     /// <summary>
@@ -36,7 +39,7 @@ public sealed partial class Qcow2Image
         ThrowIfDisposed();
         ThrowIfNotWritable();
 
-        SyncOver.Run(SetBackingFileCoreAsync(name, format, async: false, CancellationToken.None));
+        SyncOver.Run(Guard(SetBackingFileCoreAsync(name, format, async: false, CancellationToken.None)));
     }
 
     private async ValueTask SetBackingFileCoreAsync(string? name, string? format, bool async, CancellationToken cancellationToken)
@@ -174,6 +177,43 @@ public sealed partial class Qcow2Image
         _core.RefcountManager?.ReleaseQuarantine(); // every unmapping of a freed cluster is durable now
     }
 
+    /// <summary>
+    /// Runs a public operation that changes the image. When it fails with an I/O error, the steps
+    /// it completed may have left clusters referenced by refcounts but by no table (a leak); the
+    /// session then keeps the dirty bit at close, so the next read-write open (ours or QEMU's)
+    /// repairs them.
+    /// </summary>
+    private ValueTask Guard(ValueTask operation) => operation.IsCompletedSuccessfully ? operation : GuardSlowAsync(operation);
+
+    /// <inheritdoc cref="Guard(ValueTask)"/>
+    private ValueTask<T> Guard<T>(ValueTask<T> operation) => operation.IsCompletedSuccessfully ? operation : GuardSlowAsync(operation);
+
+    private async ValueTask GuardSlowAsync(ValueTask operation)
+    {
+        try
+        {
+            await operation.ConfigureAwait(false);
+        }
+        catch (IOException)
+        {
+            _ioErrorSeen = true;
+            throw;
+        }
+    }
+
+    private async ValueTask<T> GuardSlowAsync<T>(ValueTask<T> operation)
+    {
+        try
+        {
+            return await operation.ConfigureAwait(false);
+        }
+        catch (IOException)
+        {
+            _ioErrorSeen = true;
+            throw;
+        }
+    }
+
     private async ValueTask CloseCoreAsync(bool async, CancellationToken cancellationToken)
     {
         if (!IsWritable || _core.RefcountManager is null || _core.CorruptionDetected is not null)
@@ -189,7 +229,7 @@ public sealed partial class Qcow2Image
             }
 
             await FlushLockedAsync(async, cancellationToken).ConfigureAwait(false);
-            if (!_keepDirtyBit)
+            if (!_keepDirtyBit && !_ioErrorSeen)
             {
                 await SetIncompatibleBitsAsync(IncompatibleFeatures.Dirty, false, async, cancellationToken).ConfigureAwait(false);
             }

@@ -16,18 +16,18 @@ public sealed partial class Qcow2Image
     public void Resize(long newSize, bool allowShrink = false)
     {
         ThrowIfDisposed();
-        SyncOver.Run(ResizeCoreAsync(newSize, allowShrink, async: false, CancellationToken.None));
+        SyncOver.Run(Guard(ResizeCoreAsync(newSize, allowShrink, async: false, CancellationToken.None)));
     }
 
     /// <summary>Sets the size of a freshly created image, whose new bytes must show its backing file.</summary>
     private void SetInitialSize(long size) =>
-        SyncOver.Run(ResizeCoreAsync(size, allowShrink: false, async: false, CancellationToken.None, zeroNewBytes: false));
+        SyncOver.Run(Guard(ResizeCoreAsync(size, allowShrink: false, async: false, CancellationToken.None, zeroNewBytes: false)));
 
     /// <inheritdoc cref="Resize"/>
     public ValueTask ResizeAsync(long newSize, bool allowShrink = false, CancellationToken cancellationToken = default)
     {
         ThrowIfDisposed();
-        return ResizeCoreAsync(newSize, allowShrink, async: true, cancellationToken);
+        return Guard(ResizeCoreAsync(newSize, allowShrink, async: true, cancellationToken));
     }
 
     private async ValueTask ResizeCoreAsync(long newSize, bool allowShrink, bool async, CancellationToken cancellationToken, bool zeroNewBytes = true)

@@ -17,14 +17,14 @@ public sealed partial class Qcow2Image
     public SnapshotTableEntry CreateSnapshot(string name)
     {
         ThrowIfDisposed();
-        return SyncOver.Run(CreateSnapshotCoreAsync(name, async: false, CancellationToken.None));
+        return SyncOver.Run(Guard(CreateSnapshotCoreAsync(name, async: false, CancellationToken.None)));
     }
 
     /// <inheritdoc cref="CreateSnapshot"/>
     public ValueTask<SnapshotTableEntry> CreateSnapshotAsync(string name, CancellationToken cancellationToken = default)
     {
         ThrowIfDisposed();
-        return CreateSnapshotCoreAsync(name, async: true, cancellationToken);
+        return Guard(CreateSnapshotCoreAsync(name, async: true, cancellationToken));
     }
 
     /// <summary>
@@ -37,14 +37,14 @@ public sealed partial class Qcow2Image
     public void ApplySnapshot(string key, SnapshotLookup lookup)
     {
         ThrowIfDisposed();
-        SyncOver.Run(ApplySnapshotCoreAsync(key, lookup, async: false, CancellationToken.None));
+        SyncOver.Run(Guard(ApplySnapshotCoreAsync(key, lookup, async: false, CancellationToken.None)));
     }
 
     /// <inheritdoc cref="ApplySnapshot"/>
     public ValueTask ApplySnapshotAsync(string key, SnapshotLookup lookup, CancellationToken cancellationToken = default)
     {
         ThrowIfDisposed();
-        return ApplySnapshotCoreAsync(key, lookup, async: true, cancellationToken);
+        return Guard(ApplySnapshotCoreAsync(key, lookup, async: true, cancellationToken));
     }
 
     /// <summary>Deletes a snapshot (qemu-img snapshot -d), freeing what only it referenced.</summary>
@@ -54,14 +54,14 @@ public sealed partial class Qcow2Image
     public void DeleteSnapshot(string key, SnapshotLookup lookup)
     {
         ThrowIfDisposed();
-        SyncOver.Run(DeleteSnapshotCoreAsync(key, lookup, async: false, CancellationToken.None));
+        SyncOver.Run(Guard(DeleteSnapshotCoreAsync(key, lookup, async: false, CancellationToken.None)));
     }
 
     /// <inheritdoc cref="DeleteSnapshot"/>
     public ValueTask DeleteSnapshotAsync(string key, SnapshotLookup lookup, CancellationToken cancellationToken = default)
     {
         ThrowIfDisposed();
-        return DeleteSnapshotCoreAsync(key, lookup, async: true, cancellationToken);
+        return Guard(DeleteSnapshotCoreAsync(key, lookup, async: true, cancellationToken));
     }
 
     /// <summary>The snapshot <paramref name="key"/> names, looked up as <paramref name="lookup"/> says; null when none matches.</summary>
@@ -94,14 +94,14 @@ public sealed partial class Qcow2Image
     public void MakeEmpty()
     {
         ThrowIfDisposed();
-        SyncOver.Run(MakeEmptyCoreAsync(async: false, CancellationToken.None));
+        SyncOver.Run(Guard(MakeEmptyCoreAsync(async: false, CancellationToken.None)));
     }
 
     /// <inheritdoc cref="MakeEmpty"/>
     public ValueTask MakeEmptyAsync(CancellationToken cancellationToken = default)
     {
         ThrowIfDisposed();
-        return MakeEmptyCoreAsync(async: true, cancellationToken);
+        return Guard(MakeEmptyCoreAsync(async: true, cancellationToken));
     }
 
     private async ValueTask MakeEmptyCoreAsync(bool async, CancellationToken cancellationToken)

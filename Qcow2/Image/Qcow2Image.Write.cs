@@ -30,14 +30,14 @@ public sealed partial class Qcow2Image
     {
         ArgumentNullException.ThrowIfNull(buffer);
         ThrowIfNotWritable(offset, count);
-        SyncOver.Run(WriteCoreAsync(offset, buffer.AsMemory(index, count), async: false, CancellationToken.None));
+        SyncOver.Run(Guard(WriteCoreAsync(offset, buffer.AsMemory(index, count), async: false, CancellationToken.None)));
     }
 
     /// <inheritdoc cref="Write(long, ReadOnlySpan{byte})"/>
     public ValueTask WriteAsync(long offset, ReadOnlyMemory<byte> buffer, CancellationToken cancellationToken = default)
     {
         ThrowIfNotWritable(offset, buffer.Length);
-        return WriteCoreAsync(offset, buffer, async: true, cancellationToken);
+        return Guard(WriteCoreAsync(offset, buffer, async: true, cancellationToken));
     }
 
     private void ThrowIfNotWritable(long offset, long length)

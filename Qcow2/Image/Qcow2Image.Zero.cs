@@ -16,14 +16,14 @@ public sealed partial class Qcow2Image
     public void WriteZeroes(long offset, long length, bool unmap = false)
     {
         ThrowIfNotWritable(offset, length);
-        SyncOver.Run(WriteZeroesCoreAsync(offset, length, unmap, async: false, CancellationToken.None));
+        SyncOver.Run(Guard(WriteZeroesCoreAsync(offset, length, unmap, async: false, CancellationToken.None)));
     }
 
     /// <inheritdoc cref="WriteZeroes"/>
     public ValueTask WriteZeroesAsync(long offset, long length, bool unmap = false, CancellationToken cancellationToken = default)
     {
         ThrowIfNotWritable(offset, length);
-        return WriteZeroesCoreAsync(offset, length, unmap, async: true, cancellationToken);
+        return Guard(WriteZeroesCoreAsync(offset, length, unmap, async: true, cancellationToken));
     }
 
     /// <summary>
@@ -34,14 +34,14 @@ public sealed partial class Qcow2Image
     public void Discard(long offset, long length)
     {
         ThrowIfNotWritable(offset, length);
-        SyncOver.Run(DiscardCoreAsync(offset, length, async: false, CancellationToken.None));
+        SyncOver.Run(Guard(DiscardCoreAsync(offset, length, async: false, CancellationToken.None)));
     }
 
     /// <inheritdoc cref="Discard"/>
     public ValueTask DiscardAsync(long offset, long length, CancellationToken cancellationToken = default)
     {
         ThrowIfNotWritable(offset, length);
-        return DiscardCoreAsync(offset, length, async: true, cancellationToken);
+        return Guard(DiscardCoreAsync(offset, length, async: true, cancellationToken));
     }
 
     /// <summary>
@@ -57,7 +57,7 @@ public sealed partial class Qcow2Image
         {
             cluster.CopyTo(rented);
             ThrowIfNotWritable(offset, cluster.Length);
-            SyncOver.Run(WriteCompressedCoreAsync(offset, rented.AsMemory(0, cluster.Length), async: false, CancellationToken.None));
+            SyncOver.Run(Guard(WriteCompressedCoreAsync(offset, rented.AsMemory(0, cluster.Length), async: false, CancellationToken.None)));
         }
         finally
         {

@@ -170,10 +170,13 @@ internal sealed class L1Table
             for (var i = first; i <= last; i++)
             {
                 BinaryPrimitives.WriteUInt64BigEndian(bytes.AsSpan((int)(i - first) * 8), _entries[i]);
-                _dirty.Remove(i);
             }
 
             await storage.WriteAsync(Offset + (first * Qcow2Layout.L1EntrySize), bytes, async, cancellationToken).ConfigureAwait(false);
+            for (var i = first; i <= last; i++)
+            {
+                _dirty.Remove(i); // only once written: a failed write is retried by the next flush
+            }
         }
     }
 

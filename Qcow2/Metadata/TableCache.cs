@@ -181,14 +181,15 @@ internal sealed class TableCache
         await FlushDependencyAsync(async, cancellationToken).ConfigureAwait(false);
         if (_writeFirst.Count > 0)
         {
+            // Forgotten only once written and flushed: after an I/O error the order still holds on retry.
             var first = _writeFirst.Select(o => _tables.GetValueOrDefault(o)).Where(t => t is { Dirty: true }).ToList();
-            _writeFirst.Clear();
             foreach (var table in first)
             {
                 await WriteTableAsync(table!, async, cancellationToken).ConfigureAwait(false);
             }
 
             await _storage.FlushAsync(async, cancellationToken).ConfigureAwait(false);
+            _writeFirst.Clear();
         }
 
         if (FlushStorageBeforeWrite)
