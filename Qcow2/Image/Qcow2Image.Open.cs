@@ -54,6 +54,13 @@ public sealed partial class Qcow2Image
         return SyncOver.Run(OpenCoreAsync(storage, options ?? new Qcow2OpenOptions(), !leaveOpen, new ChainContext(), async: false, CancellationToken.None));
     }
 
+    /// <inheritdoc cref="Open(IStorage, Qcow2OpenOptions?, bool)"/>
+    public static ValueTask<Qcow2Image> OpenAsync(IStorage storage, Qcow2OpenOptions? options = null, bool leaveOpen = false, CancellationToken cancellationToken = default)
+    {
+        ArgumentNullException.ThrowIfNull(storage);
+        return OpenCoreAsync(storage, options ?? new Qcow2OpenOptions(), !leaveOpen, new ChainContext(), async: true, cancellationToken);
+    }
+
     /// <summary>
     /// Follows the backing chain of the image at <paramref name="path"/> from header to header —
     /// names, paths, formats — without opening any layer as an image, and stops where a file is
