@@ -1,3 +1,4 @@
+using System.Collections.Concurrent;
 using QcowDedup.Qcow2.Check;
 using QcowDedup.Qcow2.Format;
 using QcowDedup.Qcow2.Metadata;
@@ -83,6 +84,12 @@ internal sealed class ImageCore : IDisposable
 
     /// <summary>Guest clusters sharing host clusters through the allocator in this session.</summary>
     public SharedReferrers Referrers { get; } = new();
+
+    /// <summary>
+    /// Data clusters being written in place right now (added under the metadata lock when the
+    /// write decides so, removed when its bytes are written): sharing refuses them.
+    /// </summary>
+    public ConcurrentDictionary<long, byte> InPlaceWrites { get; } = new();
 
     /// <summary>Host clusters that dropped to one referrer which could not be found yet (COPIED to set).</summary>
     public HashSet<long> PendingCopiedFixups { get; } = [];

@@ -157,6 +157,11 @@ public sealed partial class Qcow2Image
             return false;
         }
 
+        if (_core.InPlaceWrites.ContainsKey(host))
+        {
+            return false; // its sole referrer is being rewritten in place: the bytes are changing
+        }
+
         var refcounts = _core.RefcountManager!;
         var refcount = await refcounts.GetAsync(host >> geometry.ClusterBits, async, cancellationToken).ConfigureAwait(false);
         if (refcount == 0 || refcount >= geometry.MaxRefcount)
@@ -206,8 +211,13 @@ public sealed partial class Qcow2Image
         using (var table = await tables.GetWritableAsync(state.ClusterStart, async, cancellationToken).ConfigureAwait(false))
         {
             var index = _core.Geometry.L2Index(state.ClusterStart);
+            // The range lock owns the mapping, not COPIED: sharing clears COPIED on a sole referrer
+            // (and dropping a share sets it again) under the metadata lock alone, whoever holds that
+            // referrer's range. That is safe because nothing relies on a COPIED read earlier: a
+            // write goes in place only on a decision taken under the metadata lock, and the cluster
+            // cannot be shared from then until the write is done (see InPlaceWrites).
             var current = L2Table.ReadEntry(table.Span, index, _core.Geometry.ExtendedL2);
-            if (current != state.Entry)
+            if (current.WithCopied(false) != state.Entry.WithCopied(false))
             {
                 throw new InvalidOperationException($"The L2 entry of guest offset 0x{state.ClusterStart:x} changed during a write that held its range lock.");
             }

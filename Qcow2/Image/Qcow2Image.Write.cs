@@ -129,11 +129,24 @@ public sealed partial class Qcow2Image
         using (await _core.MetadataLock.AcquireAsync(async, cancellationToken).ConfigureAwait(false))
         {
             state = await InspectClusterLockedAsync(clusterStart, wholeCluster: from == 0 && data.Length == ClusterBytesAt(clusterStart), async, cancellationToken).ConfigureAwait(false);
+            if (state.InPlace)
+            {
+                // Decided under the metadata lock; until the bytes are written no one may share the
+                // cluster (an allocator answer naming it is refused), so its refcount stays 1.
+                _core.InPlaceWrites.TryAdd(state.Host, 0);
+            }
         }
 
         if (state.InPlace)
         {
-            await WriteInPlaceAsync(state, from, data, async, cancellationToken).ConfigureAwait(false);
+            try
+            {
+                await WriteInPlaceAsync(state, from, data, async, cancellationToken).ConfigureAwait(false);
+            }
+            finally
+            {
+                _core.InPlaceWrites.TryRemove(state.Host, out _);
+            }
         }
         else
         {
