@@ -91,6 +91,12 @@ internal sealed class ImageCore : IDisposable
     /// </summary>
     public ConcurrentDictionary<long, byte> InPlaceWrites { get; } = new();
 
+    /// <summary>
+    /// Contents (allocator fingerprints) being stored in fresh clusters right now, added under the
+    /// metadata lock at allocation and removed once linked: writers of the same bytes wait for them.
+    /// </summary>
+    public ConcurrentDictionary<object, TaskCompletionSource> PlacementsInFlight { get; } = new();
+
     /// <summary>Host clusters that dropped to one referrer which could not be found yet (COPIED to set).</summary>
     public HashSet<long> PendingCopiedFixups { get; } = [];
 
