@@ -1,5 +1,4 @@
 using System.Buffers;
-using QcowDedup.Qcow2.Check;
 using QcowDedup.Qcow2.Format;
 using QcowDedup.Qcow2.Metadata;
 using QcowDedup.Qcow2.Storage;
@@ -284,7 +283,7 @@ public sealed partial class Qcow2Image
     {
         if (!_core.Geometry.ExternalDataFile)
         {
-            _core.GuardMetadata(host, data.Length, MetadataKind.None);
+            _core.GuardData(host, data.Length);
         }
 
         await _core.DataFile.WriteAsync(host, data, async, cancellationToken).ConfigureAwait(false);
