@@ -34,7 +34,7 @@ internal sealed class ImageCore : IDisposable
         var refcountCapacity = (int)Math.Clamp(options.RefcountCacheBytes / Geometry.ClusterSize, 4, 1 << 20);
         RefcountCache = new TableCache(file, Geometry.ClusterSize, refcountCapacity, "refcount block");
         ActiveL1 = new L1Table(header.Header.L1TableOffset, []);
-        Overlap = new MetadataOverlapTracker(Geometry, file);
+        Overlap = new MetadataOverlapTracker(Geometry, file, readSnapshotL1Tables: options.Writable);
         MetadataLock.BeforeRelease = () => RefreshOverlapIndex();
         L2Cache.BeforeWrite = offset => GuardMetadata(offset, Geometry.ClusterSize, MetadataKind.ActiveL2);
         RefcountCache.BeforeWrite = offset => GuardMetadata(offset, Geometry.ClusterSize, MetadataKind.RefcountBlock);

@@ -24,9 +24,13 @@ internal readonly record struct MetadataLayout(
 /// <see cref="Refresh"/> runs under the metadata lock (the lock calls it before every release) and
 /// rebuilds only the parts whose sources changed; the data write path and the allocator read
 /// <see cref="Published"/> without the lock. Snapshot L1 tables are read once per snapshot (at
-/// open, or when a snapshot appears) to find the snapshots' L2 tables.
+/// open, or when a snapshot appears) to find the snapshots' L2 tables — only for writable images,
+/// which are the only ones that allocate or write guest data.
 /// </summary>
-internal sealed class MetadataOverlapTracker(Geometry geometry, IStorage file)
+/// <param name="geometry">Cluster arithmetic.</param>
+/// <param name="file">The image file (snapshot L1 tables are read from it).</param>
+/// <param name="readSnapshotL1Tables">Whether to find the snapshots' L2 tables.</param>
+internal sealed class MetadataOverlapTracker(Geometry geometry, IStorage file, bool readSnapshotL1Tables)
 {
     /// <summary>Snapshot L1 bytes read at most (hostile images may name thousands of huge tables).</summary>
     public const long SnapshotL1ReadBudget = 64L << 20;
@@ -170,6 +174,11 @@ internal sealed class MetadataOverlapTracker(Geometry geometry, IStorage file)
     private long[] ReadL2Offsets(long l1Offset, int l1Size)
     {
         var bytes = (long)l1Size * Qcow2Layout.L1EntrySize;
+        if (!readSnapshotL1Tables)
+        {
+            return [];
+        }
+
         if (l1Size <= 0 || l1Offset <= 0 || bytes > Qcow2Layout.MaxL1TableBytes || _snapshotL1BytesRead + bytes > SnapshotL1ReadBudget)
         {
             SnapshotL2TablesIncomplete |= l1Size > 0;
@@ -182,7 +191,7 @@ internal sealed class MetadataOverlapTracker(Geometry geometry, IStorage file)
         {
             file.Read(l1Offset, buffer); // past the end of the file the rest stays zero
         }
-        catch (IOException)
+        catch (Exception e) when (e is IOException or ObjectDisposedException or UnauthorizedAccessException or NotSupportedException)
         {
             SnapshotL2TablesIncomplete = true;
             return [];
