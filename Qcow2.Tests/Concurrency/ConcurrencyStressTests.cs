@@ -43,7 +43,9 @@ public class ConcurrencyStressTests : TempDirectoryFixture
         long deduplicated = 0;
         var watch = Stopwatch.StartNew();
 
-        using (var image = Qcow2Image.Create(path, dedup ? create.WithDedup() : create))
+        var image = Qcow2Image.Create(path, dedup ? create.WithDedup() : create);
+        Qcow2Image? toClose = image;
+        try
         {
             var workers = Enumerable.Range(0, Threads).Select(t => new Thread(() =>
             {
@@ -64,7 +66,12 @@ public class ConcurrencyStressTests : TempDirectoryFixture
                 worker.Start();
             }
 
-            WaitWithWatchdog(workers, progress);
+            if (!WaitWithWatchdog(workers, progress))
+            {
+                toClose = null; // deadlocked: closing it would hang too
+                Assert.Fail($"no request completed for {Stall.TotalSeconds:F0} s (deadlock?); progress per thread: {string.Join(", ", progress)}");
+            }
+
             failures.ShouldBeEmpty(string.Join("\n\n", failures.Take(3)));
 
             for (var t = 0; t < Threads; t++)
@@ -81,6 +88,10 @@ public class ConcurrencyStressTests : TempDirectoryFixture
                 deduplicated = statistics.ClustersDeduplicated;
                 TestContext.Out.WriteLine(statistics);
             }
+        }
+        finally
+        {
+            toClose?.Dispose();
         }
 
         var elapsed = watch.Elapsed;
@@ -248,8 +259,8 @@ public class ConcurrencyStressTests : TempDirectoryFixture
         return bytes;
     }
 
-    /// <summary>Waits for the workers; fails when none of them completes a request for <see cref="Stall"/>.</summary>
-    private static void WaitWithWatchdog(Thread[] workers, long[] progress)
+    /// <summary>Waits for the workers; false when none of them completed a request for <see cref="Stall"/>.</summary>
+    private static bool WaitWithWatchdog(Thread[] workers, long[] progress)
     {
         var last = -1L;
         var lastChange = Stopwatch.StartNew();
@@ -264,9 +275,11 @@ public class ConcurrencyStressTests : TempDirectoryFixture
             }
             else if (lastChange.Elapsed > Stall)
             {
-                Assert.Fail($"no request completed for {Stall.TotalSeconds:F0} s (deadlock?); progress per thread: {string.Join(", ", progress)}");
+                return false;
             }
         }
+
+        return true;
     }
 
     /// <summary>
