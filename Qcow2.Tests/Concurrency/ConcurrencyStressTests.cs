@@ -60,7 +60,8 @@ public class ConcurrencyStressTests : TempDirectoryFixture
                         failures.Add(e);
                     }
                 }
-            }) { IsBackground = true, Name = $"stress-{t}" }).ToArray();
+            })
+            { IsBackground = true, Name = $"stress-{t}" }).ToArray();
             foreach (var worker in workers)
             {
                 worker.Start();
@@ -128,56 +129,56 @@ public class ConcurrencyStressTests : TempDirectoryFixture
             switch (random.Next(100))
             {
                 case < 30: // whole clusters from the pool: dedup shares these
-                {
-                    var data = new byte[length];
-                    for (var c = 0; c < clusters; c++)
                     {
-                        pool[random.Next(pool.Length)].CopyTo(data, c * ClusterSize);
-                    }
+                        var data = new byte[length];
+                        for (var c = 0; c < clusters; c++)
+                        {
+                            pool[random.Next(pool.Length)].CopyTo(data, c * ClusterSize);
+                        }
 
-                    await WriteAsync(image, offset, data, async);
-                    Note(owned, model, offset, data);
-                    break;
-                }
+                        await WriteAsync(image, offset, data, async);
+                        Note(owned, model, offset, data);
+                        break;
+                    }
 
                 case < 45: // whole clusters of fresh random bytes
-                {
-                    var data = RandomBytes(random, length);
-                    await WriteAsync(image, offset, data, async);
-                    Note(owned, model, offset, data);
-                    break;
-                }
+                    {
+                        var data = RandomBytes(random, length);
+                        await WriteAsync(image, offset, data, async);
+                        Note(owned, model, offset, data);
+                        break;
+                    }
 
                 case < 60: // part of a cluster (read-modify-write)
-                {
-                    var from = random.Next(ClusterSize);
-                    var data = RandomBytes(random, random.Next(1, ClusterSize - from + 1));
-                    await WriteAsync(image, offset + from, data, async);
-                    Note(owned, model, offset + from, data);
-                    break;
-                }
+                    {
+                        var from = random.Next(ClusterSize);
+                        var data = RandomBytes(random, random.Next(1, ClusterSize - from + 1));
+                        await WriteAsync(image, offset + from, data, async);
+                        Note(owned, model, offset + from, data);
+                        break;
+                    }
 
                 case < 70: // zeroes, whole or partial clusters
-                {
-                    var from = random.Next(2) == 0 ? 0 : random.Next(ClusterSize);
-                    var count = Math.Max(1, length - from - (random.Next(2) == 0 ? 0 : random.Next(ClusterSize)));
-                    var unmap = random.Next(2) == 0;
-                    if (async)
                     {
-                        await image.WriteZeroesAsync(offset + from, count, unmap);
-                    }
-                    else
-                    {
-                        image.WriteZeroes(offset + from, count, unmap);
-                    }
+                        var from = random.Next(2) == 0 ? 0 : random.Next(ClusterSize);
+                        var count = Math.Max(1, length - from - (random.Next(2) == 0 ? 0 : random.Next(ClusterSize)));
+                        var unmap = random.Next(2) == 0;
+                        if (async)
+                        {
+                            await image.WriteZeroesAsync(offset + from, count, unmap);
+                        }
+                        else
+                        {
+                            image.WriteZeroes(offset + from, count, unmap);
+                        }
 
-                    if (owned)
-                    {
-                        model.Zero(offset + from, count);
-                    }
+                        if (owned)
+                        {
+                            model.Zero(offset + from, count);
+                        }
 
-                    break;
-                }
+                        break;
+                    }
 
                 case < 78: // discard whole clusters
                     if (async)
@@ -196,24 +197,24 @@ public class ConcurrencyStressTests : TempDirectoryFixture
 
                     break;
                 case < 99: // reads, checked where the thread owns the bytes
-                {
-                    var buffer = new byte[length];
-                    if (async)
                     {
-                        await image.ReadAsync(offset, buffer);
-                    }
-                    else
-                    {
-                        image.Read(offset, buffer);
-                    }
+                        var buffer = new byte[length];
+                        if (async)
+                        {
+                            await image.ReadAsync(offset, buffer);
+                        }
+                        else
+                        {
+                            image.Read(offset, buffer);
+                        }
 
-                    if (owned && !buffer.AsSpan().SequenceEqual(model.Read(offset, length)))
-                    {
-                        throw new InvalidOperationException($"thread {thread}, operation {op}: read at 0x{offset:x} differs from the model");
-                    }
+                        if (owned && !buffer.AsSpan().SequenceEqual(model.Read(offset, length)))
+                        {
+                            throw new InvalidOperationException($"thread {thread}, operation {op}: read at 0x{offset:x} differs from the model");
+                        }
 
-                    break;
-                }
+                        break;
+                    }
 
                 default:
                     if (async)
