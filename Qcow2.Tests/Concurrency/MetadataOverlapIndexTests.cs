@@ -36,6 +36,27 @@ public class MetadataOverlapIndexTests
     }
 
     [Test]
+    public void Changed_L1_entries_are_followed_without_a_rescan_and_shared_tables_counted()
+    {
+        var l1 = new L1Table(3 * Cluster, new ulong[16]);
+        var tracker = new MetadataOverlapTracker(Geometry, new StreamStorage(new MemoryStream(), leaveOpen: false), readSnapshotL1Tables: true);
+        var layout = Layout(l1, []);
+        tracker.Refresh(layout);
+        l1.SetInMemory(0, new L1Entry((ulong)(7 * Cluster)));
+        l1.SetInMemory(1, new L1Entry((ulong)(7 * Cluster))); // a hostile table: two entries, one L2 table
+        l1.SetInMemory(2, new L1Entry((ulong)((9 * Cluster) + 512))); // misaligned: occupies clusters 9 and 10
+        tracker.Refresh(layout).Find(10 * Cluster, 1, MetadataKind.Everything).ShouldBe("active L2 table");
+        l1.SetInMemory(0, default);
+        tracker.Refresh(layout).Find(7 * Cluster, 1, MetadataKind.Everything).ShouldBe("active L2 table", "entry 1 still points there");
+        l1.SetInMemory(1, default);
+        l1.SetInMemory(2, new L1Entry((ulong)(11 * Cluster)));
+        var index = tracker.Refresh(layout);
+        index.Find(7 * Cluster, 1, MetadataKind.Everything).ShouldBeNull();
+        index.Find(9 * Cluster, 2 * Cluster, MetadataKind.Everything).ShouldBeNull();
+        index.FirstOverlapEnd(7, 5).ShouldBe(12);
+    }
+
+    [Test]
     public void Snapshot_L2_tables_are_indexed_for_data_writes_but_not_in_QEMUs_cached_mode()
     {
         var file = new MemoryStream();

@@ -10,7 +10,9 @@ namespace QcowDedup.Qcow2.Metadata;
 /// </summary>
 internal sealed class L1Table
 {
+    private const int MaxLoggedChanges = 1024;
     private readonly SortedSet<long> _dirty = [];
+    private List<(ulong Old, ulong New)>? _changes = [];
     private ulong[] _entries;
 
     public L1Table(long offset, ulong[] entries)
@@ -70,8 +72,32 @@ internal sealed class L1Table
 
     private void Store(long index, ulong raw)
     {
+        if (_changes is { } changes)
+        {
+            if (changes.Count < MaxLoggedChanges)
+            {
+                changes.Add((_entries[index], raw));
+            }
+            else
+            {
+                _changes = null; // many changes at once (a snapshot, a resize): the reader rebuilds
+            }
+        }
+
         _entries[index] = raw;
         Version++;
+    }
+
+    /// <summary>
+    /// The entry changes (old, new) since the last call, so that the overlap index can follow them
+    /// without rescanning the table; null when it must rescan (too many changes, or the table was
+    /// replaced). Caller holds the metadata lock.
+    /// </summary>
+    public (ulong Old, ulong New)[]? TakeChanges()
+    {
+        var changes = _changes?.ToArray();
+        _changes = [];
+        return changes;
     }
 
     /// <summary>A copy of the entries (for snapshots and resizes).</summary>
@@ -158,6 +184,7 @@ internal sealed class L1Table
         Offset = offset;
         _entries = entries;
         _dirty.Clear();
+        _changes = null;
         Version++;
     }
 }

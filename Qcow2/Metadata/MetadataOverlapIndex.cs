@@ -135,6 +135,32 @@ internal sealed class ClusterRuns
         return new ClusterRuns([.. starts], [.. ends]);
     }
 
+    /// <summary>Runs of the given clusters, which are sorted and distinct.</summary>
+    public static ClusterRuns FromSortedClusters(List<long> clusters)
+    {
+        if (clusters.Count == 0)
+        {
+            return Empty;
+        }
+
+        var starts = new List<long>();
+        var ends = new List<long>();
+        foreach (var cluster in clusters)
+        {
+            if (ends.Count > 0 && cluster == ends[^1])
+            {
+                ends[^1] = cluster + 1;
+            }
+            else
+            {
+                starts.Add(cluster);
+                ends.Add(cluster + 1);
+            }
+        }
+
+        return new ClusterRuns([.. starts], [.. ends]);
+    }
+
     /// <summary>The end of the run overlapping clusters [start, end), or null.</summary>
     public long? FirstOverlapEnd(long start, long end)
     {

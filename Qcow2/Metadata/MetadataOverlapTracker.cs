@@ -36,6 +36,8 @@ internal sealed class MetadataOverlapTracker(Geometry geometry, IStorage file, b
     public const long SnapshotL1ReadBudget = 64L << 20;
 
     private readonly Dictionary<(long Offset, int Size), long[]> _snapshotL2Tables = [];
+    private readonly Dictionary<long, int> _activeL2Counts = [];
+    private readonly List<long> _activeL2Clusters = [];
     private MetadataOverlapIndex? _published;
     private L1Table? _activeL1;
     private int _activeL1Version;
@@ -68,10 +70,26 @@ internal sealed class MetadataOverlapTracker(Geometry geometry, IStorage file, b
         var clusterBits = geometry.ClusterBits;
         if (!ReferenceEquals(layout.ActiveL1, _activeL1) || layout.ActiveL1.Version != _activeL1Version)
         {
+            var changes = layout.ActiveL1.TakeChanges();
+            if (!ReferenceEquals(layout.ActiveL1, _activeL1) || changes is null)
+            {
+                RecountActiveL2Tables(layout.ActiveL1.Entries);
+            }
+            else
+            {
+                // One new L2 table per 512 MiB of guest (64 KiB clusters) or per 32 KiB (512-byte
+                // ones): follow the changed entries instead of rescanning a table of millions.
+                foreach (var (before, after) in changes)
+                {
+                    CountActiveL2Table(before, -1);
+                    CountActiveL2Table(after, +1);
+                }
+            }
+
             _activeL1 = layout.ActiveL1;
             _activeL1Version = layout.ActiveL1.Version;
             _activeL1Runs = ClusterRuns.FromByteRanges([(layout.ActiveL1.Offset, (long)layout.ActiveL1.Size * Qcow2Layout.L1EntrySize)], clusterBits);
-            _activeL2Runs = ClusterRuns.FromByteRanges(TablesOf(layout.ActiveL1.Entries.ToArray()), clusterBits);
+            _activeL2Runs = ClusterRuns.FromSortedClusters(_activeL2Clusters);
             changed = true;
         }
 
@@ -121,17 +139,60 @@ internal sealed class MetadataOverlapTracker(Geometry geometry, IStorage file, b
         return _published!;
     }
 
-    /// <summary>One cluster per L2 table an L1 table points at (a misaligned one covers two).</summary>
-    private IEnumerable<(long, long)> TablesOf(ulong[] entries)
+    /// <summary>Rebuilds the clusters the active L2 tables occupy (a misaligned table occupies two).</summary>
+    private void RecountActiveL2Tables(ReadOnlySpan<ulong> entries)
     {
+        _activeL2Counts.Clear();
         foreach (var raw in entries)
         {
-            var offset = new L1Entry(raw).L2TableOffset;
-            if (offset != 0)
+            foreach (var cluster in ClustersOf(raw))
             {
-                yield return (offset, geometry.ClusterSize);
+                _activeL2Counts[cluster] = _activeL2Counts.GetValueOrDefault(cluster) + 1;
             }
         }
+
+        _activeL2Clusters.Clear();
+        _activeL2Clusters.AddRange(_activeL2Counts.Keys);
+        _activeL2Clusters.Sort();
+    }
+
+    /// <summary>Adds or removes one L1 entry's L2 table (counted: hostile tables share L2 tables).</summary>
+    private void CountActiveL2Table(ulong raw, int delta)
+    {
+        foreach (var cluster in ClustersOf(raw))
+        {
+            var count = _activeL2Counts.GetValueOrDefault(cluster) + delta;
+            var position = _activeL2Clusters.BinarySearch(cluster);
+            if (count > 0)
+            {
+                _activeL2Counts[cluster] = count;
+                if (position < 0)
+                {
+                    _activeL2Clusters.Insert(~position, cluster);
+                }
+            }
+            else
+            {
+                _activeL2Counts.Remove(cluster);
+                if (position >= 0)
+                {
+                    _activeL2Clusters.RemoveAt(position);
+                }
+            }
+        }
+    }
+
+    private long[] ClustersOf(ulong raw)
+    {
+        var offset = new L1Entry(raw).L2TableOffset;
+        if (offset == 0)
+        {
+            return [];
+        }
+
+        var first = offset >> geometry.ClusterBits;
+        var last = (offset + geometry.ClusterSize - 1) >> geometry.ClusterBits;
+        return first == last ? [first] : [first, last];
     }
 
     private IEnumerable<(long, long)> BlocksOf(ulong[] entries)

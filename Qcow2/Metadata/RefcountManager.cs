@@ -271,6 +271,11 @@ internal sealed partial class RefcountManager
             // section; it only ever lags by structures whose refcounts are right.)
             if (_metadata.Published?.FirstOverlapEnd(candidate, count) is long metadataEnd)
             {
+                if (candidate == _freeClusterHint)
+                {
+                    _freeClusterHint = metadataEnd; // in use like any allocated cluster (freeing one lowers the hint again)
+                }
+
                 candidate = metadataEnd;
                 continue;
             }
