@@ -1,3 +1,4 @@
+using System.Collections.Concurrent;
 using QcowDedup.Qcow2.Check;
 using QcowDedup.Qcow2.Format;
 using QcowDedup.Qcow2.Metadata;
@@ -13,6 +14,7 @@ namespace QcowDedup.Qcow2.Image;
 internal sealed class ImageCore : IDisposable
 {
     private long _fileLength;
+    private string? _corruptionDetected;
     private IReadOnlyList<SnapshotTableEntry>? _rangesOf;
     private long _snapshotTableBytes;
 
@@ -32,6 +34,8 @@ internal sealed class ImageCore : IDisposable
         var refcountCapacity = (int)Math.Clamp(options.RefcountCacheBytes / Geometry.ClusterSize, 4, 1 << 20);
         RefcountCache = new TableCache(file, Geometry.ClusterSize, refcountCapacity, "refcount block");
         ActiveL1 = new L1Table(header.Header.L1TableOffset, []);
+        Overlap = new MetadataOverlapTracker(Geometry, file, readSnapshotL1Tables: options.Writable);
+        MetadataLock.BeforeRelease = () => RefreshOverlapIndex();
         L2Cache.BeforeWrite = offset => GuardMetadata(offset, Geometry.ClusterSize, MetadataKind.ActiveL2);
         RefcountCache.BeforeWrite = offset => GuardMetadata(offset, Geometry.ClusterSize, MetadataKind.RefcountBlock);
         FeatureNamesToWrite = [.. FeatureName.Standard, .. options.Extensions.Select(e => new FeatureName(FeatureKind.Autoclear, e.AutoclearBit, e.FeatureName))];
@@ -83,6 +87,18 @@ internal sealed class ImageCore : IDisposable
 
     /// <summary>Guest clusters sharing host clusters through the allocator in this session.</summary>
     public SharedReferrers Referrers { get; } = new();
+
+    /// <summary>
+    /// Data clusters being written in place right now (added under the metadata lock when the
+    /// write decides so, removed when its bytes are written): sharing refuses them.
+    /// </summary>
+    public ConcurrentDictionary<long, byte> InPlaceWrites { get; } = new();
+
+    /// <summary>
+    /// Contents (allocator fingerprints) being stored in fresh clusters right now, added under the
+    /// metadata lock at allocation and removed once linked: writers of the same bytes wait for them.
+    /// </summary>
+    public ConcurrentDictionary<object, TaskCompletionSource> PlacementsInFlight { get; } = new();
 
     /// <summary>Host clusters that dropped to one referrer which could not be found yet (COPIED to set).</summary>
     public HashSet<long> PendingCopiedFixups { get; } = [];
@@ -141,7 +157,46 @@ internal sealed class ImageCore : IDisposable
     }
 
     /// <summary>Set once a write was refused for landing on live metadata: the image is marked corrupt and takes no more writes.</summary>
-    public string? CorruptionDetected { get; private set; }
+    public string? CorruptionDetected => Volatile.Read(ref _corruptionDetected);
+
+    /// <summary>Where the metadata lies: rebuilt under the metadata lock, read without it.</summary>
+    public MetadataOverlapTracker Overlap { get; }
+
+    /// <summary>
+    /// Brings the overlap index up to date with the structures the image points at now and
+    /// publishes it. Caller holds the metadata lock (the lock also calls it before every release).
+    /// </summary>
+    public MetadataOverlapIndex RefreshOverlapIndex()
+    {
+        var header = Header;
+        var snapshots = header.Header.SnapshotCount > 0;
+        var bitmaps = Bitmaps.Count > 0 && header.Bitmaps is not null;
+        return Overlap.Refresh(new MetadataLayout(
+            header,
+            ActiveL1,
+            RefcountManager?.Table ?? Refcounts,
+            snapshots ? header.Header.SnapshotsOffset : 0,
+            snapshots ? SnapshotTableBytes : 0,
+            Snapshots,
+            bitmaps ? header.Bitmaps!.DirectoryOffset : 0,
+            bitmaps ? header.Bitmaps!.DirectorySize : 0,
+            Bitmaps));
+    }
+
+    /// <summary>
+    /// Guard for guest data written to the image file, outside the metadata lock: no data lands on
+    /// any structure the image's metadata references, snapshot L2 and bitmap tables included
+    /// (stricter than QEMU's default "cached" mode, which skips inactive L2 tables).
+    /// </summary>
+    /// <exception cref="InvalidDataException">The write would damage metadata.</exception>
+    public void GuardData(long offset, long length)
+    {
+        var index = Overlap.Published ?? RefreshOverlapIndex(); // none yet only while opening, single-threaded
+        if (index.Find(offset, length, MetadataKind.Everything) is { } structure)
+        {
+            RefuseWrite(structure, offset, length);
+        }
+    }
 
     /// <summary>
     /// QEMU's metadata overlap check (its "cached" mode: everything but inactive L2 tables): a
@@ -151,15 +206,17 @@ internal sealed class ImageCore : IDisposable
     /// <exception cref="InvalidDataException">The write would damage metadata.</exception>
     public void GuardMetadata(long offset, long length, MetadataKind allowed)
     {
-        if (MetadataOverlap.Find(this, offset, length, allowed) is not { } structure)
+        if (MetadataOverlap.Find(this, offset, length, allowed) is { } structure)
         {
-            return;
+            RefuseWrite(structure, offset, length);
         }
+    }
 
+    private void RefuseWrite(string structure, long offset, long length)
+    {
         var problem = $"Preventing invalid write on metadata (overlaps with {structure}) at 0x{offset:x}, {length} bytes";
-        if (CorruptionDetected is null)
+        if (Interlocked.CompareExchange(ref _corruptionDetected, problem, null) is null)
         {
-            CorruptionDetected = problem;
             var header = Header.Header with { Incompatible = Header.Header.Incompatible | IncompatibleFeatures.Corrupt };
             SyncOver.Run(WriteHeaderFieldsAsync(header, Qcow2Header.IncompatibleFeaturesOffset, 8, async: false, CancellationToken.None));
         }

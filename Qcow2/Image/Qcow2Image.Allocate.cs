@@ -17,6 +17,7 @@ public sealed partial class Qcow2Image
         var clusterSize = geometry.ClusterSize;
         var to = from + data.Length;
         var buffer = ArrayPool<byte>.Shared.Rent(clusterSize);
+        object? inFlight = null;
         try
         {
             // With extended L2 a cluster without a host cluster only needs the written subclusters.
@@ -37,6 +38,7 @@ public sealed partial class Qcow2Image
             }
 
             var (host, outcome) = await PlaceAsync(state, request, whole, async, cancellationToken).ConfigureAwait(false);
+            inFlight = outcome == PlacementOutcome.Fresh && IsTrackedInFlight(request) ? request.Fingerprint : null;
             if (outcome == PlacementOutcome.Unchanged)
             {
                 return; // the guest cluster already maps a host cluster holding exactly these bytes
@@ -71,6 +73,11 @@ public sealed partial class Qcow2Image
         }
         finally
         {
+            if (inFlight is not null && _core.PlacementsInFlight.TryRemove(inFlight, out var done))
+            {
+                done.TrySetResult(); // stored (the index knows it now) or failed: waiting writers ask again
+            }
+
             ArrayPool<byte>.Shared.Return(buffer);
         }
     }
@@ -92,6 +99,10 @@ public sealed partial class Qcow2Image
         {
         }
     }
+
+    /// <summary>Whether a fresh placement of this request is announced to writers of the same bytes.</summary>
+    private bool IsTrackedInFlight(in ClusterPlacementRequest request) =>
+        request.Fingerprint is not null && _core.Allocator.SharesClusters && !_core.Geometry.ExternalDataFile;
 
     /// <summary>Clusters freed since the last flush (unusable until it) beyond which a data allocation flushes first: 64 MiB, at least 256 clusters.</summary>
     private int QuarantineFlushClusters => Math.Max(256, (64 << 20) >> _core.Geometry.ClusterBits);
@@ -126,7 +137,12 @@ public sealed partial class Qcow2Image
         Unchanged,
     }
 
-    /// <summary>Chooses the host cluster: the guest offset with an external data file, else the allocator's answer.</summary>
+    /// <summary>
+    /// Chooses the host cluster: the guest offset with an external data file, else the allocator's
+    /// answer. A write of bytes that another writer is storing in a fresh cluster right now waits
+    /// for it and asks again, so that concurrent writes of one content share instead of each
+    /// storing a copy (the allocator learns of a fresh cluster only once it is written and linked).
+    /// </summary>
     private async ValueTask<(long Host, PlacementOutcome Outcome)> PlaceAsync(ClusterState state, ClusterPlacementRequest request, bool whole, bool async, CancellationToken cancellationToken)
     {
         if (_core.Geometry.ExternalDataFile)
@@ -134,8 +150,37 @@ public sealed partial class Qcow2Image
             return (state.ClusterStart, PlacementOutcome.Fresh); // data file clusters map 1:1 and are not refcounted
         }
 
+        while (true)
+        {
+            var (placed, wait) = await TryPlaceAsync(state, request, whole, async, cancellationToken).ConfigureAwait(false);
+            if (wait is null)
+            {
+                return placed;
+            }
+
+            // The other writer holds only its own range and needs only the metadata lock to finish.
+            if (async)
+            {
+                await wait.WaitAsync(cancellationToken).ConfigureAwait(false);
+            }
+            else
+            {
+                wait.Wait(cancellationToken);
+            }
+        }
+    }
+
+    /// <summary>One attempt of <see cref="PlaceAsync"/>: a placement, or the in-flight store of the same bytes to wait for.</summary>
+    private async ValueTask<((long Host, PlacementOutcome Outcome) Placed, Task? Wait)> TryPlaceAsync(ClusterState state, ClusterPlacementRequest request, bool whole, bool async, CancellationToken cancellationToken)
+    {
         using (await _core.MetadataLock.AcquireAsync(async, cancellationToken).ConfigureAwait(false))
         {
+            var tracked = whole && IsTrackedInFlight(request);
+            if (tracked && _core.PlacementsInFlight.TryGetValue(request.Fingerprint!, out var other))
+            {
+                return (default, other.Task);
+            }
+
             if (whole)
             {
                 var placement = _core.Allocator.Place(request);
@@ -146,14 +191,14 @@ public sealed partial class Qcow2Image
                         && (!_core.Geometry.ExtendedL2 || state.Bitmap == SubclusterBitmap.AllAllocated))
                     {
                         _core.Allocator.OnPlacementResolved(request, placement, shared: true);
-                        return (placement.ExistingHostOffset, PlacementOutcome.Unchanged);
+                        return ((placement.ExistingHostOffset, PlacementOutcome.Unchanged), null);
                     }
 
                     var shared = await TryShareAsync(placement, state.ClusterStart, async, cancellationToken).ConfigureAwait(false);
                     _core.Allocator.OnPlacementResolved(request, placement, shared);
                     if (shared)
                     {
-                        return (placement.ExistingHostOffset, PlacementOutcome.Shared);
+                        return ((placement.ExistingHostOffset, PlacementOutcome.Shared), null);
                     }
                 }
             }
@@ -163,7 +208,14 @@ public sealed partial class Qcow2Image
                 await FlushLockedAsync(async, cancellationToken).ConfigureAwait(false); // lets freed clusters be reused instead of growing the file
             }
 
-            return (await _core.RefcountManager.AllocateClustersAsync(1, async, cancellationToken).ConfigureAwait(false), PlacementOutcome.Fresh);
+            var host = await _core.RefcountManager.AllocateClustersAsync(1, async, cancellationToken).ConfigureAwait(false);
+            if (tracked)
+            {
+                // Removed (and completed) by the writer once the cluster is linked, or when it fails.
+                _core.PlacementsInFlight[request.Fingerprint!] = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+            }
+
+            return ((host, PlacementOutcome.Fresh), null);
         }
     }
 
@@ -181,6 +233,11 @@ public sealed partial class Qcow2Image
         if (!geometry.IsClusterAligned(host) || host <= 0)
         {
             return false;
+        }
+
+        if (_core.InPlaceWrites.ContainsKey(host))
+        {
+            return false; // its sole referrer is being rewritten in place: the bytes are changing
         }
 
         var refcounts = _core.RefcountManager!;
@@ -232,8 +289,13 @@ public sealed partial class Qcow2Image
         using (var table = await tables.GetWritableAsync(state.ClusterStart, async, cancellationToken).ConfigureAwait(false))
         {
             var index = _core.Geometry.L2Index(state.ClusterStart);
+            // The range lock owns the mapping, not COPIED: sharing clears COPIED on a sole referrer
+            // (and dropping a share sets it again) under the metadata lock alone, whoever holds that
+            // referrer's range. That is safe because nothing relies on a COPIED read earlier: a
+            // write goes in place only on a decision taken under the metadata lock, and the cluster
+            // cannot be shared from then until the write is done (see InPlaceWrites).
             var current = L2Table.ReadEntry(table.Span, index, _core.Geometry.ExtendedL2);
-            if (current != state.Entry)
+            if (current.WithCopied(false) != state.Entry.WithCopied(false))
             {
                 throw new InvalidOperationException($"The L2 entry of guest offset 0x{state.ClusterStart:x} changed during a write that held its range lock.");
             }
@@ -297,7 +359,10 @@ public sealed partial class Qcow2Image
                     tables.SetEntry(table, guest, entry.WithCopied(true), bitmap);
                 }
 
+                // Remember the survivor: the allocator may still name a referrer that is gone, and
+                // sharing verifies its answer against the guests known here.
                 _core.Referrers.Forget(host);
+                _core.Referrers.Add(host, guest);
                 return;
             }
 

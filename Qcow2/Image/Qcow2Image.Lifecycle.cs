@@ -262,7 +262,7 @@ public sealed partial class Qcow2Image
         }
 
         var table = await _core.GetRefcountsLockedAsync(async, cancellationToken).ConfigureAwait(false);
-        _core.RefcountManager = new RefcountManager(_core.File, _core.Geometry, table, _core.RefcountCache, _core.L2Cache, _core.Reservations, CommitRefcountTableAsync, OnClusterFreed, _core.NoteFileEnd);
+        _core.RefcountManager = new RefcountManager(_core.File, _core.Geometry, table, _core.RefcountCache, _core.L2Cache, _core.Reservations, _core.Overlap, CommitRefcountTableAsync, OnClusterFreed, _core.NoteFileEnd);
         _core.Tables = new ActiveTables(_core.File, _core.Geometry, _core.ActiveL1, _core.L2Cache, _core.RefcountCache, _core.RefcountManager, () => !_core.LazyRefcounts);
         if (deferExtensions)
         {

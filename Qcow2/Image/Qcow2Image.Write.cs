@@ -1,5 +1,4 @@
 using System.Buffers;
-using QcowDedup.Qcow2.Check;
 using QcowDedup.Qcow2.Format;
 using QcowDedup.Qcow2.Metadata;
 using QcowDedup.Qcow2.Storage;
@@ -129,11 +128,24 @@ public sealed partial class Qcow2Image
         using (await _core.MetadataLock.AcquireAsync(async, cancellationToken).ConfigureAwait(false))
         {
             state = await InspectClusterLockedAsync(clusterStart, wholeCluster: from == 0 && data.Length == ClusterBytesAt(clusterStart), async, cancellationToken).ConfigureAwait(false);
+            if (state.InPlace)
+            {
+                // Decided under the metadata lock; until the bytes are written no one may share the
+                // cluster (an allocator answer naming it is refused), so its refcount stays 1.
+                _core.InPlaceWrites.TryAdd(state.Host, 0);
+            }
         }
 
         if (state.InPlace)
         {
-            await WriteInPlaceAsync(state, from, data, async, cancellationToken).ConfigureAwait(false);
+            try
+            {
+                await WriteInPlaceAsync(state, from, data, async, cancellationToken).ConfigureAwait(false);
+            }
+            finally
+            {
+                _core.InPlaceWrites.TryRemove(state.Host, out _);
+            }
         }
         else
         {
@@ -271,7 +283,7 @@ public sealed partial class Qcow2Image
     {
         if (!_core.Geometry.ExternalDataFile)
         {
-            _core.GuardMetadata(host, data.Length, MetadataKind.None);
+            _core.GuardData(host, data.Length);
         }
 
         await _core.DataFile.WriteAsync(host, data, async, cancellationToken).ConfigureAwait(false);

@@ -9,6 +9,13 @@ internal sealed class AsyncLock : IDisposable
 {
     private readonly SemaphoreSlim _semaphore = new(1, 1);
 
+    /// <summary>
+    /// Runs by the holder just before every release, while it still holds the lock: publishes
+    /// what lock-free readers see of the state the holder changed (the metadata overlap index).
+    /// Must not throw.
+    /// </summary>
+    public Action? BeforeRelease { get; set; }
+
     public async ValueTask<Releaser> AcquireAsync(bool async, CancellationToken cancellationToken)
     {
         if (async)
@@ -20,13 +27,23 @@ internal sealed class AsyncLock : IDisposable
             _semaphore.Wait(cancellationToken);
         }
 
-        return new Releaser(_semaphore);
+        return new Releaser(this);
     }
 
     public void Dispose() => _semaphore.Dispose();
 
-    public readonly struct Releaser(SemaphoreSlim semaphore) : IDisposable
+    public readonly struct Releaser(AsyncLock owner) : IDisposable
     {
-        public void Dispose() => semaphore.Release();
+        public void Dispose()
+        {
+            try
+            {
+                owner.BeforeRelease?.Invoke();
+            }
+            finally
+            {
+                owner._semaphore.Release();
+            }
+        }
     }
 }

@@ -10,10 +10,10 @@ namespace QcowDedup.Qcow2.Metadata;
 /// </summary>
 internal sealed class L1Table
 {
+    private const int MaxLoggedChanges = 1024;
     private readonly SortedSet<long> _dirty = [];
+    private List<(ulong Old, ulong New)>? _changes = [];
     private ulong[] _entries;
-    private Dictionary<long, int>? _tables; // cluster an L2 table covers -> entries pointing there, built on first use
-    private long _clusterMask;
 
     public L1Table(long offset, ulong[] entries)
     {
@@ -62,58 +62,42 @@ internal sealed class L1Table
     }
 
     /// <summary>
-    /// Whether an entry points at an L2 table overlapping the cluster at <paramref name="cluster"/>
-    /// (overlap checks; a misaligned table overlaps two clusters).
+    /// Bumped by every change of an entry or of the table's place, so that the overlap index
+    /// (<see cref="MetadataOverlapTracker"/>) sees when to rebuild. Changed under the metadata lock.
     /// </summary>
-    public bool PointsAt(long cluster, int clusterSize)
-    {
-        if (_tables is null)
-        {
-            _tables = [];
-            _clusterMask = ~(long)(clusterSize - 1);
-            foreach (var raw in _entries)
-            {
-                Count(raw, +1);
-            }
-        }
+    public int Version { get; private set; }
 
-        return _tables.ContainsKey(cluster);
-    }
-
-    private void Count(ulong raw, int delta)
-    {
-        var offset = new L1Entry(raw).L2TableOffset;
-        if (_tables is null || offset == 0)
-        {
-            return;
-        }
-
-        var first = offset & _clusterMask;
-        CountCluster(_tables, first, delta);
-        if (first != offset)
-        {
-            CountCluster(_tables, first - _clusterMask, delta); // the next cluster: -mask is the cluster size
-        }
-    }
-
-    private static void CountCluster(Dictionary<long, int> tables, long cluster, int delta)
-    {
-        var count = tables.GetValueOrDefault(cluster) + delta;
-        if (count > 0)
-        {
-            tables[cluster] = count;
-        }
-        else
-        {
-            tables.Remove(cluster);
-        }
-    }
+    /// <summary>The entries as they are now (read under the metadata lock).</summary>
+    public ReadOnlySpan<ulong> Entries => _entries;
 
     private void Store(long index, ulong raw)
     {
-        Count(_entries[index], -1);
+        if (_changes is { } changes)
+        {
+            if (changes.Count < MaxLoggedChanges)
+            {
+                changes.Add((_entries[index], raw));
+            }
+            else
+            {
+                _changes = null; // many changes at once (a snapshot, a resize): the reader rebuilds
+            }
+        }
+
         _entries[index] = raw;
-        Count(raw, +1);
+        Version++;
+    }
+
+    /// <summary>
+    /// The entry changes (old, new) since the last call, so that the overlap index can follow them
+    /// without rescanning the table; null when it must rescan (too many changes, or the table was
+    /// replaced). Caller holds the metadata lock.
+    /// </summary>
+    public (ulong Old, ulong New)[]? TakeChanges()
+    {
+        var changes = _changes?.ToArray();
+        _changes = [];
+        return changes;
     }
 
     /// <summary>A copy of the entries (for snapshots and resizes).</summary>
@@ -202,7 +186,8 @@ internal sealed class L1Table
     {
         Offset = offset;
         _entries = entries;
-        _tables = null;
         _dirty.Clear();
+        _changes = null;
+        Version++;
     }
 }

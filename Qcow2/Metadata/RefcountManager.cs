@@ -34,6 +34,7 @@ internal sealed partial class RefcountManager
     private readonly TableCache _blocks;
     private readonly TableCache _l2Cache;
     private readonly HostReservations _reservations;
+    private readonly MetadataOverlapTracker _metadata;
     private readonly Func<long, int, bool, CancellationToken, ValueTask> _commitTableLocation;
     private readonly Action<long, ClusterUse> _onFreed;
     private readonly Action<long> _onAllocated;
@@ -47,10 +48,11 @@ internal sealed partial class RefcountManager
     /// <param name="blocks">The refcount block cache.</param>
     /// <param name="l2Cache">The L2 cache (decrements are ordered after it).</param>
     /// <param name="reservations">Ranges never to allocate.</param>
+    /// <param name="metadata">Where the image's metadata lies: never allocated either, even with a refcount of 0 (a damaged or hostile image).</param>
     /// <param name="commitTableLocation">Writes a new refcount table offset and size into the header, durably.</param>
     /// <param name="onFreed">Told about every cluster whose refcount reaches zero.</param>
     /// <param name="onAllocated">Told the end offset of every allocation (the clusters exist from now on, written or not).</param>
-    public RefcountManager(IStorage file, Geometry geometry, RefcountTable table, TableCache blocks, TableCache l2Cache, HostReservations reservations,
+    public RefcountManager(IStorage file, Geometry geometry, RefcountTable table, TableCache blocks, TableCache l2Cache, HostReservations reservations, MetadataOverlapTracker metadata,
         Func<long, int, bool, CancellationToken, ValueTask> commitTableLocation, Action<long, ClusterUse> onFreed, Action<long> onAllocated)
     {
         _onAllocated = onAllocated;
@@ -60,6 +62,7 @@ internal sealed partial class RefcountManager
         _blocks = blocks;
         _l2Cache = l2Cache;
         _reservations = reservations;
+        _metadata = metadata;
         _commitTableLocation = commitTableLocation;
         _onFreed = onFreed;
     }
@@ -262,6 +265,21 @@ internal sealed partial class RefcountManager
                 continue;
             }
 
+            // A structure the metadata references is in use whatever its refcount says: a hostile
+            // image can zero a snapshot L2 table's refcount, and handing that cluster out would
+            // overwrite the snapshot with guest data. (The index may lag inside one critical
+            // section; it only ever lags by structures whose refcounts are right.)
+            if (_metadata.Published?.FirstOverlapEnd(candidate, count) is long metadataEnd)
+            {
+                if (candidate == _freeClusterHint)
+                {
+                    _freeClusterHint = metadataEnd; // in use like any allocated cluster (freeing one lowers the hint again)
+                }
+
+                candidate = metadataEnd;
+                continue;
+            }
+
             var free = true;
             for (var i = 0; i < count; i++)
             {
@@ -329,6 +347,10 @@ internal sealed partial class RefcountManager
             else if (_reservations.FirstOverlapEnd(cluster, 1) is long after)
             {
                 cluster = after;
+            }
+            else if (_metadata.Published?.FirstOverlapEnd(cluster, 1) is long metadataEnd)
+            {
+                cluster = metadataEnd;
             }
             else
             {

@@ -10,7 +10,6 @@ namespace QcowDedup.Qcow2.Metadata;
 /// </summary>
 internal sealed class RefcountTable
 {
-    private HashSet<long>? _blockOffsets;
     private readonly Geometry _geometry;
     private readonly TableCache _blocks;
     private ulong[] _entries;
@@ -22,7 +21,6 @@ internal sealed class RefcountTable
         Offset = offset;
         Clusters = clusters;
         _entries = entries;
-        _blockOffsets = null;
     }
 
     /// <summary>Host offset of the table.</summary>
@@ -116,28 +114,17 @@ internal sealed class RefcountTable
     public void SetInMemory(long index, long blockOffset)
     {
         _entries[index] = (ulong)blockOffset;
-        _blockOffsets = null;
+        Version++;
     }
 
-    /// <summary>Whether a refcount block overlaps the cluster at <paramref name="cluster"/> (overlap checks; a misaligned block overlaps two).</summary>
-    public bool IsBlock(long cluster)
-    {
-        if (_blockOffsets is null)
-        {
-            _blockOffsets = [];
-            foreach (var offset in _entries.Select(e => new RefcountTableEntry(e).BlockOffset).Where(o => o != 0))
-            {
-                var first = _geometry.StartOfCluster(offset);
-                _blockOffsets.Add(first);
-                if (first != offset)
-                {
-                    _blockOffsets.Add(first + _geometry.ClusterSize);
-                }
-            }
-        }
+    /// <summary>
+    /// Bumped by every change of an entry or of the table's place, so that the overlap index
+    /// (<see cref="MetadataOverlapTracker"/>) sees when to rebuild. Changed under the metadata lock.
+    /// </summary>
+    public int Version { get; private set; }
 
-        return _blockOffsets.Contains(cluster);
-    }
+    /// <summary>The entries as they are now (read under the metadata lock).</summary>
+    public ReadOnlySpan<ulong> Entries => _entries;
 
     /// <summary>Encodes the table for writing.</summary>
     public byte[] Encode()
@@ -160,5 +147,6 @@ internal sealed class RefcountTable
         Offset = offset;
         Clusters = clusters;
         _entries = entries;
+        Version++;
     }
 }
