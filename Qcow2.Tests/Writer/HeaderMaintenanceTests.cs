@@ -104,6 +104,28 @@ public class HeaderMaintenanceTests : TempDirectoryFixture
     }
 
     [Test]
+    public void The_dirty_bit_covers_metadata_changes_until_the_next_flush()
+    {
+        var path = PathOf("window.qcow2");
+        bool Dirty() => ImagePatch.ReadHeader(path).Header.Incompatible.HasFlag(IncompatibleFeatures.Dirty);
+        using (var image = Qcow2Image.Create(path, new Qcow2CreateOptions { Size = 8 << 20 }))
+        {
+            image.Write(0, Enumerable.Repeat((byte)1, 70_000).ToArray()); // allocates: refcounts change
+            Dirty().ShouldBeTrue();
+            image.Flush();
+            Dirty().ShouldBeFalse(); // a crash now leaves nothing to repair
+            image.Write(0, Enumerable.Repeat((byte)2, 4096).ToArray()); // in place: no metadata changes
+            image.Flush();
+            Dirty().ShouldBeFalse();
+            image.Write(4 << 20, Enumerable.Repeat((byte)3, 4096).ToArray());
+            Dirty().ShouldBeTrue();
+        }
+
+        Dirty().ShouldBeFalse();
+        Qemu.AssertClean(path);
+    }
+
+    [Test]
     public void Changing_the_backing_file_rewrites_name_and_format()
     {
         var builder = new ImageBuilder(Directory);

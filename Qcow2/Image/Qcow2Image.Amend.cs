@@ -161,10 +161,6 @@ public sealed partial class Qcow2Image
             ? header.Header.Compatible | CompatibleFeatures.LazyRefcounts
             : header.Header.Compatible & ~CompatibleFeatures.LazyRefcounts;
         await _core.RewriteHeaderAsync(header with { Header = header.Header with { Compatible = compatible } }, async, cancellationToken).ConfigureAwait(false);
-        if (!enabled)
-        {
-            _core.RefcountManager!.BeforeFirstChange = null;
-        }
     }
 
     /// <summary>

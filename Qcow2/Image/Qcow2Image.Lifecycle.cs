@@ -145,6 +145,25 @@ public sealed partial class Qcow2Image
             {
                 extension.Flush(new ExtensionHost(this, extension));
             }
+
+            await CloseDirtyWindowAsync(async, cancellationToken).ConfigureAwait(false);
+        }
+    }
+
+    /// <summary>
+    /// After a flush every metadata change of the session is on disk and consistent, so a crash
+    /// from here on has nothing to repair: the dirty bit is cleared and armed again for the next
+    /// change. It stays while lazy refcounts postpone refcount updates, after an I/O error (which
+    /// may have leaked clusters) and while a repair has not come out clean. Caller holds the
+    /// metadata lock.
+    /// </summary>
+    private async ValueTask CloseDirtyWindowAsync(bool async, CancellationToken cancellationToken)
+    {
+        if (_core.RefcountManager is { BeforeFirstChange: null } && !_core.LazyRefcounts && !_keepDirtyBit && !_ioErrorSeen
+            && (_core.Header.Header.Incompatible & IncompatibleFeatures.Dirty) != 0)
+        {
+            await SetIncompatibleBitsAsync(IncompatibleFeatures.Dirty, false, async, cancellationToken).ConfigureAwait(false);
+            ArmDirtyBit();
         }
     }
 
@@ -167,6 +186,11 @@ public sealed partial class Qcow2Image
         await _core.File.FlushAsync(async, cancellationToken).ConfigureAwait(false);
         _core.L2Cache.FlushStorageBeforeWrite = false;
         await _core.RefcountCache.FlushAsync(async, cancellationToken).ConfigureAwait(false);
+        if (_core.RefcountManager is { } refcounts)
+        {
+            await refcounts.WriteTableEntriesAsync(async, cancellationToken).ConfigureAwait(false); // after a failed write
+        }
+
         await _core.L2Cache.FlushAsync(async, cancellationToken).ConfigureAwait(false);
         if (_core.ActiveL1.HasDirtyEntries)
         {
@@ -290,12 +314,14 @@ public sealed partial class Qcow2Image
     }
 
     /// <summary>
-    /// Sets the dirty bit durably before the first metadata change of a writing session; closing
-    /// clears it. Lazy refcounts need it (refcount updates are postponed), and so does everyone
-    /// else: a shared cluster's COPIED flag and refcount live in two tables that cannot change in
-    /// one write, and a session cut by a crash leaks clusters. With the bit set, QEMU's next
-    /// read-write open and ours repair both, so a crash never leaves more than the bit behind.
-    /// Costs one header write and two flushes per session. v2 images have no dirty bit.
+    /// Sets the dirty bit durably before the first metadata change since the last flush; the next
+    /// flush (<see cref="CloseDirtyWindowAsync"/>) or the close clears it. Lazy refcounts need it
+    /// (refcount updates are postponed), and so does everyone else: a shared cluster's COPIED flag
+    /// and refcount live in two tables that cannot change in one write, and changes cut by a crash
+    /// leak clusters. With the bit set, QEMU's next read-write open and ours repair both, so a
+    /// crash never leaves more than the bit behind; a crash after a flush leaves a clean image.
+    /// Costs two header writes and three flushes per flush that follows metadata changes.
+    /// v2 images have no dirty bit.
     /// </summary>
     private void ArmDirtyBit()
     {

@@ -121,11 +121,24 @@ internal sealed class L1Table
     /// <summary>Changes one entry in memory and writes it to disk now.</summary>
     public async ValueTask SetAsync(IStorage storage, long index, L1Entry entry, bool async, CancellationToken cancellationToken)
     {
-        Store(index, entry.Raw);
+        var previous = this[index].Raw;
         _dirty.Remove(index);
+        Store(index, entry.Raw);
         var bytes = new byte[Qcow2Layout.L1EntrySize];
         BinaryPrimitives.WriteUInt64BigEndian(bytes, entry.Raw);
-        await storage.WriteAsync(Offset + (index * Qcow2Layout.L1EntrySize), bytes, async, cancellationToken).ConfigureAwait(false);
+        try
+        {
+            await storage.WriteAsync(Offset + (index * Qcow2Layout.L1EntrySize), bytes, async, cancellationToken).ConfigureAwait(false);
+        }
+        catch
+        {
+            // The entry on disk may be either: memory goes back to the old one (or later changes
+            // under the new entry would be lost behind the old one at the next open), and the next
+            // flush writes it again so that disk and memory agree.
+            Store(index, previous);
+            _dirty.Add(index);
+            throw;
+        }
     }
 
     /// <summary>

@@ -39,6 +39,7 @@ internal sealed partial class RefcountManager
     private readonly Action<long, ClusterUse> _onFreed;
     private readonly Action<long> _onAllocated;
     private readonly HashSet<long> _quarantined = [];
+    private readonly SortedSet<long> _unwrittenTableEntries = [];
     private long _freeClusterHint;
     private long _freeByteOffset;
 
@@ -146,8 +147,8 @@ internal sealed partial class RefcountManager
     {
         if (BeforeFirstChange is { } hook)
         {
-            BeforeFirstChange = null;
             await hook(async, cancellationToken).ConfigureAwait(false);
+            BeforeFirstChange = null; // only once it succeeded: after an I/O error the next change tries again
         }
 
         var blockOffset = Table.BlockOffsetFor(cluster, long.MaxValue);
@@ -376,9 +377,30 @@ internal sealed partial class RefcountManager
         // The block must be on disk before the table points at it.
         await _blocks.FlushAsync(async, cancellationToken).ConfigureAwait(false);
         Table.SetInMemory(blockIndex, offset);
+        _unwrittenTableEntries.Add(blockIndex);
+        await WriteTableEntriesAsync(async, cancellationToken).ConfigureAwait(false);
+    }
+
+    /// <summary>
+    /// Writes the refcount table entries of new blocks. The block stays in use in memory when its
+    /// entry's write fails (it already counts allocated clusters); the entry is written again at
+    /// the next flush, and until then the session's dirty bit covers the gap.
+    /// </summary>
+    public async ValueTask WriteTableEntriesAsync(bool async, CancellationToken cancellationToken)
+    {
+        if (_unwrittenTableEntries.Count == 0)
+        {
+            return;
+        }
+
         var entry = new byte[Qcow2Layout.RefcountTableEntrySize];
-        BinaryPrimitives.WriteUInt64BigEndian(entry, (ulong)offset);
-        await _file.WriteAsync(Table.Offset + (blockIndex * Qcow2Layout.RefcountTableEntrySize), entry, async, cancellationToken).ConfigureAwait(false);
+        foreach (var blockIndex in _unwrittenTableEntries.ToList())
+        {
+            BinaryPrimitives.WriteUInt64BigEndian(entry, (ulong)Table[blockIndex].BlockOffset);
+            await _file.WriteAsync(Table.Offset + (blockIndex * Qcow2Layout.RefcountTableEntrySize), entry, async, cancellationToken).ConfigureAwait(false);
+        }
+
         await _file.FlushAsync(async, cancellationToken).ConfigureAwait(false);
+        _unwrittenTableEntries.Clear();
     }
 }
