@@ -21,7 +21,7 @@ rm -rf "$results"
 dotnet build QcowDedup.sln -c Release -nologo -v quiet
 set +e
 dotnet test QcowDedup.sln -c Release --no-build -nologo \
-  --logger "trx;LogFilePrefix=results" --logger "console;verbosity=minimal" \
+  --logger "trx;LogFilePrefix=results" --logger "console;verbosity=${QCOWDEDUP_TEST_VERBOSITY:-minimal}" \
   --results-directory "$results" "$@"
 status=$?
 set -e

@@ -49,9 +49,16 @@ public sealed class FaultHarness(FaultWorkload workload, string directory, bool 
     private string? _pristine;
     private SparseModel? _initial;
 
-    /// <summary>Fault points to try per workload and mode: every point when a run offers fewer.</summary>
-    public static int PointsPerRun(int ciDefault) =>
-        int.TryParse(Environment.GetEnvironmentVariable("QCOWDEDUP_CRASH_POINTS"), out var points) && points > 0 ? points : ciDefault;
+    /// <summary>
+    /// Fault points to try per workload and mode (QCOWDEDUP_CRASH_POINTS, a number or "all"):
+    /// every point when a run offers fewer.
+    /// </summary>
+    public static int PointsPerRun(int ciDefault) => Environment.GetEnvironmentVariable("QCOWDEDUP_CRASH_POINTS") switch
+    {
+        "all" => int.MaxValue,
+        var text when int.TryParse(text, out var points) && points > 0 => points,
+        _ => ciDefault,
+    };
 
     /// <summary>Up to <paramref name="wanted"/> points spread over [0, total), all of them when there are fewer.</summary>
     public static IEnumerable<long> Sample(long total, int wanted, int seed)

@@ -121,7 +121,7 @@ public sealed class ModelRun
                 break;
             case < 77:
                 _log.Add("flush");
-                _image.Flush();
+                Call(() => _image.Flush(), () => _image.FlushAsync());
                 break;
             case < 80:
                 Reopen();
@@ -152,7 +152,7 @@ public sealed class ModelRun
         }
 
         _log.Add($"write 0x{offset:x} +{length} ({(data.AsSpan().ContainsAnyExcept((byte)0) ? "data" : "zeros")})");
-        _image.Write(offset, data);
+        Call(() => _image.Write(offset, data), () => _image.WriteAsync(offset, data));
         Model.Write(offset, data);
     }
 
@@ -161,7 +161,7 @@ public sealed class ModelRun
         var (offset, length) = PickRange();
         var unmap = _random.Next(2) == 0;
         _log.Add($"write-zeroes 0x{offset:x} +{length} unmap={unmap}");
-        _image.WriteZeroes(offset, length, unmap);
+        Call(() => _image.WriteZeroes(offset, length, unmap), () => _image.WriteZeroesAsync(offset, length, unmap));
         Model.Zero(offset, length);
     }
 
@@ -169,7 +169,7 @@ public sealed class ModelRun
     {
         var (offset, length) = PickRange();
         _log.Add($"discard 0x{offset:x} +{length}");
-        _image.Discard(offset, length);
+        Call(() => _image.Discard(offset, length), () => _image.DiscardAsync(offset, length));
         var end = offset + length;
         var first = RoundUp(offset);
         var last = end == Model.Size ? RoundUp(end) : end / _clusterSize * _clusterSize;
@@ -188,8 +188,18 @@ public sealed class ModelRun
     private void Reopen()
     {
         _log.Add("reopen");
-        _image.Dispose();
-        _image = Qcow2Image.Open(ImagePath, new Qcow2OpenOptions { Writable = true });
+        var options = new Qcow2OpenOptions { Writable = true };
+        if (_variant.Async)
+        {
+            _image.DisposeAsync().AsTask().GetAwaiter().GetResult();
+            _image = Qcow2Image.OpenAsync(ImagePath, options).AsTask().GetAwaiter().GetResult();
+        }
+        else
+        {
+            _image.Dispose();
+            _image = Qcow2Image.Open(ImagePath, options);
+        }
+
         Reopens++;
         _image.Size.ShouldBe(Model.Size);
         VerifyHotRegions();
@@ -206,7 +216,7 @@ public sealed class ModelRun
         }
 
         _log.Add($"resize {Model.Size} -> {newSize}");
-        _image.Resize(newSize, allowShrink: true);
+        Call(() => _image.Resize(newSize, allowShrink: true), () => _image.ResizeAsync(newSize, allowShrink: true));
         Model.Resize(newSize);
     }
 
@@ -214,7 +224,7 @@ public sealed class ModelRun
     {
         var (offset, length) = PickRange();
         var actual = new byte[length];
-        _image.Read(offset, actual);
+        Call(() => _image.Read(offset, actual), () => _image.ReadAsync(offset, actual));
         var expected = Model.Read(offset, length);
         AssertSame(expected, actual, offset, $"random read after operation {index}");
     }
@@ -224,8 +234,21 @@ public sealed class ModelRun
         foreach (var (start, end) in HotRegions(Model.Size))
         {
             var actual = new byte[end - start];
-            _image.Read(start, actual);
+            Call(() => _image.Read(start, actual), () => _image.ReadAsync(start, actual));
             AssertSame(Model.Read(start, (int)(end - start)), actual, start, $"after {Reopens} reopens");
+        }
+    }
+
+    /// <summary>One image call through the synchronous or the asynchronous API, as the variant says.</summary>
+    private void Call(Action sync, Func<ValueTask> async)
+    {
+        if (_variant.Async)
+        {
+            async().AsTask().GetAwaiter().GetResult();
+        }
+        else
+        {
+            sync();
         }
     }
 

@@ -12,7 +12,12 @@ namespace QcowDedup.Qcow2.Tests.Writer;
 [Category("Interop")]
 public class ModelTests : TempDirectoryFixture
 {
-    public static IEnumerable<TestCaseData> Variants()
+    /// <summary>Every variant twice: through the synchronous API and through the asynchronous one.</summary>
+    public static IEnumerable<TestCaseData> Variants() =>
+        BaseVariants().SelectMany(v => new[] { false, true }.Select(async =>
+            new TestCaseData(v with { Async = async }).SetName(async ? v.Name + "_async" : v.Name)));
+
+    private static IEnumerable<ModelVariant> BaseVariants()
     {
         yield return Variant("v2_64k", new() { Version = 2 });
         yield return Variant("v3_512", new() { ClusterSize = 512 });
@@ -37,9 +42,9 @@ public class ModelTests : TempDirectoryFixture
         var run = new ModelRun(variant, Directory);
         run.Execute();
 
-        using (var image = Qcow2Image.Open(run.ImagePath))
+        using (var image = variant.Async ? Qcow2Image.OpenAsync(run.ImagePath).AsTask().GetAwaiter().GetResult() : Qcow2Image.Open(run.ImagePath))
         {
-            var own = image.Check();
+            var own = variant.Async ? image.CheckAsync().AsTask().GetAwaiter().GetResult() : image.Check();
             own.IsClean.ShouldBeTrue(string.Join("\n", own.Messages.Take(20)));
             TestContext.Out.WriteLine($"{variant.Name}: {run.Reopens} reopens, {own.AllocatedClusters} allocated clusters ({own.CompressedClusters} compressed), image end 0x{own.ImageEndOffset:x}, size {image.Size}");
         }
@@ -54,12 +59,12 @@ public class ModelTests : TempDirectoryFixture
         compare.ExitCode.ShouldBe(0, compare.Output + compare.Error);
     }
 
-    private static TestCaseData Variant(string name, Qcow2CreateOptions options, string? backing = null, int operations = 2500) =>
-        new TestCaseData(new ModelVariant(name, options, backing, operations)).SetName(name);
+    private static ModelVariant Variant(string name, Qcow2CreateOptions options, string? backing = null, int operations = 2500) =>
+        new(name, options, backing, operations);
 }
 
 /// <summary>One variant of the model test.</summary>
-public sealed record ModelVariant(string Name, Qcow2CreateOptions Options, string? Backing, int Operations)
+public sealed record ModelVariant(string Name, Qcow2CreateOptions Options, string? Backing, int Operations, bool Async = false)
 {
-    public override string ToString() => Name;
+    public override string ToString() => Async ? Name + "_async" : Name;
 }
