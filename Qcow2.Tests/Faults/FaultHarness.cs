@@ -8,13 +8,16 @@ namespace QcowDedup.Qcow2.Tests.Faults;
 /// <param name="CrashAt">The write or flush at which the machine loses power.</param>
 /// <param name="Mode">What survives of the unflushed writes.</param>
 /// <param name="FailAt">The write or flush that fails with an I/O error (the machine stays up).</param>
-public readonly record struct Fault(long CrashAt = long.MaxValue, CrashMode Mode = CrashMode.DropUnflushed, long FailAt = long.MaxValue)
+/// <param name="FailReadAt">The read that fails with an I/O error.</param>
+public readonly record struct Fault(long CrashAt = long.MaxValue, CrashMode Mode = CrashMode.DropUnflushed, long FailAt = long.MaxValue, long FailReadAt = long.MaxValue)
 {
-    public static Fault None => new(CrashAt: long.MaxValue, FailAt: long.MaxValue); // not default(Fault), whose points are 0
+    public static Fault None => new(CrashAt: long.MaxValue, FailAt: long.MaxValue, FailReadAt: long.MaxValue); // not default(Fault), whose points are 0
+
+    public bool InjectsErrors => FailAt != long.MaxValue || FailReadAt != long.MaxValue;
 }
 
 /// <summary>What a run did.</summary>
-public sealed record FaultRun(string Path, long Operations, bool Crashed, int InjectedFailures, IReadOnlyList<string> Problems, GuestHistory History, IReadOnlyDictionary<string, int> Coverage);
+public sealed record FaultRun(string Path, long Operations, long Reads, bool Crashed, int InjectedFailures, IReadOnlyList<string> Problems, GuestHistory History, IReadOnlyDictionary<string, int> Coverage);
 
 /// <summary>Totals over the fault points of one workload, printed by tests and the long-run driver alike.</summary>
 public sealed class FaultTally
@@ -90,7 +93,7 @@ public sealed class FaultHarness(FaultWorkload workload, string directory, bool 
         var history = new GuestHistory(_initial!);
         var problems = new List<string>();
         using var file = FileStorage.Open(path, writable: true);
-        var storage = new FaultyStorage(file) { CrashAt = fault.CrashAt, Mode = fault.Mode, FailAt = fault.FailAt, Seed = seed, Trace = trace };
+        var storage = new FaultyStorage(file) { CrashAt = fault.CrashAt, Mode = fault.Mode, FailAt = fault.FailAt, FailReadAt = fault.FailReadAt, Seed = seed, Trace = trace };
         var crashed = false;
         var coverage = new Dictionary<string, int>();
         try
@@ -100,7 +103,8 @@ public sealed class FaultHarness(FaultWorkload workload, string directory, bool 
                 : Qcow2Image.Open(storage, workload.Options(), leaveOpen: true);
             var context = new WorkloadContext(image, history, async, seed: 17)
             {
-                ToleratedFailures = fault.FailAt == long.MaxValue ? null : () => storage.Failures,
+                ToleratedFailures = fault.InjectsErrors ? () => storage.Failures : null,
+                ErrorsMustSurface = fault.FailAt != long.MaxValue,
             };
             workload.Body(context);
             foreach (var (what, count) in context.Coverage)
@@ -117,7 +121,7 @@ public sealed class FaultHarness(FaultWorkload workload, string directory, bool 
         }
 
         storage.SettleAfterRun();
-        return new FaultRun(path, storage.Operations, crashed, storage.Failures, problems, history, coverage);
+        return new FaultRun(path, storage.Operations, storage.Reads, crashed, storage.Failures, problems, history, coverage);
     }
 
     /// <summary>Judges the image a run left; null when all is well, else what went wrong.</summary>

@@ -13,6 +13,7 @@ namespace QcowDedup.Qcow2.Tests.Faults;
 public class IoErrorTests : TempDirectoryFixture
 {
     private const int CiPoints = 24;
+    private const int CiReadPoints = 12;
 
     public static IEnumerable<FaultWorkload> Workloads => FaultWorkloads.All;
 
@@ -39,7 +40,36 @@ public class IoErrorTests : TempDirectoryFixture
             File.Delete(run.Path);
         }
 
-        TestContext.Out.WriteLine($"{workload} {(async ? "async" : "sync")}: {dryRun.Operations} operations{string.Concat(dryRun.Coverage.Select(c => $", {c.Value} {c.Key}"))}; {tally}");
+        Report(workload, async, $"{dryRun.Operations} operations", dryRun, tally);
+    }
+
+    [Test]
+    public void A_read_error_fails_its_call_and_leaves_a_consistent_image(
+        [ValueSource(nameof(Workloads))] FaultWorkload workload, [Values] bool async)
+    {
+        var harness = new FaultHarness(workload, Directory, async);
+        var tally = new FaultTally();
+        var dryRun = harness.Run("dry-run.qcow2", Fault.None, seed: 0);
+        foreach (var point in FaultHarness.Sample(dryRun.Reads, FaultHarness.PointsPerRun(CiReadPoints), seed: 11))
+        {
+            var run = harness.Run($"read-error-{point}.qcow2", new Fault(FailReadAt: point), seed: (int)point);
+            run.InjectedFailures.ShouldBe(1, $"the workload issues read {point}");
+            tally.Points++;
+            tally.IoErrors++;
+            if (harness.Judge(run, tally) is { } problem)
+            {
+                tally.Failures.Add($"I/O error at read {point}: {problem}");
+            }
+
+            File.Delete(run.Path);
+        }
+
+        Report(workload, async, $"{dryRun.Reads} reads", dryRun, tally);
+    }
+
+    private static void Report(FaultWorkload workload, bool async, string offered, FaultRun dryRun, FaultTally tally)
+    {
+        TestContext.Out.WriteLine($"{workload} {(async ? "async" : "sync")}: {offered}{string.Concat(dryRun.Coverage.Select(c => $", {c.Value} {c.Key}"))}; {tally}");
         foreach (var report in tally.DirtyRepairReports.Distinct())
         {
             TestContext.Out.WriteLine($"  repaired through the dirty bit: {report}");

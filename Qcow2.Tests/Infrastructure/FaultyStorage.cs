@@ -55,6 +55,9 @@ public sealed class FaultyStorage(IStorage durable) : IStorage
     /// <summary>Writes and flushes issued so far: the crash and failure points a workload offers.</summary>
     public long Operations => _operations;
 
+    /// <summary>Reads issued so far: the read failure points a workload offers.</summary>
+    public long Reads => _reads;
+
     /// <summary>When set, every numbered operation is described here (for diagnosing a failing point).</summary>
     public List<string>? Trace { get; init; }
 

@@ -47,6 +47,7 @@ internal sealed class MetadataOverlapTracker(Geometry geometry, IStorage file, b
     private IReadOnlyList<SnapshotTableEntry>? _snapshots;
     private IReadOnlyList<BitmapDirectoryEntry>? _bitmaps;
     private long _snapshotL1BytesRead;
+    private bool _snapshotL1ReadFailed;
     private ClusterRuns _activeL1Runs = ClusterRuns.Empty;
     private ClusterRuns _activeL2Runs = ClusterRuns.Empty;
     private ClusterRuns _refcountTableRuns = ClusterRuns.Empty;
@@ -60,7 +61,7 @@ internal sealed class MetadataOverlapTracker(Geometry geometry, IStorage file, b
     /// <summary>The index last published (null before the first <see cref="Refresh"/>). Safe to read from any thread.</summary>
     public MetadataOverlapIndex? Published => Volatile.Read(ref _published);
 
-    /// <summary>Whether some snapshot's L2 tables are missing from the index (unreadable L1, or the read budget ran out).</summary>
+    /// <summary>Whether some snapshot's L2 tables are missing from the index (the read budget ran out; an L1 table that failed to read is read again at the next refresh).</summary>
     public bool SnapshotL2TablesIncomplete { get; private set; }
 
     /// <summary>Brings the index up to date with <paramref name="layout"/> and returns it. Caller holds the metadata lock.</summary>
@@ -106,7 +107,7 @@ internal sealed class MetadataOverlapTracker(Geometry geometry, IStorage file, b
             changed = true;
         }
 
-        if (!ReferenceEquals(layout.Header, _header) || !ReferenceEquals(layout.Snapshots, _snapshots) || !ReferenceEquals(layout.Bitmaps, _bitmaps))
+        if (!ReferenceEquals(layout.Header, _header) || !ReferenceEquals(layout.Snapshots, _snapshots) || !ReferenceEquals(layout.Bitmaps, _bitmaps) || _snapshotL1ReadFailed)
         {
             _header = layout.Header;
             _snapshots = layout.Snapshots;
@@ -212,13 +213,21 @@ internal sealed class MetadataOverlapTracker(Geometry geometry, IStorage file, b
     {
         var live = new HashSet<(long, int)>();
         var tables = new HashSet<long>();
+        _snapshotL1ReadFailed = false;
         foreach (var snapshot in snapshots)
         {
             var key = (snapshot.L1TableOffset, snapshot.L1Size);
             live.Add(key);
             if (!_snapshotL2Tables.TryGetValue(key, out var offsets))
             {
-                _snapshotL2Tables[key] = offsets = ReadL2Offsets(snapshot.L1TableOffset, snapshot.L1Size);
+                offsets = ReadL2Offsets(snapshot.L1TableOffset, snapshot.L1Size);
+                if (offsets is null)
+                {
+                    _snapshotL1ReadFailed = true; // an I/O error: not remembered, read again at the next refresh
+                    continue;
+                }
+
+                _snapshotL2Tables[key] = offsets;
             }
 
             tables.UnionWith(offsets);
@@ -232,7 +241,8 @@ internal sealed class MetadataOverlapTracker(Geometry geometry, IStorage file, b
         return [.. tables.Select(t => (t, (long)geometry.ClusterSize))];
     }
 
-    private long[] ReadL2Offsets(long l1Offset, int l1Size)
+    /// <summary>The L2 table offsets a snapshot L1 table names; null when reading it failed.</summary>
+    private long[]? ReadL2Offsets(long l1Offset, int l1Size)
     {
         var bytes = (long)l1Size * Qcow2Layout.L1EntrySize;
         if (!readSnapshotL1Tables)
@@ -254,8 +264,8 @@ internal sealed class MetadataOverlapTracker(Geometry geometry, IStorage file, b
         }
         catch (Exception e) when (e is IOException or ObjectDisposedException or UnauthorizedAccessException or NotSupportedException)
         {
-            SnapshotL2TablesIncomplete = true;
-            return [];
+            _snapshotL1BytesRead -= bytes;
+            return null;
         }
 
         var offsets = new List<long>();
