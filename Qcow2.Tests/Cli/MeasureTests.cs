@@ -1,4 +1,3 @@
-using QcowDedup.Cli;
 using QcowDedup.Qcow2.Image;
 using QcowDedup.Qcow2.Tests.Infrastructure;
 using QcowDedup.Qcow2.Tests.Interop;
@@ -64,7 +63,7 @@ public class MeasureTests : TempDirectoryFixture
         // At most 0–64k, 3M–3.1M (two clusters), 5M–6M (when the zero write allocated blocks) and 9M–9M+64k.
         var metadataOnly = Qcow2Image.Measure(new Qcow2CreateOptions { Size = 10 * MiB });
         using var source = DiskSource.Open(raw, "raw", new Qcow2OpenOptions());
-        var ours = Qcow2Image.Measure(new Qcow2CreateOptions(), source.Size, source.Map(0, source.Size));
+        var ours = Qcow2Image.Measure(new Qcow2CreateOptions(), source.Size, source.GetMap(0, source.Size));
         ours.Required.ShouldBeInRange(metadataOnly.Required + (4 * 65536), metadataOnly.Required + (20 * 65536));
     }
 

@@ -4,7 +4,7 @@ namespace QcowDedup.Cli;
 /// qemu-img's -p progress line, "    (12.34/100%)" rewritten in place with a carriage return.
 /// Shown only on a terminal: redirected output stays clean for scripts.
 /// </summary>
-internal sealed class Progress
+internal sealed class Progress : IProgress<double>
 {
     private readonly bool _enabled;
     private double _last = -1;

@@ -37,7 +37,7 @@ internal static class CheckCommand
         var quiet = line.Has("-q");
         FileArguments.CheckInput(path);
 
-        var format = line.Value("-f", "--format") ?? DiskSource.Probe(path);
+        var format = line.Value("-f", "--format") ?? DiskSource.ProbeFormat(path);
         if (format is not ("qcow2" or "raw"))
         {
             throw new UsageException($"unknown or unsupported format '{format}' (use qcow2 or raw)");

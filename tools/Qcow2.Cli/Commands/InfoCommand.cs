@@ -22,7 +22,7 @@ internal static class InfoCommand
         // Like qemu-img info (BDRV_O_NO_BACKING), the image is opened without its backing files:
         // info shows the name of a backing file that is missing or that the policy refuses.
         Qcow2OpenOptions Options() => ImageOptions.For(line, path) with { BackingFiles = BackingFileMode.Ignore }; // one per open: it carries the dedup extension
-        using var source = DiskSource.Open(path, line.Value("-f"), Options());
+        using var source = Disks.Open(path, line.Value("-f"), Options());
         var layers = new List<LayerInfo>();
         string? problem = null;
         if (source.Image is { } image)

@@ -14,8 +14,8 @@ internal static class MapCommand
         var line = CommandLine.Parse(args, ["-f", "--output"], ["-U", "--force-share"]);
         line.ExpectPositionals(1, 1, Usage);
         var json = OutputMode.IsJson(line.Value("--output"));
-        using var source = DiskSource.Open(line.Positionals[0], line.Value("-f"), ImageOptions.For(line, line.Positionals[0]));
-        var entries = source.Map(0, source.Size);
+        using var source = Disks.Open(line.Positionals[0], line.Value("-f"), ImageOptions.For(line, line.Positionals[0]));
+        var entries = source.GetMap(0, source.Size);
         if (json)
         {
             Console.Out.WriteLine("[" + string.Join(",\n", entries.Select(JsonLine)) + "]");

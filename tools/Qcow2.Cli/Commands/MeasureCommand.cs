@@ -61,7 +61,7 @@ internal static class MeasureCommand
         });
 
         CheckCommonOptions(options);
-        using var source = sourcePath is null ? null : DiskSource.Open(sourcePath, line.Value("-f"), ImageOptions.For(line, sourcePath));
+        using var source = sourcePath is null ? null : Disks.Open(sourcePath, line.Value("-f"), ImageOptions.For(line, sourcePath));
         var measurement = target == "raw" ? MeasureRaw(source, size ?? 0) : MeasureQcow2(source, size, options);
         Console.Out.Write(json ? Json(measurement) : Human(measurement));
         return 0;
@@ -88,7 +88,7 @@ internal static class MeasureCommand
         {
             null => Qcow2Image.Measure(create),
             { Image: { } image } => Qcow2Image.Measure(create, image),
-            _ => Qcow2Image.Measure(create, source.Size, source.Map(0, source.Size)),
+            _ => Qcow2Image.Measure(create, source.Size, source.GetMap(0, source.Size)),
         };
     }
 

@@ -1,0 +1,300 @@
+using System.Buffers;
+using QcowDedup.Qcow2.Storage;
+
+namespace QcowDedup.Qcow2.Image;
+
+/// <summary>How <see cref="ImageCopier"/> copies.</summary>
+public sealed record ImageCopyOptions
+{
+    /// <summary>Store each whole cluster compressed, unless it does not shrink (then plainly, like qemu-img -c).</summary>
+    public bool Compress { get; init; }
+
+    /// <summary>Receives the fraction done, from 0 to 1.</summary>
+    public IProgress<double>? Progress { get; init; }
+}
+
+/// <summary>
+/// Copies a disk into a qcow2 image or a raw file, as <c>qemu-img convert</c> does: only what the
+/// source's map reports as data is read, zero clusters stay unallocated, a target with a backing
+/// file gets only what differs from it, and every cluster written goes through the target's
+/// allocator (so a dedup image shares repeated content).
+/// </summary>
+/// <example>
+/// <code>
+/// using var source = DiskSource.Open("disk.qcow2");
+/// using var target = Qcow2Image.Create("copy.qcow2", new Qcow2CreateOptions { Size = source.Size });
+/// ImageCopier.Copy(source, target, new ImageCopyOptions { Progress = new Progress&lt;double&gt;(p => Console.Write($"\r{p:P0}")) });
+/// </code>
+/// </example>
+public static class ImageCopier
+{
+    private const int ChunkSize = 2 << 20;
+
+    /// <summary>
+    /// Writes into <paramref name="target"/> every cluster where it does not already read the
+    /// source's bytes. Without a backing file the target reads zeros, so the source's non-zero
+    /// clusters are written and its zero clusters stay unallocated. With one, clusters where the
+    /// backing file already holds the source's bytes stay unallocated, and where the source is
+    /// zero over backing data, zeros are written (zero clusters on v3). The target is flushed.
+    /// </summary>
+    /// <exception cref="ArgumentException">The target is smaller than the source.</exception>
+    public static void Copy(DiskSource source, Qcow2Image target, ImageCopyOptions? options = null) =>
+        SyncOver.Run(CopyCoreAsync(source, Target(source, target), options ?? new ImageCopyOptions(), async: false, CancellationToken.None));
+
+    /// <inheritdoc cref="Copy(DiskSource, Qcow2Image, ImageCopyOptions?)"/>
+    public static ValueTask CopyAsync(DiskSource source, Qcow2Image target, ImageCopyOptions? options = null, CancellationToken cancellationToken = default) =>
+        CopyCoreAsync(source, Target(source, target), options ?? new ImageCopyOptions(), async: true, cancellationToken);
+
+    /// <summary>
+    /// Copies every non-zero byte of the source into <paramref name="target"/>, which is set to
+    /// the source's size first (a sparse file keeps the zeros as holes), then flushed.
+    /// </summary>
+    public static void CopyToRaw(DiskSource source, IStorage target, ImageCopyOptions? options = null) =>
+        SyncOver.Run(CopyCoreAsync(source, new RawTarget(target), options ?? new ImageCopyOptions(), async: false, CancellationToken.None));
+
+    /// <inheritdoc cref="CopyToRaw"/>
+    public static ValueTask CopyToRawAsync(DiskSource source, IStorage target, ImageCopyOptions? options = null, CancellationToken cancellationToken = default) =>
+        CopyCoreAsync(source, new RawTarget(target), options ?? new ImageCopyOptions(), async: true, cancellationToken);
+
+    /// <summary>
+    /// Converts the disk at <paramref name="sourcePath"/> (qcow2 or raw, by its magic number) into
+    /// a new qcow2 image at <paramref name="targetPath"/> created with <paramref name="createOptions"/>
+    /// (its size is the source's). Refuses to write over the source or any file it reads.
+    /// </summary>
+    /// <exception cref="IOException">The target is the source or one of the files it reads.</exception>
+    public static void Convert(string sourcePath, string targetPath, Qcow2CreateOptions? createOptions = null, ImageCopyOptions? options = null)
+    {
+        using var source = DiskSource.Open(sourcePath);
+        ThrowIfSourceFile(source, targetPath);
+        using var target = Qcow2Image.Create(targetPath, (createOptions ?? new Qcow2CreateOptions()) with { Size = source.Size });
+        Copy(source, target, options);
+    }
+
+    /// <summary>Refuses a target that would truncate the source or a file it reads (its backing or data file).</summary>
+    /// <exception cref="IOException">It would.</exception>
+    public static void ThrowIfSourceFile(DiskSource source, string targetPath)
+    {
+        ArgumentNullException.ThrowIfNull(source);
+        if (source.UsesFile(targetPath))
+        {
+            // Refused by identity, not only by the source's lock: with locking off or force-share
+            // nothing else would stop the output from truncating the source it is read from.
+            throw new IOException($"Could not create '{targetPath}': it is the source image or a file the source reads (its backing or data file)");
+        }
+    }
+
+    private static QcowTarget Target(DiskSource source, Qcow2Image target)
+    {
+        ArgumentNullException.ThrowIfNull(source);
+        ArgumentNullException.ThrowIfNull(target);
+        if (target.Size < source.Size)
+        {
+            throw new ArgumentException($"The target image ({target.Size} bytes) is smaller than the source ({source.Size} bytes).", nameof(target));
+        }
+
+        return new QcowTarget(target);
+    }
+
+    private static async ValueTask CopyCoreAsync(DiskSource source, CopyTarget target, ImageCopyOptions options, bool async, CancellationToken cancellationToken)
+    {
+        ArgumentNullException.ThrowIfNull(source);
+        await target.PrepareAsync(source.Size, async, cancellationToken).ConfigureAwait(false);
+        var granularity = target.Granularity;
+        var map = async ? await source.GetMapAsync(0, source.Size, cancellationToken).ConfigureAwait(false) : source.GetMap(0, source.Size);
+        var shown = await target.ShownRangesAsync(async, cancellationToken).ConfigureAwait(false);
+        var ranges = ByteRanges.Union(ByteRanges.Granules(map, source.Size, granularity), shown);
+        var chunk = ArrayPool<byte>.Shared.Rent(ChunkSize);
+        var before = ArrayPool<byte>.Shared.Rent(ChunkSize);
+        try
+        {
+            foreach (var (start, end) in ranges)
+            {
+                for (var position = start; position < end;)
+                {
+                    cancellationToken.ThrowIfCancellationRequested();
+                    var next = Math.Min(end, (position / ChunkSize * ChunkSize) + ChunkSize);
+                    var length = (int)(next - position);
+                    await source.ReadAsync(position, chunk.AsMemory(0, length), async, cancellationToken).ConfigureAwait(false);
+                    if (ByteRanges.Overlaps(shown, position, next))
+                    {
+                        await target.ReadAsync(position, before.AsMemory(0, length), async, cancellationToken).ConfigureAwait(false);
+                    }
+                    else
+                    {
+                        before.AsSpan(0, length).Clear();
+                    }
+
+                    await WriteDifferencesAsync(target, position, chunk.AsMemory(0, length), before.AsMemory(0, length), options.Compress, async, cancellationToken).ConfigureAwait(false);
+                    position = next;
+                    options.Progress?.Report((double)position / Math.Max(1, source.Size));
+                }
+            }
+
+            await target.FlushAsync(async, cancellationToken).ConfigureAwait(false);
+            options.Progress?.Report(1);
+        }
+        finally
+        {
+            ArrayPool<byte>.Shared.Return(chunk);
+            ArrayPool<byte>.Shared.Return(before);
+        }
+    }
+
+    /// <summary>Writes each granule of <paramref name="chunk"/> that differs from what the target reads there (<paramref name="before"/>).</summary>
+    private static async ValueTask WriteDifferencesAsync(CopyTarget target, long position, ReadOnlyMemory<byte> chunk, ReadOnlyMemory<byte> before, bool compress, bool async, CancellationToken cancellationToken)
+    {
+        var granularity = target.Granularity;
+        for (var done = 0; done < chunk.Length;)
+        {
+            var offset = position + done;
+            var inGranule = (int)(offset % granularity);
+            var count = Math.Min(granularity - inGranule, chunk.Length - done);
+            var piece = chunk.Slice(done, count);
+            if (!piece.Span.SequenceEqual(before.Span.Slice(done, count)))
+            {
+                if (!piece.Span.ContainsAnyExcept((byte)0))
+                {
+                    await target.WriteZeroesAsync(offset, count, async, cancellationToken).ConfigureAwait(false);
+                }
+                else
+                {
+                    var wholeCluster = inGranule == 0 && (count == granularity || offset + count == target.Size);
+                    await target.WriteAsync(offset, piece, compress && wholeCluster, async, cancellationToken).ConfigureAwait(false);
+                }
+            }
+
+            done += count;
+        }
+    }
+
+    /// <summary>Where a copy goes: the operations the copy loop needs, sync or async.</summary>
+    private abstract class CopyTarget
+    {
+        /// <summary>The unit of comparison and writing (the cluster size of a qcow2 target).</summary>
+        public abstract int Granularity { get; }
+
+        public abstract long Size { get; }
+
+        public abstract ValueTask PrepareAsync(long sourceSize, bool async, CancellationToken cancellationToken);
+
+        /// <summary>Ranges where the target reads something other than zeros before anything is written.</summary>
+        public abstract ValueTask<List<(long Start, long End)>> ShownRangesAsync(bool async, CancellationToken cancellationToken);
+
+        public abstract ValueTask ReadAsync(long offset, Memory<byte> buffer, bool async, CancellationToken cancellationToken);
+
+        public abstract ValueTask WriteAsync(long offset, ReadOnlyMemory<byte> data, bool compress, bool async, CancellationToken cancellationToken);
+
+        public abstract ValueTask WriteZeroesAsync(long offset, int count, bool async, CancellationToken cancellationToken);
+
+        public abstract ValueTask FlushAsync(bool async, CancellationToken cancellationToken);
+    }
+
+    private sealed class QcowTarget(Qcow2Image image) : CopyTarget
+    {
+        public override int Granularity => image.ClusterSize;
+
+        public override long Size => image.Size;
+
+        public override ValueTask PrepareAsync(long sourceSize, bool async, CancellationToken cancellationToken) => ValueTask.CompletedTask;
+
+        public override async ValueTask<List<(long Start, long End)>> ShownRangesAsync(bool async, CancellationToken cancellationToken)
+        {
+            if (image.Header.BackingFileName is null)
+            {
+                return [];
+            }
+
+            var map = async ? await image.GetMapAsync(0, image.Size, cancellationToken).ConfigureAwait(false) : image.GetMap(0, image.Size);
+            return ByteRanges.Granules(map, image.Size, image.ClusterSize);
+        }
+
+        public override ValueTask ReadAsync(long offset, Memory<byte> buffer, bool async, CancellationToken cancellationToken)
+        {
+            if (async)
+            {
+                return image.ReadAsync(offset, buffer, cancellationToken);
+            }
+
+            image.Read(offset, buffer.Span);
+            return ValueTask.CompletedTask;
+        }
+
+        public override ValueTask WriteAsync(long offset, ReadOnlyMemory<byte> data, bool compress, bool async, CancellationToken cancellationToken)
+        {
+            if (compress)
+            {
+                // Compressed writes have no async form: each is one cluster, done in memory then written.
+                image.WriteCompressed(offset, data.Span);
+            }
+            else if (async)
+            {
+                return image.WriteAsync(offset, data, cancellationToken);
+            }
+            else
+            {
+                image.Write(offset, data.Span);
+            }
+
+            return ValueTask.CompletedTask;
+        }
+
+        public override ValueTask WriteZeroesAsync(long offset, int count, bool async, CancellationToken cancellationToken)
+        {
+            // Hides backing data: zero clusters, or zero data on v2.
+            if (async)
+            {
+                return image.WriteZeroesAsync(offset, count, cancellationToken: cancellationToken);
+            }
+
+            image.WriteZeroes(offset, count);
+            return ValueTask.CompletedTask;
+        }
+
+        public override ValueTask FlushAsync(bool async, CancellationToken cancellationToken)
+        {
+            if (async)
+            {
+                return image.FlushAsync(cancellationToken);
+            }
+
+            image.Flush();
+            return ValueTask.CompletedTask;
+        }
+    }
+
+    private sealed class RawTarget(IStorage storage) : CopyTarget
+    {
+        private long _size;
+
+        /// <summary>A file system block: smaller zero runs are not worth a hole.</summary>
+        public override int Granularity => 4096;
+
+        public override long Size => _size;
+
+        public override ValueTask PrepareAsync(long sourceSize, bool async, CancellationToken cancellationToken)
+        {
+            ArgumentNullException.ThrowIfNull(storage);
+            _size = sourceSize;
+            storage.SetLength(sourceSize);
+            return ValueTask.CompletedTask;
+        }
+
+        public override ValueTask<List<(long Start, long End)>> ShownRangesAsync(bool async, CancellationToken cancellationToken) =>
+            ValueTask.FromResult(new List<(long Start, long End)>()); // a raw target starts empty: zeros everywhere
+
+        public override ValueTask ReadAsync(long offset, Memory<byte> buffer, bool async, CancellationToken cancellationToken)
+        {
+            buffer.Span.Clear();
+            return ValueTask.CompletedTask;
+        }
+
+        public override ValueTask WriteAsync(long offset, ReadOnlyMemory<byte> data, bool compress, bool async, CancellationToken cancellationToken) =>
+            storage.WriteAsync(offset, data, async, cancellationToken);
+
+        public override ValueTask WriteZeroesAsync(long offset, int count, bool async, CancellationToken cancellationToken) =>
+            ValueTask.CompletedTask; // never reached: the target already reads zeros
+
+        public override ValueTask FlushAsync(bool async, CancellationToken cancellationToken) =>
+            storage.FlushAsync(async, cancellationToken);
+    }
+}
