@@ -126,7 +126,7 @@ internal sealed class FuzzCampaign(FuzzSettings settings)
             if (result.AllocatedBytes > FuzzSettings.AllocationCap(input.Image.Length))
             {
                 _report.OverCap++;
-                Record(id, input, $"allocated {result.AllocatedBytes >> 20} MiB, cap {FuzzSettings.AllocationCap(input.Image.Length) >> 20} MiB");
+                Record(id, input, $"allocated {result.AllocatedBytes >> 20} MiB, cap {FuzzSettings.AllocationCap(input.Image.Length) >> 20} MiB ({string.Join(", ", result.AllocatedBySteps.Select(s => $"{s.Key} {s.Value >> 20} MiB"))})");
             }
 
             if (settings.OracleEvery > 0 && i % settings.OracleEvery == 0)

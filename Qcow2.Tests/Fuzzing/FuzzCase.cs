@@ -39,6 +39,9 @@ internal sealed class FuzzCaseResult
     public FuzzResolver? WrittenFiles { get; set; }
 
     public long AllocatedBytes { get; set; }
+
+    /// <summary>Bytes each step allocated, to say where an over-cap case spent them.</summary>
+    public Dictionary<string, long> AllocatedBySteps { get; } = [];
 }
 
 /// <summary>
@@ -210,6 +213,7 @@ internal static class FuzzCase
 
     private static void Step(FuzzCaseResult result, string step, Action action)
     {
+        var before = GC.GetAllocatedBytesForCurrentThread();
         try
         {
             action();
@@ -221,6 +225,10 @@ internal static class FuzzCase
         catch (Exception error)
         {
             result.Undocumented.Add((step, error));
+        }
+        finally
+        {
+            result.AllocatedBySteps[step] = GC.GetAllocatedBytesForCurrentThread() - before;
         }
     }
 }

@@ -80,4 +80,51 @@ public class HostileCheckTests : TempDirectoryFixture
         clock.Elapsed.ShouldBeLessThan(TimeSpan.FromSeconds(10));
         (GC.GetAllocatedBytesForCurrentThread() - before).ShouldBeLessThan(64L << 20);
     }
+
+    /// <summary>
+    /// A 64-bit refcount above 2^63 is a leak like any other: the repair brings it down to the
+    /// references, not an increment that "would exceed the maximum".
+    /// </summary>
+    [Test]
+    public void Refcount_above_two_to_the_63_is_repaired_as_a_leak([Values(0xffff_ffff_ffff_fffeUL, 0x8000_0000_0000_0001UL)] ulong refcount)
+    {
+        var builder = new ImageBuilder(Directory);
+        var path = builder.Create("wide.qcow2", 4 << 20, "refcount_bits=64");
+        builder.Io(path, "write -P 0x5a 0 128k");
+        var bytes = File.ReadAllBytes(path);
+        var table = BinaryPrimitives.ReadInt64BigEndian(bytes.AsSpan(48));
+        var block = (int)BinaryPrimitives.ReadInt64BigEndian(bytes.AsSpan((int)table));
+        BinaryPrimitives.WriteUInt64BigEndian(bytes.AsSpan(block + (3 * 8)), refcount); // a data cluster
+        BinaryPrimitives.WriteUInt64BigEndian(bytes.AsSpan(block + (40 * 8)), refcount); // past the end of the file
+        var storage = new FuzzStorage(bytes, bytes.Length, writable: true);
+        using (var image = Qcow2Image.Open(storage, new Qcow2OpenOptions { Writable = true, ForRepair = true }, leaveOpen: true))
+        {
+            var result = image.Check(CheckRepair.All);
+            result.Failure.ShouldBeNull(string.Join("\n", result.Messages));
+            image.Check().IsClean.ShouldBeTrue();
+        }
+    }
+
+    /// <summary>
+    /// A v2 header has no feature fields: marking a v2 image corrupt or dirty changes nothing on
+    /// disk (as QEMU's header update for compat=0.10), instead of writing past the header it built.
+    /// </summary>
+    [Test]
+    public void Write_refused_for_overlapping_metadata_on_a_v2_image_fails_as_corruption()
+    {
+        var builder = new ImageBuilder(Directory);
+        var path = builder.Create("v2.qcow2", 4 << 20, "compat=0.10");
+        builder.Io(path, "write -P 0x5a 0 64k");
+        var bytes = File.ReadAllBytes(path);
+        BinaryPrimitives.WriteUInt32BigEndian(bytes.AsSpan(56), 2); // the refcount table claims the cluster after it
+        using var image = Qcow2Image.Open(new FuzzStorage(bytes, bytes.Length, writable: true), new Qcow2OpenOptions { Writable = true });
+        Should.Throw<InvalidDataException>(() =>
+        {
+            for (var i = 1; i < 8; i++)
+            {
+                image.Write(i * 65536L, new byte[65536].Select(_ => (byte)i).ToArray());
+                image.Flush();
+            }
+        });
+    }
 }
