@@ -186,7 +186,7 @@ internal sealed class RefcountChecker
             report.Note($"{(repair ? "Repairing" : refcount < computed ? "ERROR" : "Leaked")} cluster {cluster} refcount={refcount} reference={computed}");
             if (repair)
             {
-                await _core.RefcountManager!.ChangeAsync(cluster, (long)computed - (long)refcount, ClusterUse.Data, async, cancellationToken).ConfigureAwait(false);
+                await SetRefcountAsync(cluster, refcount, computed, async, cancellationToken).ConfigureAwait(false);
                 if (refcount > computed)
                 {
                     report.LeaksFixed++;
@@ -249,9 +249,23 @@ internal sealed class RefcountChecker
             if (refcount != 0 && !counter.IsReferencedPastEnd(cluster))
             {
                 _report.Note($"Repairing cluster {cluster} refcount={refcount} reference=0 (past the end of the file)");
-                await _core.RefcountManager!.ChangeAsync(cluster, -(long)refcount, ClusterUse.Data, async, cancellationToken).ConfigureAwait(false);
+                await SetRefcountAsync(cluster, refcount, 0, async, cancellationToken).ConfigureAwait(false);
                 _report.LeaksFixed++;
             }
+        }
+    }
+
+    /// <summary>
+    /// Changes a stored refcount from <paramref name="from"/> to <paramref name="to"/>. A 64-bit
+    /// refcount may exceed what one signed delta can say, so a big change goes in several steps.
+    /// </summary>
+    private async ValueTask SetRefcountAsync(long cluster, ulong from, ulong to, bool async, CancellationToken cancellationToken)
+    {
+        while (from != to)
+        {
+            var step = from > to ? -(long)Math.Min(from - to, long.MaxValue) : (long)Math.Min(to - from, long.MaxValue);
+            await _core.RefcountManager!.ChangeAsync(cluster, step, ClusterUse.Data, async, cancellationToken).ConfigureAwait(false);
+            from = step < 0 ? from - (ulong)(-step) : from + (ulong)step;
         }
     }
 
