@@ -127,4 +127,18 @@ public class HostileCheckTests : TempDirectoryFixture
             }
         });
     }
+
+    /// <summary>
+    /// An L1 size raised over the clusters behind the table makes every non-zero word there an L2
+    /// table to count: the check reads each, but into one buffer, not a new cluster per table.
+    /// </summary>
+    [Test]
+    public void Check_of_an_oversized_l1_table_allocates_one_l2_buffer()
+    {
+        BinaryPrimitives.WriteUInt32BigEndian(_image.AsSpan(36), 0x10000);
+        using var image = Qcow2Image.Open(new FuzzStorage(_image, _image.Length, writable: false), new Qcow2OpenOptions { ForRepair = true });
+        var before = GC.GetAllocatedBytesForCurrentThread();
+        image.Check();
+        (GC.GetAllocatedBytesForCurrentThread() - before).ShouldBeLessThan(64L << 20);
+    }
 }

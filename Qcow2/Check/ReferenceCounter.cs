@@ -26,6 +26,7 @@ internal sealed class ReferenceCounter
     private bool _fixErrors;
     private readonly List<(long First, long End)> _pastEnd = [];
     private (long First, long End)[]? _pastEndSorted;
+    private byte[]? _l2Buffer;
 
     public ReferenceCounter(ImageCore core, CheckReport report, CorruptionSignal signal)
     {
@@ -205,7 +206,7 @@ internal sealed class ReferenceCounter
     private async ValueTask CountL2Async(long l2Offset, bool active, bool async, CancellationToken cancellationToken)
     {
         var fragmentation = active ? new FragmentationTracker() : null;
-        var table = new byte[_geometry.ClusterSize];
+        var table = _l2Buffer ??= new byte[_geometry.ClusterSize]; // one buffer: an L1 may name thousands of tables
         await _core.File.ReadZeroFilledAsync(l2Offset, table, async, cancellationToken).ConfigureAwait(false);
 
         for (var i = 0; i < _geometry.L2Entries; i++)
