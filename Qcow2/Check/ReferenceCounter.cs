@@ -26,6 +26,7 @@ internal sealed class ReferenceCounter
     private bool _fixErrors;
     private readonly List<(long First, long End)> _pastEnd = [];
     private (long First, long End)[]? _pastEndSorted;
+    private byte[]? _l2Buffer;
 
     public ReferenceCounter(ImageCore core, CheckReport report, CorruptionSignal signal)
     {
@@ -35,11 +36,14 @@ internal sealed class ReferenceCounter
         _signal = signal;
         _max = Math.Min(_geometry.MaxRefcount, uint.MaxValue);
         _fileLength = core.File.Length;
-        References = new uint[_geometry.ClustersFor(_fileLength)];
+        References = new ReferenceCounts(_geometry.ClustersFor(_fileLength));
     }
 
+    /// <summary>Whether a file of <paramref name="fileLength"/> bytes has more clusters than a check covers (QEMU: "File too large").</summary>
+    public static bool IsTooLarge(Geometry geometry, long fileLength) => geometry.ClustersFor(fileLength) > ReferenceCounts.MaxClusters;
+
     /// <summary>Computed references per host cluster (index = cluster number).</summary>
-    public uint[] References { get; private set; }
+    public ReferenceCounts References { get; }
 
     /// <summary>Whether a refcount block problem means the whole structure must be rebuilt.</summary>
     public bool RebuildNeeded { get; private set; }
@@ -99,33 +103,34 @@ internal sealed class ReferenceCounter
             return;
         }
 
-        if (offset + size - _fileLength >= _geometry.ClusterSize)
+        // Offsets come from the image as unsigned 64-bit values: one with the top bit set is far
+        // past the end, not negative, and a region must not wrap around.
+        if (offset < 0 || offset > long.MaxValue - size || offset + size - _fileLength >= _geometry.ClusterSize)
         {
             _report.Error($"ERROR: counting reference for region exceeding the end of the file by one cluster or more: offset 0x{offset:x} size 0x{size:x}");
-            _pastEnd.Add((offset >> _geometry.ClusterBits, ((offset + size - 1) >> _geometry.ClusterBits) + 1));
-            _pastEndSorted = null;
+            if (offset >= 0)
+            {
+                _pastEnd.Add((offset >> _geometry.ClusterBits, ((Math.Min(offset, long.MaxValue - size) + size - 1) >> _geometry.ClusterBits) + 1));
+                _pastEndSorted = null;
+            }
+
             return;
         }
 
         var first = offset >> _geometry.ClusterBits;
         var last = (offset + size - 1) >> _geometry.ClusterBits;
-        if (last >= References.Length)
-        {
-            var grown = References;
-            Array.Resize(ref grown, (int)(last + 1));
-            References = grown;
-        }
-
+        References.Grow(last + 1);
         for (var cluster = first; cluster <= last; cluster++)
         {
-            if (References[cluster] >= _max)
+            var references = References[cluster];
+            if (references >= _max)
             {
                 _report.Error($"ERROR: overflow cluster offset=0x{cluster << _geometry.ClusterBits:x}");
                 _report.Note("Use qemu-img amend to increase the refcount entry width or qemu-img convert to create a clean copy if the image cannot be opened for writing");
                 continue;
             }
 
-            References[cluster]++;
+            References.Set(cluster, references + 1);
         }
     }
 
@@ -201,7 +206,7 @@ internal sealed class ReferenceCounter
     private async ValueTask CountL2Async(long l2Offset, bool active, bool async, CancellationToken cancellationToken)
     {
         var fragmentation = active ? new FragmentationTracker() : null;
-        var table = new byte[_geometry.ClusterSize];
+        var table = _l2Buffer ??= new byte[_geometry.ClusterSize]; // one buffer: an L1 may name thousands of tables
         await _core.File.ReadZeroFilledAsync(l2Offset, table, async, cancellationToken).ConfigureAwait(false);
 
         for (var i = 0; i < _geometry.L2Entries; i++)
@@ -364,7 +369,8 @@ internal sealed class ReferenceCounter
         for (var i = 0L; i < refcounts.Size; i++)
         {
             var entry = refcounts[i];
-            var offset = (long)(entry.Raw & RefcountTableEntry.OffsetMask);
+            var rawOffset = entry.Raw & RefcountTableEntry.OffsetMask; // all 55 high bits, as QEMU's REFT_OFFSET_MASK
+            var offset = (long)(rawOffset & long.MaxValue);
             if (entry.ReservedBits != 0)
             {
                 _report.Error($"ERROR refcount table entry {i} has reserved bits set");
@@ -379,14 +385,24 @@ internal sealed class ReferenceCounter
                 continue;
             }
 
-            if (offset == 0)
+            if (rawOffset == 0)
             {
                 continue;
             }
 
             var cluster = offset >> _geometry.ClusterBits;
-            if (cluster >= _geometry.ClustersFor(_fileLength))
+            if (rawOffset >> _geometry.ClusterBits >= (ulong)_geometry.ClustersFor(_fileLength))
             {
+                if (_fixErrors && (rawOffset > (ulong)(long.MaxValue - _geometry.ClusterSize) || IsTooLarge(_geometry, offset + _geometry.ClusterSize)))
+                {
+                    // QEMU's resize_fail: the file cannot grow that far (it fails with EINVAL past
+                    // INT64_MAX and cannot count that many clusters); the structure is rebuilt.
+                    _report.Note($"Repairing refcount block {i} is outside image");
+                    _report.Error($"ERROR could not resize image: {(rawOffset > (ulong)(long.MaxValue - _geometry.ClusterSize) ? "Invalid argument" : "File too large")}");
+                    RebuildNeeded = true;
+                    continue;
+                }
+
                 if (_fixErrors)
                 {
                     // QEMU extends the file to cover the block and counts that as fixed.

@@ -135,8 +135,14 @@ internal sealed class ImageCore : IDisposable
     {
         var bytes = new byte[Math.Max(updated.Version == 2 ? Qcow2Layout.V2HeaderLength : updated.HeaderLength, Qcow2Layout.V2HeaderLength)];
         updated.Write(bytes);
-        await File.WriteAsync(fieldOffset, bytes.AsMemory(fieldOffset, length), async, cancellationToken).ConfigureAwait(false);
-        await File.FlushAsync(async, cancellationToken).ConfigureAwait(false);
+        if (fieldOffset + length <= bytes.Length)
+        {
+            await File.WriteAsync(fieldOffset, bytes.AsMemory(fieldOffset, length), async, cancellationToken).ConfigureAwait(false);
+            await File.FlushAsync(async, cancellationToken).ConfigureAwait(false);
+        }
+
+        // else: a field the header does not have, e.g. the feature bits of a v2 header; QEMU's
+        // header update keeps them in memory only (a compat=0.10 image cannot be marked corrupt or dirty).
         Header = Header with { Header = updated };
     }
 

@@ -179,7 +179,7 @@ public sealed partial class Qcow2Image
         var report = new CheckReport();
         var counter = new ReferenceCounter(_core, report, new CorruptionSignal(_core, report));
         await counter.CalculateAsync(_core.RefcountManager!.Table, fixErrors: false, async, cancellationToken).ConfigureAwait(false);
-        var references = counter.References.Select(r => (ulong)r).ToArray();
+        var references = counter.References.ToArray().Select(r => (ulong)r).ToArray();
         var order = System.Numerics.BitOperations.Log2((uint)bits);
         var areaStart = Math.Max(Math.Max(references.Length, _core.Geometry.ClustersFor(_core.RefreshFileLength())), _core.Reservations.HighestEnd());
         var placement = await RefcountStructureBuilder.WriteAsync(_core.File, _core.Geometry.ClusterBits, order, references, areaStart, async, cancellationToken).ConfigureAwait(false);
