@@ -1,6 +1,7 @@
 using QcowDedup.Qcow2.Dedup;
 using QcowDedup.Qcow2.Image;
 using QcowDedup.Qcow2.Tests.Dedup;
+using QcowDedup.Qcow2.Tests.Infrastructure;
 
 namespace QcowDedup.Qcow2.Tests.Faults;
 
@@ -47,20 +48,33 @@ public static class FaultWorkloads
         Writable,
         w => ScatteredWrites(w, count: 40, maxLength: 3000, flushEvery: 7));
 
-    /// <summary>64-bit refcounts in 512-byte clusters: a block covers 64 clusters, so the table is replaced again and again.</summary>
+    /// <summary>
+    /// 64-bit refcounts in 512-byte clusters: a block covers 64 clusters and a table cluster 64
+    /// blocks. The pristine image already fills almost all of them (1.9 MiB of data), so the
+    /// workload's writes need new refcount blocks beyond the table: it is replaced.
+    /// </summary>
     public static FaultWorkload RefcountTableGrowth { get; } = new("refcount-table-growth",
-        dir => CreateImage(dir, new Qcow2CreateOptions { Size = 20 << 20, ClusterSize = 512, RefcountBits = 64 }),
+        dir =>
+        {
+            var path = CreateImage(dir, new Qcow2CreateOptions { Size = 20 << 20, ClusterSize = 512, RefcountBits = 64 });
+            Qemu.Io(path, "write -P 0x3c 18M 1900k");
+            return path;
+        },
         Writable,
         w =>
         {
+            var tables = new HashSet<long> { w.Image.Header.Header.RefcountTableOffset };
             for (var i = 0; i < 12; i++)
             {
                 w.Write(i * 3L << 19, w.RandomBytes(24 * 1024)); // 1.5 MiB apart, 48 clusters each
+                tables.Add(w.Image.Header.Header.RefcountTableOffset);
                 if (i % 4 == 3)
                 {
                     w.Flush();
                 }
             }
+
+            w.Coverage["refcount table moves"] = tables.Count - 1;
         });
 
     /// <summary>The disk grows past what its L1 table covers, and is written at the new end each time.</summary>

@@ -364,6 +364,9 @@ public sealed partial class Qcow2Image
     /// </summary>
     private async ValueTask WriteSnapshotTableLockedAsync(IReadOnlyList<SnapshotTableEntry> snapshots, bool async, CancellationToken cancellationToken)
     {
+        // Deleting a snapshot writes the table before any refcount changes: a crash right after
+        // leaks its clusters, which the dirty bit (set first) lets the next open repair.
+        await _core.RefcountManager!.BeforeChangeAsync(async, cancellationToken).ConfigureAwait(false);
         var header = _core.Header.Header;
         var oldOffset = header.SnapshotsOffset;
         var oldBytes = _core.Snapshots.Sum(s => (long)s.StoredLength);

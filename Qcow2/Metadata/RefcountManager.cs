@@ -70,7 +70,7 @@ internal sealed partial class RefcountManager
 
     public RefcountTable Table { get; }
 
-    /// <summary>Called once before the first refcount change (lazy refcounts set the dirty bit here).</summary>
+    /// <summary>Called once before the first refcount change since it was armed (the image sets the dirty bit here).</summary>
     public Func<bool, CancellationToken, ValueTask>? BeforeFirstChange { get; set; }
 
     /// <summary>The refcount of host cluster <paramref name="cluster"/>.</summary>
@@ -138,6 +138,19 @@ internal sealed partial class RefcountManager
     }
 
     /// <summary>
+    /// Runs <see cref="BeforeFirstChange"/> (sets the dirty bit) if it is armed: before a refcount
+    /// change, or before a metadata write that leaks clusters if a crash follows it.
+    /// </summary>
+    public async ValueTask BeforeChangeAsync(bool async, CancellationToken cancellationToken)
+    {
+        if (BeforeFirstChange is { } hook)
+        {
+            await hook(async, cancellationToken).ConfigureAwait(false);
+            BeforeFirstChange = null; // only once it succeeded: after an I/O error the next change tries again
+        }
+    }
+
+    /// <summary>
     /// Adds <paramref name="delta"/> to a cluster's refcount and returns the new value. A refcount
     /// block is allocated if an increment needs one; reaching zero frees the cluster.
     /// </summary>
@@ -145,11 +158,7 @@ internal sealed partial class RefcountManager
     /// <exception cref="InvalidDataException">A decrement below zero (the refcounts are corrupt).</exception>
     public async ValueTask<ulong> ChangeAsync(long cluster, long delta, ClusterUse use, bool async, CancellationToken cancellationToken)
     {
-        if (BeforeFirstChange is { } hook)
-        {
-            await hook(async, cancellationToken).ConfigureAwait(false);
-            BeforeFirstChange = null; // only once it succeeded: after an I/O error the next change tries again
-        }
+        await BeforeChangeAsync(async, cancellationToken).ConfigureAwait(false);
 
         var blockOffset = Table.BlockOffsetFor(cluster, long.MaxValue);
         if (blockOffset == 0)
