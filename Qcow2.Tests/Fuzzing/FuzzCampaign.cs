@@ -85,7 +85,7 @@ internal sealed record FuzzSettings
 }
 
 /// <summary>
-/// Runs fuzz cases one after another, each on a fresh thread under a watchdog, counts what went
+/// Runs fuzz cases, one per core at a time, each on a fresh thread under a watchdog, counts what went
 /// wrong, saves every crasher (image, claimed length, mutations, exception) for a fixture, and
 /// replays every Nth case's writes with qemu-io on a twin copy as the oracle for damaging writes.
 /// </summary>
@@ -99,20 +99,29 @@ internal sealed class FuzzCampaign(FuzzSettings settings)
         var layouts = seeds.ToDictionary(s => s.Name, s => new ImageLayout(s.Image));
         var weighted = seeds.SelectMany(s => Enumerable.Repeat(s, s.Weight)).ToArray();
         var clock = Stopwatch.StartNew();
-        for (var i = 0; i < settings.Cases; i++)
+        // Cases are independent and in memory: one worker per core (the CI machine has two).
+        Parallel.For(0, settings.Cases, new ParallelOptions { MaxDegreeOfParallelism = Environment.ProcessorCount }, i => RunCase(i, weighted, layouts));
+
+        _report.Elapsed = clock.Elapsed;
+        return _report;
+    }
+
+    private void RunCase(int i, FuzzSeed[] weighted, Dictionary<string, ImageLayout> layouts)
+    {
+        var caseSeed = unchecked((settings.Seed * 1_000_003) + i);
+        var random = new Random(caseSeed);
+        var seed = weighted[random.Next(weighted.Length)];
+        var input = new Mutator(random).Mutate(seed, layouts[seed.Name]);
+        var (result, hung) = RunGuarded(input, seed, caseSeed);
+        var id = $"{seed.Name}.{(uint)caseSeed:x8}";
+        lock (_report)
         {
-            var caseSeed = unchecked((settings.Seed * 1_000_003) + i);
-            var random = new Random(caseSeed);
-            var seed = weighted[random.Next(weighted.Length)];
-            var input = new Mutator(random).Mutate(seed, layouts[seed.Name]);
-            var (result, hung) = RunGuarded(input, seed, caseSeed);
             _report.Cases++;
-            var id = $"{seed.Name}.{(uint)caseSeed:x8}";
             if (hung)
             {
                 _report.Hangs++;
                 Record(id, input, $"hang (over {settings.CaseTimeout.TotalSeconds} s)");
-                continue;
+                return;
             }
 
             foreach (var (step, error) in result!.Undocumented)
@@ -128,15 +137,12 @@ internal sealed class FuzzCampaign(FuzzSettings settings)
                 _report.OverCap++;
                 Record(id, input, $"allocated {result.AllocatedBytes >> 20} MiB, cap {FuzzSettings.AllocationCap(input.Image.Length) >> 20} MiB ({string.Join(", ", result.AllocatedBySteps.Select(s => $"{s.Key} {s.Value >> 20} MiB"))})");
             }
-
-            if (settings.OracleEvery > 0 && i % settings.OracleEvery == 0)
-            {
-                Oracle(id, input, seed, result);
-            }
         }
 
-        _report.Elapsed = clock.Elapsed;
-        return _report;
+        if (settings.OracleEvery > 0 && i % settings.OracleEvery == 0)
+        {
+            Oracle(id, input, seed, result);
+        }
     }
 
     /// <summary>Runs one case to its end, or gives up on it after the timeout (the thread is left behind).</summary>
@@ -214,11 +220,14 @@ internal sealed class FuzzCampaign(FuzzSettings settings)
 
             var ourCheck = QemuCheck(ours);
             var theirCheck = QemuCheck(theirs);
-            _report.OracleChecks++;
-            if (ourCheck.Corruptions > theirCheck.Corruptions || (theirCheck.Opened && !ourCheck.Opened))
+            lock (_report)
             {
-                _report.OracleDisagreements++;
-                Record(id, input, $"oracle: after our writes qemu-img check says {ourCheck}, after qemu-io's {theirCheck}; writes {string.Join(", ", result.Writes.Select(w => w.QemuIoCommand))}");
+                _report.OracleChecks++;
+                if (ourCheck.Corruptions > theirCheck.Corruptions || (theirCheck.Opened && !ourCheck.Opened))
+                {
+                    _report.OracleDisagreements++;
+                    Record(id, input, $"oracle: after our writes qemu-img check says {ourCheck}, after qemu-io's {theirCheck}; writes {string.Join(", ", result.Writes.Select(w => w.QemuIoCommand))}");
+                }
             }
         }
         finally
