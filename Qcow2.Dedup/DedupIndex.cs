@@ -90,6 +90,9 @@ internal sealed partial class DedupIndex
 
     public int ShareCap { get; private set; }
 
+    /// <summary>Runs <paramref name="action"/> under the image's metadata lock (see <see cref="IImageExtensionHost.RunLocked"/>).</summary>
+    public T RunLocked<T>(Func<T> action) => _host.RunLocked(action);
+
     /// <summary>
     /// Opens the index named by <paramref name="payload"/>, or starts a new one when the image is
     /// writable and either dedup was asked for or the stored index is stale.

@@ -79,7 +79,7 @@ public static class OfflineDeduplicator
     private static bool DedupCluster(Qcow2Image image, DedupIndex index, long guest, long host, byte[] data)
     {
         var hash = ClusterHash.Compute(data);
-        var known = image.RunLocked(() =>
+        var known = index.RunLocked(() =>
         {
             if (index.FindUsable(hash, data, out _) is { } entry && entry.HostOffset != host)
             {

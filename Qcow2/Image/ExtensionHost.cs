@@ -16,6 +16,8 @@ public sealed partial class Qcow2Image
 
         public bool IsWritable => image.IsWritable;
 
+        public T RunLocked<T>(Func<T> action) => image.RunLocked(action);
+
         public int FormatVersion => Core.Header.Header.Version;
 
         public int ClusterSize => Core.Geometry.ClusterSize;

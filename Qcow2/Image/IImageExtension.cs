@@ -96,4 +96,12 @@ public interface IImageExtensionHost
 
     /// <summary>Writes the extension's header extension and sets or clears its auto-clear bit (rewrites cluster 0).</summary>
     void SetHeaderExtension(ReadOnlySpan<byte> payload, bool autoclearBitSet);
+
+    /// <summary>
+    /// Runs <paramref name="action"/> under the image's metadata lock, so that the extension's own
+    /// state changes consistently with the image's mappings: for extension work that starts
+    /// outside a callback (an offline pass over the image). Never from inside a callback, which
+    /// already holds the lock, and never calling image methods inside: either would deadlock.
+    /// </summary>
+    T RunLocked<T>(Func<T> action);
 }
