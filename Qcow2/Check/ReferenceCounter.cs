@@ -17,6 +17,15 @@ internal sealed class ReferenceCounter
     private const ulong BitmapTableOffsetMask = 0x00ff_ffff_ffff_fe00;
     private const ulong BitmapTableReservedMask = 0xff00_0000_0000_01fe;
 
+    /// <summary>
+    /// How far past the end of the file a repair follows QEMU in extending the file to reach a
+    /// refcount block (a few clusters, as a crash or a short truncation leaves; the check parity
+    /// corpus has 20). Further out the table entry is treated as corrupt and the refcount
+    /// structure rebuilt: the file, the in-memory reference count and the time of the check then
+    /// stay proportional to what the image holds.
+    /// </summary>
+    public const long MaxRepairGrowth = 64L << 20;
+
     private readonly ImageCore _core;
     private readonly Geometry _geometry;
     private readonly CheckReport _report;
@@ -387,6 +396,17 @@ internal sealed class ReferenceCounter
             var cluster = offset >> _geometry.ClusterBits;
             if (cluster >= _geometry.ClustersFor(_fileLength))
             {
+                if (_fixErrors && offset + _geometry.ClusterSize - _fileLength > MaxRepairGrowth)
+                {
+                    // QEMU would extend the file to reach the block: for an entry pointing at 46 TiB
+                    // that is a 46 TiB file and a reference count per cluster of it. Nothing in the
+                    // image justifies the space, so the entry is what is corrupt: the structure is
+                    // rebuilt from the references, inside the file.
+                    _report.Error($"ERROR refcount block {i} is outside image (offset 0x{offset:x}, more than {MaxRepairGrowth >> 20} MiB past the end of the file); rebuilding the refcount structure instead of growing the file");
+                    RebuildNeeded = true;
+                    continue;
+                }
+
                 if (_fixErrors)
                 {
                     // QEMU extends the file to cover the block and counts that as fixed.
