@@ -11,9 +11,10 @@ namespace QcowDedup.Qcow2.Check;
 /// table (skipping clusters an extension reserved), so they land where QEMU would put them and
 /// image-end-offset comes out the same. The old structure is left behind, counted by nothing, and
 /// freed as leaks by the check that follows. Writes QEMU's overlap check would refuse (a cluster
-/// the old table still names) fail the check as in QEMU.
+/// the old table still names) fail the check as in QEMU — unless <paramref name="avoidOldBlocks"/>
+/// says to place the new blocks around every cluster the old table names (repairs past qemu-img's).
 /// </summary>
-internal sealed class RefcountRebuilder(ImageCore core, CheckReport report, CorruptionSignal signal)
+internal sealed class RefcountRebuilder(ImageCore core, CheckReport report, CorruptionSignal signal, bool avoidOldBlocks = false)
 {
     private readonly Geometry _geometry = core.Geometry;
     private uint[] _references = [];
@@ -130,7 +131,7 @@ internal sealed class RefcountRebuilder(ImageCore core, CheckReport report, Corr
         var firstGap = true;
         for (; cluster < _count && contiguous < count; cluster++)
         {
-            if (_references[cluster] == 0 && !core.Reservations.Overlaps(cluster, 1))
+            if (_references[cluster] == 0 && !core.Reservations.Overlaps(cluster, 1) && !(avoidOldBlocks && core.RefcountManager!.Table.IsBlock(cluster << _geometry.ClusterBits)))
             {
                 contiguous++;
                 if (firstGap)
