@@ -40,7 +40,7 @@ public sealed class CheckParityTests : TempDirectoryFixture
     /// <remarks>
     /// Where qemu-img's -r all leaves the image broken, ours goes further (issue 9): the report then
     /// differs from qemu-img's, the image comes out clean, and stderr says what was changed or
-    /// dropped (RepairBeyondQemuTests does the same through the library).
+    /// dropped (<see cref="RepairBeyondQemuTests"/> does the same through the library).
     /// </remarks>
     [TestCaseSource(nameof(Kinds))]
     public void Repair_all_leaves_a_clean_image_and_keeps_intact_data(BrokenImage kind)
