@@ -19,6 +19,7 @@ public sealed record QemuCounts(int Corruptions, int Leaks, int CheckErrors);
 /// <param name="QemuRepairs">Whether qemu-img check -r all leaves it clean.</param>
 /// <param name="BrokenGuest">Guest ranges whose bytes the damage itself changes (excluded from the "intact data" comparison).</param>
 /// <param name="ReadableAfterRepair">Whether QEMU can read the guest disk after -r all (false when its mapping stays broken).</param>
+/// <param name="Salvage">Where qemu-img cannot repair the kind: what qcow2 check -r all says it changed or dropped to repair it (issue 9).</param>
 public sealed record BrokenImage(
     string Name,
     Action<string> Build,
@@ -26,7 +27,8 @@ public sealed record BrokenImage(
     QemuCounts Expected,
     bool QemuRepairs,
     (long Offset, long Length)[] BrokenGuest,
-    bool ReadableAfterRepair = true)
+    bool ReadableAfterRepair = true,
+    string? Salvage = null)
 {
     public override string ToString() => Name;
 }
@@ -60,26 +62,35 @@ public static class BrokenImages
         new("copied_set_on_shared_data", Snapshotted, p => Set(p, L2EntryAt(p, SecondData), Copied), new(1, 0, 0), QemuRepairs: true, []),
         new("copied_missing_on_l2_table", Standard, p => Clear(p, L1EntryAt(p), Copied), new(1, 0, 0), QemuRepairs: true, []),
         new("copied_set_on_shared_l2_table", Snapshotted, p => Set(p, L1EntryAt(p), Copied), new(1, 0, 0), QemuRepairs: true, []),
-        new("l1_entry_reserved_bits", Standard, p => Set(p, L1EntryAt(p), 0x100), new(1, 0, 0), QemuRepairs: false, []),
-        new("l2_entry_reserved_bits", Standard, p => Set(p, L2EntryAt(p, SecondData), 0x2), new(1, 0, 0), QemuRepairs: false, []),
+        new("l1_entry_reserved_bits", Standard, p => Set(p, L1EntryAt(p), 0x100), new(1, 0, 0), QemuRepairs: false, [],
+            Salvage: "Cleared reserved bits 0x100 of L1 entry 0 (guest offset range [0x0, 0x20000000)); its L2 table at 0x40000 is kept"),
+        new("l2_entry_reserved_bits", Standard, p => Set(p, L2EntryAt(p, SecondData), 0x2), new(1, 0, 0), QemuRepairs: false, [],
+            Salvage: "Cleared reserved bits 0x2 of the L2 entry for guest offset 0x100000; its host cluster at 0x70000 is kept"),
         new("l2_table_unaligned", Standard, p => ImagePatch.WriteU64(p, L1EntryAt(p), ImagePatch.ReadU64(p, L1EntryAt(p)) + 0x200),
-            new(193, 3, 0), QemuRepairs: false, [(0, DiskSize)], ReadableAfterRepair: false),
+            new(193, 3, 0), QemuRepairs: false, [(0, DiskSize)], ReadableAfterRepair: false,
+            Salvage: "Dropped the L2 table of guest offset range [0x0, 0x20000000) (L1 entry 0: table offset 0x40200 not cluster aligned)"),
         new("l2_entry_past_end_of_file", Standard, p => ImagePatch.WriteU64(p, L2EntryAt(p, SecondData), Copied | (ulong)((FileClusters(p) + 10) * ClusterSize)),
-            new(2, 1, 0), QemuRepairs: false, [(SecondData, ClusterSize)]),
+            new(2, 1, 0), QemuRepairs: false, [(SecondData, ClusterSize)],
+            Salvage: "Dropped the mapping of guest offset 0x100000 (host offset 0x130000 past the end of the file): its data is lost"),
         new("compressed_entry_with_copied", p => Made(p, "", "write -c -P 0x11 0 64k", "write -P 0x22 1M 64k"), p => Set(p, L2EntryAt(p, 0), Copied),
-            new(1, 0, 0), QemuRepairs: false, []),
+            new(1, 0, 0), QemuRepairs: false, [],
+            Salvage: "Cleared the COPIED flag of the compressed cluster at guest offset 0x0"),
         new("refcount_block_past_end_of_file", Standard, p => ImagePatch.WriteU64(p, RefcountTableEntry(p, 1), (ulong)((FileClusters(p) + 20) * ClusterSize)),
             new(1, 0, 0), QemuRepairs: true, []),
         new("snapshot_l1_unaligned", Snapshotted, p =>
         {
             var offset = ImagePatch.ReadHeader(p).Header.SnapshotsOffset;
             ImagePatch.WriteU64(p, offset, ImagePatch.ReadU64(p, offset) + 0x200);
-        }, new(1, 6, 0), QemuRepairs: false, []),
+        }, new(1, 6, 0), QemuRepairs: false, [],
+            Salvage: "Dropped snapshot 1 (s1): its L1 table offset is not cluster aligned"),
         new("refcount_overflow_at_1_bit", p => Made(p, "refcount_bits=1", StandardWrites), p => CopyEntryToNext(p, SecondData),
-            new(1, 0, 0), QemuRepairs: false, [(SecondData + ClusterSize, ClusterSize)]),
+            new(1, 0, 0), QemuRepairs: false, [(SecondData + ClusterSize, ClusterSize)],
+            Salvage: "Copied the host cluster at 0x70000 to 0x90000 for guest offset 0x110000"),
         new("refcount_table_entry_unaligned", Standard, p => ImagePatch.WriteU64(p, RefcountTableEntry(p, 0), ImagePatch.ReadU64(p, RefcountTableEntry(p, 0)) + 0x200),
-            new(1, 0, 9), QemuRepairs: false, []),
-        new("refcount_table_entry_reserved_bits", Standard, p => Set(p, RefcountTableEntry(p, 0), 0x100), new(1, 1, 0), QemuRepairs: false, []),
+            new(1, 0, 9), QemuRepairs: false, [],
+            Salvage: "Rebuilding refcount structure around the old one"),
+        new("refcount_table_entry_reserved_bits", Standard, p => Set(p, RefcountTableEntry(p, 0), 0x100), new(1, 1, 0), QemuRepairs: false, [],
+            Salvage: "Rebuilding refcount structure around the old one"),
         new("data_cluster_in_two_l2_entries_with_refcount_one", Standard, p => CopyEntryToNext(p, SecondData), new(1, 0, 0), QemuRepairs: true,
             [(SecondData + ClusterSize, ClusterSize)]),
         new("snapshot_l2_table_with_wrong_refcount", p =>
@@ -101,7 +112,8 @@ public static class BrokenImages
             ImagePatch.WriteU64(p, entry + 8, 0xffff_0000_0000_0000); // subclusters 0-15 read as zeros, none allocated
         }, new(2, 0, 0), QemuRepairs: true, [(SecondData, ClusterSize)]),
         new("extended_l2_subcluster_allocated_and_zero", p => Made(p, "extended_l2=on", StandardWrites), p => Set(p, L2EntryAt(p, SecondData) + 8, 1UL << 32),
-            new(1, 0, 0), QemuRepairs: false, [(SecondData, ClusterSize)], ReadableAfterRepair: false),
+            new(1, 0, 0), QemuRepairs: false, [(SecondData, ClusterSize)], ReadableAfterRepair: false,
+            Salvage: "Cleared the zero flags of subclusters that are also allocated (mask 0x1) at guest offset 0x100000"),
         new("dirty_lazy_refcounts", p =>
         {
             Made(p, "lazy_refcounts=on");
@@ -111,13 +123,17 @@ public static class BrokenImages
             new(2, 0, 0), QemuRepairs: true, []),
         new("bitmap_data_cluster_with_refcount_two", WithBitmap, p => SetRefcount(p, BitmapDataCluster(p), 2), new(0, 1, 0), QemuRepairs: true, []),
         new("l2_table_past_end_of_file", Standard, p => ImagePatch.WriteU64(p, L1EntryAt(p), Copied | (ulong)((FileClusters(p) + 4) * ClusterSize)),
-            new(2, 5, 0), QemuRepairs: false, [(0, DiskSize)]),
+            new(2, 5, 0), QemuRepairs: false, [(0, DiskSize)],
+            Salvage: "Dropped the L2 table of guest offset range [0x0, 0x20000000) (L1 entry 0: table offset 0xd0000 past the end of the file)"),
 
         // A file cut short (issue 8): QEMU opens it, reads what is missing as zeros, and counts every
         // structure past the end. Header, refcount table and block, L1, L2, then 16 data clusters.
-        new("truncated_before_l1_table", OneMegabyte, p => ImagePatch.Truncate(p, 100_000), new(4, 0, 0), QemuRepairs: false, [(0, DiskSize)]),
-        new("truncated_inside_the_data", OneMegabyte, p => ImagePatch.Truncate(p, 300_000), new(16, 0, 0), QemuRepairs: false, [(0, DiskSize)]),
-        new("truncated_inside_the_header_cluster", OneMegabyte, p => ImagePatch.Truncate(p, 1_000), new(3, 0, 0), QemuRepairs: false, [(0, DiskSize)]),
+        new("truncated_before_l1_table", OneMegabyte, p => ImagePatch.Truncate(p, 100_000), new(4, 0, 0), QemuRepairs: false, [(0, DiskSize)],
+            Salvage: "Extended the file to 262144 bytes to hold the active L1 table at 0x30000"),
+        new("truncated_inside_the_data", OneMegabyte, p => ImagePatch.Truncate(p, 300_000), new(16, 0, 0), QemuRepairs: false, [(0, DiskSize)],
+            Salvage: "Dropped the mapping of guest offset 0xf0000 (host offset 0x140000 past the end of the file): its data is lost"),
+        new("truncated_inside_the_header_cluster", OneMegabyte, p => ImagePatch.Truncate(p, 1_000), new(3, 0, 0), QemuRepairs: false, [(0, DiskSize)],
+            Salvage: "Extended the file to 65536 bytes to hold the header cluster at 0x0"),
     ];
 
     private const ulong L2EntryZeroFlag = 1;

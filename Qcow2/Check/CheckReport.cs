@@ -21,6 +21,8 @@ internal sealed class CheckReport
 
     public List<string> Messages { get; } = [];
 
+    public List<DataLoss> Losses { get; } = [];
+
     /// <summary>Why the check stopped early (qemu-img's "Check failed: …"), or null.</summary>
     public string? Failure { get; set; }
 

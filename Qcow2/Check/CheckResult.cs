@@ -54,6 +54,13 @@ public sealed record CheckResult
     public IReadOnlyList<string> Messages { get; init; } = [];
 
     /// <summary>
+    /// Guest ranges whose data a repair dropped because it could not be read (an L2 entry past the
+    /// end of the file, an L2 table that cannot be located, a snapshot whose L1 table cannot be);
+    /// empty unless <see cref="CheckRepair.All"/> went past what qemu-img check -r all repairs.
+    /// </summary>
+    public IReadOnlyList<DataLoss> Losses { get; init; } = [];
+
+    /// <summary>
     /// Why the check stopped before its end, in QEMU's words (qemu-img prints "Check failed:" and
     /// this, and no summary), e.g. "Input/output error" when the refcount structure must be
     /// rebuilt but only leaks may be repaired; null when it ran to the end.

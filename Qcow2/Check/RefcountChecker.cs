@@ -17,11 +17,18 @@ internal sealed class RefcountChecker
     private readonly CheckReport _report = new();
     private readonly CorruptionSignal _signal;
     private readonly StoredRefcounts _stored;
+    private readonly bool _beyondQemu;
 
     /// <summary>A checker for one run over <paramref name="core"/>.</summary>
-    public RefcountChecker(ImageCore core)
+    /// <param name="core">The image.</param>
+    /// <param name="beyondQemu">
+    /// A rebuild places its blocks around those of the old table instead of failing QEMU's overlap
+    /// check on them (the pass after <see cref="SalvageRepair"/>: the old structure is what is broken).
+    /// </param>
+    public RefcountChecker(ImageCore core, bool beyondQemu = false)
     {
         _core = core;
+        _beyondQemu = beyondQemu;
         _geometry = core.Geometry;
         _signal = new CorruptionSignal(core, _report);
         _stored = new StoredRefcounts(core, _signal);
@@ -78,8 +85,8 @@ internal sealed class RefcountChecker
         if (rebuild && (fix & CheckRepair.Errors) != 0)
         {
             var old = report.Counters;
-            report.Note("Rebuilding refcount structure");
-            await new RefcountRebuilder(_core, report, _signal).RebuildAsync(counter.References.ToArray(), async, cancellationToken).ConfigureAwait(false);
+            report.Note(_beyondQemu ? "Rebuilding refcount structure around the old one (its clusters are freed afterwards)" : "Rebuilding refcount structure");
+            await new RefcountRebuilder(_core, report, _signal, _beyondQemu).RebuildAsync(counter.References.ToArray(), async, cancellationToken).ConfigureAwait(false);
             report.Corruptions = 0;
             report.Leaks = 0;
             counter = new ReferenceCounter(_core, report, _signal);

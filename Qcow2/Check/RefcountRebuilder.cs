@@ -11,11 +11,16 @@ namespace QcowDedup.Qcow2.Check;
 /// table (skipping clusters an extension reserved), so they land where QEMU would put them and
 /// image-end-offset comes out the same. The old structure is left behind, counted by nothing, and
 /// freed as leaks by the check that follows. Writes QEMU's overlap check would refuse (a cluster
-/// the old table still names) fail the check as in QEMU.
+/// the old table still names) fail the check as in QEMU — unless <paramref name="avoidOldBlocks"/>
+/// says to place the new blocks around every cluster the old table names (repairs past qemu-img's).
 /// </summary>
-internal sealed class RefcountRebuilder(ImageCore core, CheckReport report, CorruptionSignal signal)
+internal sealed class RefcountRebuilder(ImageCore core, CheckReport report, CorruptionSignal signal, bool avoidOldBlocks = false)
 {
     private readonly Geometry _geometry = core.Geometry;
+    private HashSet<long>? _oldBlocks;
+
+    /// <summary>Host clusters (as offsets) of the refcount blocks the old table names (left in place until the new structure is live).</summary>
+    private HashSet<long> OldBlocks => _oldBlocks ??= OldBlockOffsets(core.RefcountManager!.Table);
     private uint[] _references = [];
     private long _count;
     private ulong[] _table = [];
@@ -130,7 +135,7 @@ internal sealed class RefcountRebuilder(ImageCore core, CheckReport report, Corr
         var firstGap = true;
         for (; cluster < _count && contiguous < count; cluster++)
         {
-            if (_references[cluster] == 0 && !core.Reservations.Overlaps(cluster, 1))
+            if (_references[cluster] == 0 && !core.Reservations.Overlaps(cluster, 1) && !(avoidOldBlocks && OldBlocks.Contains(cluster << _geometry.ClusterBits)))
             {
                 contiguous++;
                 if (firstGap)
@@ -193,5 +198,25 @@ internal sealed class RefcountRebuilder(ImageCore core, CheckReport report, Corr
 
             throw report.Abort($"ERROR writing {what}: {CheckAbortedException.InputOutputError}");
         }
+    }
+
+    /// <summary>The clusters the old table's blocks occupy: an unaligned entry touches two.</summary>
+    private HashSet<long> OldBlockOffsets(RefcountTable table)
+    {
+        var clusters = new HashSet<long>();
+        for (var index = 0; index < table.Size; index++)
+        {
+            if (table[index].BlockOffset is var offset and > 0)
+            {
+                var first = _geometry.StartOfCluster(offset);
+                clusters.Add(first);
+                if (first != offset)
+                {
+                    clusters.Add(first + _geometry.ClusterSize);
+                }
+            }
+        }
+
+        return clusters;
     }
 }

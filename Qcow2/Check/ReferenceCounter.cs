@@ -17,6 +17,15 @@ internal sealed class ReferenceCounter
     private const ulong BitmapTableOffsetMask = 0x00ff_ffff_ffff_fe00;
     private const ulong BitmapTableReservedMask = 0xff00_0000_0000_01fe;
 
+    /// <summary>
+    /// How far past the end of the file a repair follows QEMU in extending the file to reach a
+    /// refcount block (a few clusters, as a crash or a short truncation leaves; the check parity
+    /// corpus has 20). Further out the table entry is treated as corrupt and the refcount
+    /// structure rebuilt: the file, the in-memory reference count and the time of the check then
+    /// stay proportional to what the image holds.
+    /// </summary>
+    public const long MaxRepairGrowth = 64L << 20;
+
     private readonly ImageCore _core;
     private readonly Geometry _geometry;
     private readonly CheckReport _report;
@@ -393,12 +402,14 @@ internal sealed class ReferenceCounter
             var cluster = offset >> _geometry.ClusterBits;
             if (rawOffset >> _geometry.ClusterBits >= (ulong)_geometry.ClustersFor(_fileLength))
             {
-                if (_fixErrors && (rawOffset > (ulong)(long.MaxValue - _geometry.ClusterSize) || IsTooLarge(_geometry, offset + _geometry.ClusterSize)))
+                if (_fixErrors && (rawOffset > (ulong)(long.MaxValue - _geometry.ClusterSize) || offset + _geometry.ClusterSize - _fileLength > MaxRepairGrowth))
                 {
-                    // QEMU's resize_fail: the file cannot grow that far (it fails with EINVAL past
-                    // INT64_MAX and cannot count that many clusters); the structure is rebuilt.
-                    _report.Note($"Repairing refcount block {i} is outside image");
-                    _report.Error($"ERROR could not resize image: {(rawOffset > (ulong)(long.MaxValue - _geometry.ClusterSize) ? "Invalid argument" : "File too large")}");
+                    // QEMU would extend the file to reach the block (or fail: EINVAL past INT64_MAX,
+                    // "File too large" past what it can count): for an entry pointing at 46 TiB that
+                    // is a 46 TiB file and a reference count per cluster of it. Nothing in the image
+                    // justifies the space, so the entry is what is corrupt: the structure is rebuilt
+                    // from the references, inside the file.
+                    _report.Error($"ERROR refcount block {i} is outside image (offset 0x{rawOffset:x}, more than {MaxRepairGrowth >> 20} MiB past the end of the file); rebuilding the refcount structure instead of growing the file");
                     RebuildNeeded = true;
                     continue;
                 }

@@ -104,12 +104,12 @@ internal sealed class ImageCore : IDisposable
     public HashSet<long> PendingCopiedFixups { get; } = [];
 
     /// <summary>
-    /// Opened read-only for a check (<see cref="Qcow2OpenOptions.ForRepair"/> without writing): the
-    /// L1 and refcount tables may reach past the end of the file, read as zeros as QEMU reads them,
-    /// so that the check counts what is missing instead of the open refusing the image. Nothing is
-    /// ever written through such an image; every other open refuses these tables.
+    /// Opened for a check (<see cref="Qcow2OpenOptions.ForRepair"/>): the L1 and refcount tables
+    /// may reach past the end of the file, read as zeros as QEMU reads them, so that the check
+    /// counts what is missing (and a repair restores it) instead of the open refusing the image.
+    /// Nothing but the check writes through such an image; every other open refuses these tables.
     /// </summary>
-    public bool ReadsTablesPastEndAsZeros => Options.ForRepair && !Options.Writable;
+    public bool ReadsTablesPastEndAsZeros => Options.ForRepair;
 
     /// <summary>Whether refcount updates may be postponed (compatible bit 0).</summary>
     public bool LazyRefcounts => (Header.Header.Compatible & CompatibleFeatures.LazyRefcounts) != 0;

@@ -74,6 +74,10 @@ public sealed partial class Qcow2Image
     /// <summary>
     /// Checks the image the way qemu-img check does and, when asked, repairs it (the image must
     /// be writable to repair). Dirty and corrupt bits are cleared when a repair leaves it clean.
+    /// <see cref="CheckRepair.All"/> goes past qemu-img's -r all where that leaves errors: it
+    /// clears reserved bits and flags that cannot apply, and drops the mappings, L2 tables and
+    /// snapshots that cannot be read; <see cref="CheckResult.Messages"/> says what changed and
+    /// <see cref="CheckResult.Losses"/> which guest ranges lost their data.
     /// </summary>
     public CheckResult Check(CheckRepair repair = CheckRepair.None)
     {
@@ -97,11 +101,15 @@ public sealed partial class Qcow2Image
 
         using (await _core.MetadataLock.AcquireAsync(async, cancellationToken).ConfigureAwait(false))
         {
-            return await CheckLockedAsync(repair, async, cancellationToken).ConfigureAwait(false);
+            return await CheckLockedAsync(repair, async, cancellationToken, salvage: true).ConfigureAwait(false);
         }
     }
 
-    private async ValueTask<CheckResult> CheckLockedAsync(CheckRepair repair, bool async, CancellationToken cancellationToken)
+    /// <param name="repair">What to repair.</param>
+    /// <param name="async">Whether to run asynchronously.</param>
+    /// <param name="cancellationToken">Cancels at I/O boundaries.</param>
+    /// <param name="salvage">With <see cref="CheckRepair.All"/>, repair what qemu-img's -r all leaves broken (an explicit check, never an open's implicit repair).</param>
+    private async ValueTask<CheckResult> CheckLockedAsync(CheckRepair repair, bool async, CancellationToken cancellationToken, bool salvage = false)
     {
         if (IsWritable)
         {
@@ -109,6 +117,11 @@ public sealed partial class Qcow2Image
         }
 
         var result = await new RefcountChecker(_core).RunAsync(repair, async, cancellationToken).ConfigureAwait(false);
+        if (salvage && repair == CheckRepair.All && (result.Failure is not null || result.CheckErrors > 0 || result.Corruptions > 0))
+        {
+            result = await SalvageLockedAsync(result, async, cancellationToken).ConfigureAwait(false);
+        }
+
         if (repair != CheckRepair.None)
         {
             await FlushLockedAsync(async, cancellationToken).ConfigureAwait(false);
@@ -124,6 +137,30 @@ public sealed partial class Qcow2Image
         }
 
         return result;
+    }
+
+    /// <summary>
+    /// After a QEMU-style -r all that left errors: mend or drop the mappings QEMU cannot repair,
+    /// rebuild and repair the refcounts around them, then check again. The result carries the final
+    /// counts; everything found and repaired on the way counts as fixed, every change is a message.
+    /// </summary>
+    private async ValueTask<CheckResult> SalvageLockedAsync(CheckResult first, bool async, CancellationToken cancellationToken)
+    {
+        await FlushLockedAsync(async, cancellationToken).ConfigureAwait(false);
+        _core.RefcountCache.Clear();
+        var report = new CheckReport();
+        report.Note("Repairing what qemu-img check -r all leaves behind:");
+        await new SalvageRepair(_core, report).RunAsync(async, cancellationToken).ConfigureAwait(false);
+        var repaired = await new RefcountChecker(_core, beyondQemu: true).RunAsync(CheckRepair.All, async, cancellationToken).ConfigureAwait(false);
+        await FlushLockedAsync(async, cancellationToken).ConfigureAwait(false);
+        var final = await new RefcountChecker(_core).RunAsync(CheckRepair.None, async, cancellationToken).ConfigureAwait(false);
+        return final with
+        {
+            CorruptionsFixed = first.CorruptionsFixed + Math.Max(0, first.Corruptions - final.Corruptions),
+            LeaksFixed = first.LeaksFixed + Math.Max(0, first.Leaks - final.Leaks),
+            Messages = [.. first.Messages, .. report.Messages, .. repaired.Messages, .. final.Messages],
+            Losses = report.Losses,
+        };
     }
 
     private async ValueTask FlushCoreAsync(bool async, CancellationToken cancellationToken)

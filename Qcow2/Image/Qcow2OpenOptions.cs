@@ -78,9 +78,9 @@ public sealed record Qcow2OpenOptions
     /// does: with <see cref="Writable"/>, an image with the corrupt bit opens for writing, and a
     /// dirty image is not repaired at open (so the check reports and counts what it repairs), and
     /// persistent bitmaps are not marked in use. The dirty bit stays set until a repair leaves the
-    /// image clean. Write nothing but repairs through such an image. Without <see cref="Writable"/>
-    /// it opens for a check (qemu-img check): L1 and refcount tables reaching past the end of the
-    /// file read as zeros, as in QEMU, so a truncated image is checked instead of refused.
+    /// image clean. Write nothing but repairs through such an image. L1 and refcount tables reaching
+    /// past the end of the file read as zeros, as in QEMU, so a truncated image is checked (and
+    /// repaired) instead of refused.
     /// </summary>
     public bool ForRepair { get; init; }
 

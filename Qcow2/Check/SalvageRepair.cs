@@ -1,0 +1,465 @@
+using System.Buffers.Binary;
+using System.Globalization;
+using QcowDedup.Qcow2.Format;
+using QcowDedup.Qcow2.Image;
+using QcowDedup.Qcow2.Metadata;
+using QcowDedup.Qcow2.Storage;
+
+namespace QcowDedup.Qcow2.Check;
+
+/// <summary>
+/// check -r all past the point where qemu-img stops (issue 9): the mappings and tables QEMU's
+/// check can only report are mended where what they point at can be kept, and dropped where it
+/// cannot — every change said in the report, in words that name the guest range it affects.
+/// Refcounts are not touched here: the refcount pass that follows rebuilds them from the mended
+/// tables, so this pass writes tables directly and places what it must allocate (cluster copies,
+/// tables of zero entries, a smaller snapshot table) at the end of the file, which nothing can
+/// reference. Caller holds the metadata lock and has flushed the caches.
+/// </summary>
+/// <remarks>
+/// A dropped mapping reads as zeros afterwards — what QEMU already reads there (a cluster past the
+/// end of the file reads as zeros) or an explicit hole where QEMU cannot read at all. Without a
+/// backing file the entry simply becomes unallocated. With one, an unallocated entry would show
+/// the backing file's older bytes as if they were the guest's — so on v3 the entry becomes a zero
+/// cluster instead; v2 has no zero clusters, there it reads from the backing file and the report
+/// says so.
+/// </remarks>
+internal sealed class SalvageRepair(ImageCore core, CheckReport report)
+{
+    private readonly Geometry _geometry = core.Geometry;
+    private readonly HashSet<long> _mendedTables = [];
+    private readonly Dictionary<long, ulong> _dataReferences = [];
+    private long _fileLength;
+    private long _dataEnd;
+
+    /// <summary>Number of changes made.</summary>
+    public int Changes { get; private set; }
+
+    private bool HasBacking => core.Header.BackingFileName is not null;
+
+    private bool DropsToZeroCluster => HasBacking && core.Header.Header.Version >= 3;
+
+    private string DroppedReads => !HasBacking ? "reads as zeros now (unallocated)"
+        : DropsToZeroCluster ? "reads as zeros now (a zero cluster, not the backing file's data)"
+        : "reads from the backing file now (a v2 image has no zero clusters)";
+
+    public async ValueTask RunAsync(bool async, CancellationToken cancellationToken)
+    {
+        _fileLength = core.File.Length;
+        await ExtendOverHeaderStructuresAsync(async, cancellationToken).ConfigureAwait(false);
+        _dataEnd = _fileLength; // what lies past it was never written; what this pass allocates goes there
+        await DropBrokenSnapshotsAsync(async, cancellationToken).ConfigureAwait(false);
+
+        var l1 = core.ActiveL1;
+        var entries = new ulong[l1.Size];
+        for (var i = 0; i < entries.Length; i++)
+        {
+            entries[i] = l1[i].Raw;
+        }
+
+        if (await MendL1Async(entries, null, core.Header.Header.Size, async, cancellationToken).ConfigureAwait(false) is { } changed)
+        {
+            foreach (var index in changed)
+            {
+                await l1.SetAsync(core.File, index, new L1Entry(entries[index]), async, cancellationToken).ConfigureAwait(false);
+            }
+        }
+
+        foreach (var snapshot in core.Snapshots)
+        {
+            var bytes = new byte[(long)snapshot.L1Size * Qcow2Layout.L1EntrySize];
+            await core.File.ReadZeroFilledAsync(snapshot.L1TableOffset, bytes, async, cancellationToken).ConfigureAwait(false);
+            var snapshotEntries = new ulong[snapshot.L1Size];
+            for (var i = 0; i < snapshotEntries.Length; i++)
+            {
+                snapshotEntries[i] = BinaryPrimitives.ReadUInt64BigEndian(bytes.AsSpan(i * 8));
+            }
+
+            if (await MendL1Async(snapshotEntries, snapshot, snapshot.DiskSize ?? core.Header.Header.Size, async, cancellationToken).ConfigureAwait(false) is not null)
+            {
+                for (var i = 0; i < snapshotEntries.Length; i++)
+                {
+                    BinaryPrimitives.WriteUInt64BigEndian(bytes.AsSpan(i * 8), snapshotEntries[i]);
+                }
+
+                await core.File.WriteAsync(snapshot.L1TableOffset, bytes, async, cancellationToken).ConfigureAwait(false);
+            }
+        }
+
+        await core.File.FlushAsync(async, cancellationToken).ConfigureAwait(false);
+        core.L2Cache.Clear(); // tables were written around it
+        core.NoteFileEnd(_fileLength);
+    }
+
+    /// <summary>
+    /// A file cut short loses the header's tables with it; QEMU reads what is missing as zeros.
+    /// Extending the file over them (zeros, what QEMU reads) makes them real again — bounded by
+    /// what the header names, each table already capped by the format's limits.
+    /// </summary>
+    private async ValueTask ExtendOverHeaderStructuresAsync(bool async, CancellationToken cancellationToken)
+    {
+        var header = core.Header.Header;
+        var needed = new (string What, long Offset, long Bytes)[]
+        {
+            ("header cluster", 0, _geometry.ClusterSize),
+            ("refcount table", header.RefcountTableOffset, (long)header.RefcountTableClusters << _geometry.ClusterBits),
+            ("active L1 table", header.L1TableOffset, (long)header.L1Size * Qcow2Layout.L1EntrySize),
+            ("snapshot table", header.SnapshotsOffset, core.SnapshotTableBytes),
+        };
+
+        foreach (var (what, offset, bytes) in needed)
+        {
+            if (bytes <= 0 || offset + bytes <= _fileLength)
+            {
+                continue; // a table may end inside the last cluster of the file
+            }
+
+            var end = _geometry.RoundUpToCluster(offset + bytes);
+
+            if (end - _fileLength > ReferenceCounter.MaxRepairGrowth)
+            {
+                report.Note(Invariant($"Cannot repair: the {what} at 0x{offset:x} lies more than {ReferenceCounter.MaxRepairGrowth >> 20} MiB past the end of the file"));
+                continue;
+            }
+
+            if (what == "active L1 table")
+            {
+                LoseMissingL1Entries(offset, header.L1Size, header.Size);
+            }
+
+            core.File.SetLength(end);
+            var missing = what == "active L1 table" ? "its missing entries stay unallocated, as QEMU read them: whatever they mapped is lost" : "the missing part reads as zeros, as QEMU read it";
+            report.Note(Invariant($"Extended the file to {end} bytes to hold the {what} at 0x{offset:x}, which reached past its end ({missing})"));
+            _fileLength = end;
+            Changes++;
+        }
+
+        await core.File.FlushAsync(async, cancellationToken).ConfigureAwait(false);
+    }
+
+    /// <summary>The L1 entries the file no longer holds read as unallocated: what they mapped is lost.</summary>
+    private void LoseMissingL1Entries(long tableOffset, int entries, long diskSize)
+    {
+        var firstMissing = Math.Max(0, (_fileLength - tableOffset + Qcow2Layout.L1EntrySize - 1) / Qcow2Layout.L1EntrySize);
+        var rangeBytes = (long)_geometry.L2Entries << _geometry.ClusterBits;
+        var start = firstMissing * rangeBytes;
+        var end = Math.Min((long)entries * rangeBytes, diskSize);
+        if (start < end)
+        {
+            report.Losses.Add(new DataLoss(null, start, end - start, Invariant($"L1 entries {firstMissing} to {entries - 1} of the active L1 table at 0x{tableOffset:x} lie past the end of the file")));
+        }
+    }
+
+    /// <summary>A snapshot whose L1 table cannot be located is dropped from the snapshot table.</summary>
+    private async ValueTask DropBrokenSnapshotsAsync(bool async, CancellationToken cancellationToken)
+    {
+        var kept = new List<SnapshotTableEntry>();
+        foreach (var snapshot in core.Snapshots)
+        {
+            var problem = !_geometry.IsClusterAligned(snapshot.L1TableOffset) ? "its L1 table offset is not cluster aligned"
+                : (long)snapshot.L1Size * Qcow2Layout.L1EntrySize > Qcow2Layout.MaxL1TableBytes ? "its L1 table is too large"
+                : snapshot.L1Size > 0 && snapshot.L1TableOffset >= _dataEnd ? "its L1 table is past the end of the file"
+                : null;
+            if (problem is null)
+            {
+                kept.Add(snapshot);
+                continue;
+            }
+
+            report.Note(Invariant($"Dropped snapshot {snapshot.Id} ({snapshot.Name}): {problem} (L1 table offset 0x{snapshot.L1TableOffset:x}); the clusters only it used are freed"));
+            report.Losses.Add(new DataLoss(snapshot.Id, 0, snapshot.DiskSize ?? core.Header.Header.Size, Invariant($"the snapshot was dropped: {problem} (L1 table offset 0x{snapshot.L1TableOffset:x})")));
+            Changes++;
+        }
+
+        if (kept.Count == core.Snapshots.Count)
+        {
+            return;
+        }
+
+        // The smaller table goes to fresh space at the end of the file, then one header write switches to it.
+        var bytes = new byte[kept.Sum(s => (long)s.StoredLength)];
+        var position = 0;
+        foreach (var snapshot in kept)
+        {
+            position += snapshot.Write(bytes.AsSpan(position));
+        }
+
+        var offset = 0L;
+        if (bytes.Length > 0)
+        {
+            offset = AllocateAtEnd(_geometry.ClustersFor(bytes.Length));
+            await core.File.WriteAsync(offset, bytes, async, cancellationToken).ConfigureAwait(false);
+            await core.File.FlushAsync(async, cancellationToken).ConfigureAwait(false);
+        }
+
+        await core.WriteHeaderFieldsAsync(core.Header.Header with { SnapshotCount = kept.Count, SnapshotsOffset = offset }, Qcow2Header.SnapshotCountOffset, 12, async, cancellationToken).ConfigureAwait(false);
+        core.Snapshots = kept;
+    }
+
+    /// <summary>Mends one L1 table in <paramref name="entries"/>; returns the indexes changed, or null.</summary>
+    private async ValueTask<List<int>?> MendL1Async(ulong[] entries, SnapshotTableEntry? snapshot, long diskSize, bool async, CancellationToken cancellationToken)
+    {
+        var where = snapshot is null ? "guest offset" : $"snapshot {snapshot.Id} ({snapshot.Name}) guest offset";
+        List<int>? changed = null;
+        var rangeBytes = (long)_geometry.L2Entries << _geometry.ClusterBits;
+        for (var i = 0; i < entries.Length; i++)
+        {
+            var entry = new L1Entry(entries[i]);
+            if (entry.Raw == 0)
+            {
+                continue;
+            }
+
+            var offset = entry.L2TableOffset;
+            var range = Invariant($"{where} range [0x{i * rangeBytes:x}, 0x{(i + 1) * rangeBytes:x})");
+            var problem = !_geometry.IsClusterAligned(offset) ? "not cluster aligned"
+                : offset >= _dataEnd ? "past the end of the file"
+                : null;
+            if (problem is not null)
+            {
+                entries[i] = await DroppedTableAsync(async, cancellationToken).ConfigureAwait(false);
+                report.Note(Invariant($"Dropped the L2 table of {range} (L1 entry {i}: table offset 0x{offset:x} {problem}): the range {DroppedReads}"));
+                var length = Math.Min(rangeBytes, diskSize - (i * rangeBytes));
+                if (length > 0)
+                {
+                    report.Losses.Add(new DataLoss(snapshot?.Id, i * rangeBytes, length, Invariant($"L1 entry {i}: L2 table offset 0x{offset:x} {problem}")));
+                }
+
+                (changed ??= []).Add(i);
+                Changes++;
+                continue;
+            }
+
+            if (offset == 0)
+            {
+                // Flags without a table: the range was unallocated and stays so.
+                entries[i] = 0;
+                report.Note(Invariant($"Cleared L1 entry {i} ({range}): it has no L2 table offset, only the bits 0x{entry.Raw:x}"));
+                (changed ??= []).Add(i);
+                Changes++;
+                continue;
+            }
+
+            if (entry.ReservedBits != 0)
+            {
+                entries[i] = entry.Raw & ~L1Entry.ReservedMask;
+                report.Note(Invariant($"Cleared reserved bits 0x{entry.ReservedBits:x} of L1 entry {i} ({range}); its L2 table at 0x{offset:x} is kept"));
+                (changed ??= []).Add(i);
+                Changes++;
+            }
+
+            await MendL2Async(offset, i * rangeBytes, snapshot?.Id, diskSize, where, async, cancellationToken).ConfigureAwait(false);
+        }
+
+        return changed;
+    }
+
+    /// <summary>The L1 entry for a dropped L2 table: unallocated, or a fresh table of zero entries.</summary>
+    private async ValueTask<ulong> DroppedTableAsync(bool async, CancellationToken cancellationToken)
+    {
+        if (!DropsToZeroCluster)
+        {
+            return 0;
+        }
+
+        var table = new byte[_geometry.ClusterSize];
+        for (var j = 0; j < _geometry.L2Entries; j++)
+        {
+            WriteDropped(table, j);
+        }
+
+        var offset = AllocateAtEnd(1);
+        await core.File.WriteAsync(offset, table, async, cancellationToken).ConfigureAwait(false);
+        _mendedTables.Add(offset);
+        return L1Entry.ForTable(offset, copied: true).Raw;
+    }
+
+    private async ValueTask MendL2Async(long tableOffset, long firstGuestOffset, string? snapshotId, long diskSize, string where, bool async, CancellationToken cancellationToken)
+    {
+        var table = new byte[_geometry.ClusterSize];
+        await core.File.ReadZeroFilledAsync(tableOffset, table, async, cancellationToken).ConfigureAwait(false);
+        var firstVisit = _mendedTables.Add(tableOffset);
+        var changed = false;
+        for (var j = 0; j < _geometry.L2Entries; j++)
+        {
+            var guest = firstGuestOffset + ((long)j << _geometry.ClusterBits);
+            if (firstVisit)
+            {
+                changed |= MendEntry(table, j, new Mapping(snapshotId, guest, diskSize, Invariant($"{where} 0x{guest:x}")));
+            }
+
+            changed |= await CountDataReferenceAsync(table, j, firstVisit, Invariant($"{where} 0x{guest:x}"), async, cancellationToken).ConfigureAwait(false);
+        }
+
+        if (changed)
+        {
+            await core.File.WriteAsync(tableOffset, table, async, cancellationToken).ConfigureAwait(false);
+        }
+    }
+
+    /// <summary>Mends one L2 entry in place; returns whether it changed.</summary>
+    private bool MendEntry(byte[] table, int index, Mapping guest)
+    {
+        var extended = _geometry.ExtendedL2;
+        var entry = L2Table.ReadEntry(table, index, extended);
+        var bitmap = L2Table.ReadBitmap(table, index, extended);
+        var type = entry.GetClusterType(extended, _geometry.ExternalDataFile);
+        switch (type)
+        {
+            case ClusterType.Compressed:
+                {
+                    var descriptor = CompressedClusterDescriptor.Decode(entry, _geometry.ClusterBits);
+                    if (descriptor.HostOffset + descriptor.CompressedLength - _dataEnd >= _geometry.ClusterSize || _geometry.ExternalDataFile)
+                    {
+                        return Drop(table, index, guest, Invariant($"compressed data at 0x{descriptor.HostOffset:x} {(_geometry.ExternalDataFile ? "in an image with a data file" : "past the end of the file")}"));
+                    }
+
+                    var mended = false;
+                    if (entry.IsCopied)
+                    {
+                        L2Table.WriteEntry(table, index, extended, entry.WithCopied(false));
+                        Say($"Cleared the COPIED flag of the compressed cluster at {guest} (compressed clusters are never written in place); its data is kept");
+                        mended = true;
+                    }
+
+                    if (bitmap.Raw != 0)
+                    {
+                        L2Table.WriteBitmap(table, index, default);
+                        Say($"Cleared the subcluster bitmap 0x{bitmap.Raw:x} of the compressed cluster at {guest}; its data is kept");
+                        mended = true;
+                    }
+
+                    return mended;
+                }
+
+            case ClusterType.Normal or ClusterType.ZeroAllocated:
+                {
+                    var offset = entry.HostOffset;
+                    var containsData = extended ? (bitmap.Raw & SubclusterBitmap.AllAllocatedMask) != 0 : !entry.HasZeroFlag;
+                    if (!_geometry.IsClusterAligned(offset) && containsData)
+                    {
+                        return Drop(table, index, guest, Invariant($"host offset 0x{offset:x} not cluster aligned"));
+                    }
+
+                    if (!_geometry.ExternalDataFile && offset + _geometry.ClusterSize - _dataEnd >= _geometry.ClusterSize)
+                    {
+                        return Drop(table, index, guest, Invariant($"host offset 0x{offset:x} past the end of the file"));
+                    }
+
+                    var mended = false;
+                    if (entry.StandardReservedBits != 0)
+                    {
+                        L2Table.WriteEntry(table, index, extended, new L2Entry(entry.Raw & ~L2Entry.StandardReservedMask));
+                        Say($"Cleared reserved bits 0x{entry.StandardReservedBits:x} of the L2 entry for {guest}; its host cluster at 0x{offset:x} is kept");
+                        mended = true;
+                    }
+
+                    if (bitmap.HasOverlap)
+                    {
+                        // Both flags set reads as an I/O error in QEMU. The data is there: keep it.
+                        var both = (bitmap.Raw >> 32) & bitmap.Raw;
+                        L2Table.WriteBitmap(table, index, new SubclusterBitmap(bitmap.Raw & ~(both << 32)));
+                        Say($"Cleared the zero flags of subclusters that are also allocated (mask 0x{both:x}) at {guest}; they read their data again");
+                        mended = true;
+                    }
+
+                    return mended;
+                }
+
+            case ClusterType.Unallocated when (bitmap.Raw & SubclusterBitmap.AllAllocatedMask) != 0:
+                L2Table.WriteBitmap(table, index, new SubclusterBitmap(bitmap.Raw & SubclusterBitmap.AllZeroMask));
+                Say($"Cleared the allocation bits 0x{bitmap.Raw & SubclusterBitmap.AllAllocatedMask:x} of the unallocated cluster at {guest} (it has no host cluster)");
+                return true;
+
+            default:
+                if (type != ClusterType.Compressed && entry.StandardReservedBits != 0)
+                {
+                    L2Table.WriteEntry(table, index, extended, new L2Entry(entry.Raw & ~L2Entry.StandardReservedMask));
+                    Say($"Cleared reserved bits 0x{entry.StandardReservedBits:x} of the L2 entry for {guest}");
+                    return true;
+                }
+
+                return false;
+        }
+    }
+
+    /// <summary>
+    /// Counts the entry's data cluster; a reference the refcount width cannot hold gets its own
+    /// copy of the cluster instead (the data is kept, the sharing is not).
+    /// </summary>
+    private async ValueTask<bool> CountDataReferenceAsync(byte[] table, int index, bool mayChange, string guest, bool async, CancellationToken cancellationToken)
+    {
+        var extended = _geometry.ExtendedL2;
+        var entry = L2Table.ReadEntry(table, index, extended);
+        if (_geometry.ExternalDataFile || entry.GetClusterType(extended, false) is not (ClusterType.Normal or ClusterType.ZeroAllocated) || !_geometry.IsClusterAligned(entry.HostOffset))
+        {
+            return false;
+        }
+
+        var cluster = entry.HostOffset >> _geometry.ClusterBits;
+        var count = _dataReferences.GetValueOrDefault(cluster);
+        if (count < Math.Min(_geometry.MaxRefcount, uint.MaxValue) || !mayChange)
+        {
+            _dataReferences[cluster] = count + 1;
+            return false;
+        }
+
+        var copy = AllocateAtEnd(1);
+        var data = new byte[_geometry.ClusterSize];
+        await core.File.ReadZeroFilledAsync(entry.HostOffset, data, async, cancellationToken).ConfigureAwait(false);
+        await core.File.WriteAsync(copy, data, async, cancellationToken).ConfigureAwait(false);
+        L2Table.WriteEntry(table, index, extended, new L2Entry((entry.Raw & ~L2Entry.OffsetMask) | (ulong)copy | L2Entry.CopiedFlag));
+        _dataReferences[copy >> _geometry.ClusterBits] = 1;
+        Say($"Copied the host cluster at 0x{entry.HostOffset:x} to 0x{copy:x} for {guest}: one more reference would overflow the refcount maximum of {_geometry.MaxRefcount}; the data is kept");
+        return true;
+    }
+
+    private bool Drop(byte[] table, int index, Mapping guest, string why)
+    {
+        WriteDropped(table, index);
+        Say($"Dropped the mapping of {guest} ({why}): its data is lost, it {DroppedReads}");
+        if (guest.GuestOffset < guest.DiskSize)
+        {
+            // Past the disk's end (an L1 table longer than the disk needs) no guest reads it: nothing is lost.
+            report.Losses.Add(new DataLoss(guest.SnapshotId, guest.GuestOffset, Math.Min(_geometry.ClusterSize, guest.DiskSize - guest.GuestOffset), why));
+        }
+
+        return true;
+    }
+
+    private void WriteDropped(byte[] table, int index)
+    {
+        if (_geometry.ExtendedL2)
+        {
+            L2Table.WriteEntry(table, index, extended: true, L2Entry.Unallocated);
+            L2Table.WriteBitmap(table, index, DropsToZeroCluster ? SubclusterBitmap.AllZero : default);
+        }
+        else
+        {
+            L2Table.WriteEntry(table, index, extended: false, DropsToZeroCluster ? L2Entry.ZeroPlain : L2Entry.Unallocated);
+        }
+    }
+
+    /// <summary>Clusters at the end of the file: nothing references them, whatever the refcounts say.</summary>
+    private long AllocateAtEnd(long clusters)
+    {
+        var offset = _geometry.RoundUpToCluster(_fileLength);
+        _fileLength = offset + (clusters << _geometry.ClusterBits);
+        core.File.SetLength(_fileLength);
+        return offset;
+    }
+
+    private void Say(string message)
+    {
+        report.Note(message);
+        Changes++;
+    }
+
+    private static string Invariant(FormattableString text) => text.ToString(CultureInfo.InvariantCulture);
+
+    /// <summary>One guest cluster of the active disk or of a snapshot, and how the report names it.</summary>
+    private readonly record struct Mapping(string? SnapshotId, long GuestOffset, long DiskSize, string Name)
+    {
+        public override string ToString() => Name;
+    }
+}
