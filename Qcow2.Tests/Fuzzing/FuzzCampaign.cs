@@ -38,7 +38,7 @@ internal sealed class FuzzReport
         text.AppendLine(CultureInfo.InvariantCulture, $"cases: {Cases} in {Elapsed.TotalSeconds:F1} s");
         text.AppendLine(CultureInfo.InvariantCulture, $"exceptions (undocumented): {ExceptionsByType.Values.Sum()}{(ExceptionsByType.Count == 0 ? string.Empty : " — " + string.Join(", ", ExceptionsByType.Select(e => $"{e.Key} {e.Value}")))}");
         text.AppendLine(CultureInfo.InvariantCulture, $"hangs: {Hangs}");
-        text.AppendLine(CultureInfo.InvariantCulture, $"over-cap allocations: {OverCap} (largest case {MaxAllocated >> 20} MiB)");
+        text.AppendLine(CultureInfo.InvariantCulture, $"over-cap allocations: {OverCap} (largest step {MaxAllocated >> 20} MiB)");
         text.AppendLine(CultureInfo.InvariantCulture, $"oracle checks: {OracleChecks}, disagreements: {OracleDisagreements}");
         foreach (var finding in Findings.Take(40))
         {
@@ -73,12 +73,14 @@ internal sealed record FuzzSettings
     };
 
     /// <summary>
-    /// Most bytes one case may allocate: 64 MiB for caches, buffers and the write pages of the fuzz
-    /// storage, plus 16 times the image's bytes (the case opens the image four times and every
-    /// open may read its metadata once into caches and check tables). A case over it allocates in
-    /// proportion to something an attacker chose (a size, a count, a sparse file length).
+    /// Most bytes one step of a case (open/info/read, check, check -r all, writes) may allocate:
+    /// 64 MiB for caches, buffers and the write pages of the fuzz storage, plus 64 times the
+    /// image's bytes. The factor is the report: every damaged 8-byte entry in the file may earn a
+    /// few lines of text (as in qemu-img, 76,000 lines for a 0.5 MB image whose L1 table swallows
+    /// the file), and a repair checks twice. A step over it allocates in proportion to something
+    /// an attacker chose that the file does not back (a size, a count, a sparse file length).
     /// </summary>
-    public static long AllocationCap(long imageBytes) => (64L << 20) + (16 * imageBytes);
+    public static long AllocationCap(long imageBytes) => (64L << 20) + (64 * imageBytes);
 
     private static int? Int(string name) =>
         int.TryParse(Environment.GetEnvironmentVariable(name), NumberStyles.Integer, CultureInfo.InvariantCulture, out var value) ? value : null;
@@ -131,11 +133,11 @@ internal sealed class FuzzCampaign(FuzzSettings settings)
                 Record(id, input, $"{step}: {error}");
             }
 
-            _report.MaxAllocated = Math.Max(_report.MaxAllocated, result.AllocatedBytes);
-            if (result.AllocatedBytes > FuzzSettings.AllocationCap(input.Image.Length))
+            _report.MaxAllocated = Math.Max(_report.MaxAllocated, result.LargestStep);
+            if (result.LargestStep > FuzzSettings.AllocationCap(input.Image.Length))
             {
                 _report.OverCap++;
-                Record(id, input, $"allocated {result.AllocatedBytes >> 20} MiB, cap {FuzzSettings.AllocationCap(input.Image.Length) >> 20} MiB ({string.Join(", ", result.AllocatedBySteps.Select(s => $"{s.Key} {s.Value >> 20} MiB"))})");
+                Record(id, input, $"allocated {result.AllocatedBytes >> 20} MiB, cap per step {FuzzSettings.AllocationCap(input.Image.Length) >> 20} MiB ({string.Join(", ", result.AllocatedBySteps.Select(s => $"{s.Key} {s.Value >> 20} MiB"))})");
             }
         }
 

@@ -42,6 +42,9 @@ internal sealed class FuzzCaseResult
 
     /// <summary>Bytes each step allocated, to say where an over-cap case spent them.</summary>
     public Dictionary<string, long> AllocatedBySteps { get; } = [];
+
+    /// <summary>Bytes allocated by the most demanding step.</summary>
+    public long LargestStep => AllocatedBySteps.Values.DefaultIfEmpty(AllocatedBytes).Max();
 }
 
 /// <summary>
