@@ -145,6 +145,7 @@ internal sealed partial class DedupIndex
     /// <summary>Final flush and a header marked not in use: the next open knows this session ended cleanly.</summary>
     public void Close()
     {
+        AwaitFilterLoader();
         if (State != DedupIndexState.Active || !_host.IsWritable)
         {
             return;

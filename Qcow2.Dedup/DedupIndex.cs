@@ -49,6 +49,7 @@ internal sealed partial class DedupIndex
     private IndexJournal _journal = null!;
     private LogStore _logStore = null!;
     private long _nextSequence;
+    private readonly Lock _filterLock = new();
     private Task? _filterLoader;
 
     private DedupIndex(IImageExtensionHost host, DedupOptions options)
@@ -327,9 +328,8 @@ internal sealed partial class DedupIndex
             }
 
             WriteHeader(inUse: true);
+            _filterLoader = Task.Run(LoadFilters); // writes will look hashes up: load in the background, awaited at close
         }
-
-        _filterLoader = Task.Run(LoadFilters);
     }
 
     private void LoadIncarnations(DedupHeader header)
@@ -387,8 +387,30 @@ internal sealed partial class DedupIndex
         }
     }
 
-    /// <summary>Waits until every filter is in memory (tests and statistics).</summary>
-    public void WaitForFilters() => _filterLoader?.Wait();
+    /// <summary>Waits until every filter is in memory (tests and statistics); a read-only image loads them now.</summary>
+    public void WaitForFilters()
+    {
+        Task loader;
+        lock (_filterLock)
+        {
+            loader = _filterLoader ??= Task.Run(LoadFilters);
+        }
+
+        loader.Wait();
+    }
+
+    /// <summary>Lets the background loader finish before the image closes its file under it.</summary>
+    private void AwaitFilterLoader()
+    {
+        try
+        {
+            _filterLoader?.Wait();
+        }
+        catch (AggregateException)
+        {
+            // A filter that could not be read only costs savings; the close goes on.
+        }
+    }
 
     private int DefaultOrder()
     {

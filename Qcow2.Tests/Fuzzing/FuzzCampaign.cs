@@ -1,3 +1,4 @@
+using System.Buffers.Binary;
 using System.Diagnostics;
 using System.Globalization;
 using System.IO.Compression;
@@ -75,12 +76,39 @@ internal sealed record FuzzSettings
     /// <summary>
     /// Most bytes one step of a case (open/info/read, check, check -r all, writes) may allocate:
     /// 64 MiB for caches, buffers and the write pages of the fuzz storage, plus 64 times the
-    /// image's bytes. The factor is the report: every damaged 8-byte entry in the file may earn a
-    /// few lines of text (as in qemu-img, 76,000 lines for a 0.5 MB image whose L1 table swallows
-    /// the file), and a repair checks twice. A step over it allocates in proportion to something
-    /// an attacker chose that the file does not back (a size, a count, a sparse file length).
+    /// image's bytes, plus 16 times the L1 tables the header and snapshot table declare, each at
+    /// most QEMU's 32 MiB limit. The file factor is the report: every damaged 8-byte entry in the
+    /// file may earn a few lines of text (as in qemu-img), and a repair checks twice. The L1 term
+    /// is what QEMU allocates too whatever the file size (it reads every L1 table whole); we keep
+    /// several copies across the passes of a repair (fewer is issue 11's). A step over it
+    /// allocates in proportion to something an attacker chose that neither the file nor QEMU's
+    /// limits back (a size, a count, a sparse file length).
     /// </summary>
-    public static long AllocationCap(long imageBytes) => (64L << 20) + (64 * imageBytes);
+    public static long AllocationCap(byte[] image) => (64L << 20) + (64L * image.Length) + (16 * DeclaredL1Bytes(image));
+
+    /// <summary>Bytes of the active and snapshot L1 tables the image declares, each capped at QEMU's maximum.</summary>
+    public static long DeclaredL1Bytes(byte[] image)
+    {
+        const long MaxL1Bytes = 32L << 20;
+        if (image.Length < 72)
+        {
+            return 0;
+        }
+
+        var span = image.AsSpan();
+        var total = Math.Min(MaxL1Bytes, BinaryPrimitives.ReadUInt32BigEndian(span[36..]) * 8L);
+        var count = BinaryPrimitives.ReadUInt32BigEndian(span[60..]);
+        var position = BinaryPrimitives.ReadUInt64BigEndian(span[64..]);
+        for (var i = 0; i < Math.Min(count, 1024u) && position <= (ulong)image.Length - 40; i++)
+        {
+            var entry = span[(int)position..];
+            total += Math.Min(MaxL1Bytes, BinaryPrimitives.ReadUInt32BigEndian(entry[8..]) * 8L);
+            var length = 40UL + BinaryPrimitives.ReadUInt32BigEndian(entry[36..]) + BinaryPrimitives.ReadUInt16BigEndian(entry[12..]) + BinaryPrimitives.ReadUInt16BigEndian(entry[14..]);
+            position += (length + 7) & ~7UL;
+        }
+
+        return total;
+    }
 
     private static int? Int(string name) =>
         int.TryParse(Environment.GetEnvironmentVariable(name), NumberStyles.Integer, CultureInfo.InvariantCulture, out var value) ? value : null;
@@ -134,10 +162,10 @@ internal sealed class FuzzCampaign(FuzzSettings settings)
             }
 
             _report.MaxAllocated = Math.Max(_report.MaxAllocated, result.LargestStep);
-            if (result.LargestStep > FuzzSettings.AllocationCap(input.Image.Length))
+            if (result.LargestStep > FuzzSettings.AllocationCap(input.Image))
             {
                 _report.OverCap++;
-                Record(id, input, $"allocated {result.AllocatedBytes >> 20} MiB, cap per step {FuzzSettings.AllocationCap(input.Image.Length) >> 20} MiB ({string.Join(", ", result.AllocatedBySteps.Select(s => $"{s.Key} {s.Value >> 20} MiB"))})");
+                Record(id, input, $"allocated {result.AllocatedBytes >> 20} MiB, cap per step {FuzzSettings.AllocationCap(input.Image) >> 20} MiB ({string.Join(", ", result.AllocatedBySteps.Select(s => $"{s.Key} {s.Value >> 20} MiB"))})");
             }
         }
 

@@ -34,7 +34,7 @@ public class FuzzTests
         var (result, hung) = new FuzzCampaign(new FuzzSettings()).RunGuarded(input, seed, writeSeed: 1);
         hung.ShouldBeFalse();
         result!.Undocumented.ShouldBeEmpty(string.Join("\n", result.Undocumented.Select(u => $"{u.Step}: {u.Error}")));
-        result.LargestStep.ShouldBeLessThanOrEqualTo(FuzzSettings.AllocationCap(input.Image.Length));
+        result.LargestStep.ShouldBeLessThanOrEqualTo(FuzzSettings.AllocationCap(input.Image));
     }
 
     private static IEnumerable<string> Fixtures()

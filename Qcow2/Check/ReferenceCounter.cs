@@ -350,6 +350,13 @@ internal sealed class ReferenceCounter
         Add(extension.DirectoryOffset, extension.DirectorySize);
         foreach (var bitmap in _core.Bitmaps)
         {
+            if ((long)bitmap.TableSize * _geometry.ClusterSize > BitmapDirectoryEntry.MaxPhysicalSize)
+            {
+                // QEMU's check_dir_entry refuses it too: a table that large is not a bitmap's.
+                _report.Error($"ERROR bitmap '{bitmap.Name}': its table of {bitmap.TableSize} entries describes more than {BitmapDirectoryEntry.MaxPhysicalSize >> 20} MiB of bitmap data");
+                continue;
+            }
+
             Add(bitmap.TableOffset, (long)bitmap.TableSize * 8);
             var table = new byte[(long)bitmap.TableSize * 8];
             await _core.File.ReadZeroFilledAsync(bitmap.TableOffset, table, async, cancellationToken).ConfigureAwait(false);

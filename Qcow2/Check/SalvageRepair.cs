@@ -27,7 +27,11 @@ namespace QcowDedup.Qcow2.Check;
 internal sealed class SalvageRepair(ImageCore core, CheckReport report)
 {
     private readonly Geometry _geometry = core.Geometry;
+    private const int MaxLines = 1000;
+    private const string AndAfter = ", and the clusters after it";
     private readonly HashSet<long> _mendedTables = [];
+    private int _told;
+    private long _unsaid;
     private readonly Dictionary<long, ulong> _dataReferences = [];
     private long _fileLength;
     private long _dataEnd;
@@ -44,6 +48,15 @@ internal sealed class SalvageRepair(ImageCore core, CheckReport report)
         : "reads from the backing file now (a v2 image has no zero clusters)";
 
     public async ValueTask RunAsync(bool async, CancellationToken cancellationToken)
+    {
+        await MendAsync(async, cancellationToken).ConfigureAwait(false);
+        if (_unsaid > 0)
+        {
+            report.Note(Invariant($"... and {_unsaid} more changes like those above (the lost guest ranges are all listed)"));
+        }
+    }
+
+    private async ValueTask MendAsync(bool async, CancellationToken cancellationToken)
     {
         _fileLength = core.File.Length;
         await ExtendOverHeaderStructuresAsync(async, cancellationToken).ConfigureAwait(false);
@@ -82,7 +95,7 @@ internal sealed class SalvageRepair(ImageCore core, CheckReport report)
                     BinaryPrimitives.WriteUInt64BigEndian(bytes.AsSpan(i * 8), snapshotEntries[i]);
                 }
 
-                await core.File.WriteAsync(snapshot.L1TableOffset, bytes, async, cancellationToken).ConfigureAwait(false);
+                await WriteTableAsync(snapshot.L1TableOffset, bytes, MetadataKind.InactiveL1, $"L1 table of snapshot {snapshot.Id}", async, cancellationToken).ConfigureAwait(false);
             }
         }
 
@@ -166,7 +179,7 @@ internal sealed class SalvageRepair(ImageCore core, CheckReport report)
                 continue;
             }
 
-            report.Note(Invariant($"Dropped snapshot {snapshot.Id} ({snapshot.Name}): {problem} (L1 table offset 0x{snapshot.L1TableOffset:x}); the clusters only it used are freed"));
+            report.Note(Invariant($"Dropped snapshot {Shown(snapshot.Id)} ({Shown(snapshot.Name)}): {problem} (L1 table offset 0x{snapshot.L1TableOffset:x}); the clusters only it used are freed"));
             report.Losses.Add(new DataLoss(snapshot.Id, 0, snapshot.DiskSize ?? core.Header.Header.Size, Invariant($"the snapshot was dropped: {problem} (L1 table offset 0x{snapshot.L1TableOffset:x})")));
             Changes++;
         }
@@ -199,7 +212,7 @@ internal sealed class SalvageRepair(ImageCore core, CheckReport report)
     /// <summary>Mends one L1 table in <paramref name="entries"/>; returns the indexes changed, or null.</summary>
     private async ValueTask<List<int>?> MendL1Async(ulong[] entries, SnapshotTableEntry? snapshot, long diskSize, bool async, CancellationToken cancellationToken)
     {
-        var where = snapshot is null ? "guest offset" : $"snapshot {snapshot.Id} ({snapshot.Name}) guest offset";
+        var where = snapshot is null ? "guest offset" : $"snapshot {Shown(snapshot.Id)} ({Shown(snapshot.Name)}) guest offset";
         List<int>? changed = null;
         var rangeBytes = (long)_geometry.L2Entries << _geometry.ClusterBits;
         for (var i = 0; i < entries.Length; i++)
@@ -218,11 +231,11 @@ internal sealed class SalvageRepair(ImageCore core, CheckReport report)
             if (problem is not null)
             {
                 entries[i] = await DroppedTableAsync(async, cancellationToken).ConfigureAwait(false);
-                report.Note(Invariant($"Dropped the L2 table of {range} (L1 entry {i}: table offset 0x{offset:x} {problem}): the range {DroppedReads}"));
+                Tell(Invariant($"Dropped the L2 table of {range} (L1 entry {i}: table offset 0x{offset:x} {problem}): the range {DroppedReads}"));
                 var length = Math.Min(rangeBytes, diskSize - (i * rangeBytes));
                 if (length > 0)
                 {
-                    report.Losses.Add(new DataLoss(snapshot?.Id, i * rangeBytes, length, Invariant($"L1 entry {i}: L2 table offset 0x{offset:x} {problem}")));
+                    AddLoss(new DataLoss(snapshot?.Id, i * rangeBytes, length, Invariant($"L1 entry {i}: L2 table offset 0x{offset:x} {problem}")));
                 }
 
                 (changed ??= []).Add(i);
@@ -282,18 +295,19 @@ internal sealed class SalvageRepair(ImageCore core, CheckReport report)
         var changed = false;
         for (var j = 0; j < _geometry.L2Entries; j++)
         {
-            var guest = firstGuestOffset + ((long)j << _geometry.ClusterBits);
+            // The name is formatted only when a message needs it: a snapshot's name may be 64 KiB.
+            var guest = new Mapping(snapshotId, firstGuestOffset + ((long)j << _geometry.ClusterBits), diskSize, where);
             if (firstVisit)
             {
-                changed |= MendEntry(table, j, new Mapping(snapshotId, guest, diskSize, Invariant($"{where} 0x{guest:x}")));
+                changed |= MendEntry(table, j, guest);
             }
 
-            changed |= await CountDataReferenceAsync(table, j, firstVisit, Invariant($"{where} 0x{guest:x}"), async, cancellationToken).ConfigureAwait(false);
+            changed |= await CountDataReferenceAsync(table, j, firstVisit, guest, async, cancellationToken).ConfigureAwait(false);
         }
 
         if (changed)
         {
-            await core.File.WriteAsync(tableOffset, table, async, cancellationToken).ConfigureAwait(false);
+            await WriteTableAsync(tableOffset, table, MetadataKind.ActiveL2 | MetadataKind.InactiveL2, "L2 table", async, cancellationToken).ConfigureAwait(false);
         }
     }
 
@@ -387,7 +401,7 @@ internal sealed class SalvageRepair(ImageCore core, CheckReport report)
     /// Counts the entry's data cluster; a reference the refcount width cannot hold gets its own
     /// copy of the cluster instead (the data is kept, the sharing is not).
     /// </summary>
-    private async ValueTask<bool> CountDataReferenceAsync(byte[] table, int index, bool mayChange, string guest, bool async, CancellationToken cancellationToken)
+    private async ValueTask<bool> CountDataReferenceAsync(byte[] table, int index, bool mayChange, Mapping guest, bool async, CancellationToken cancellationToken)
     {
         var extended = _geometry.ExtendedL2;
         var entry = L2Table.ReadEntry(table, index, extended);
@@ -421,7 +435,7 @@ internal sealed class SalvageRepair(ImageCore core, CheckReport report)
         if (guest.GuestOffset < guest.DiskSize)
         {
             // Past the disk's end (an L1 table longer than the disk needs) no guest reads it: nothing is lost.
-            report.Losses.Add(new DataLoss(guest.SnapshotId, guest.GuestOffset, Math.Min(_geometry.ClusterSize, guest.DiskSize - guest.GuestOffset), why));
+            AddLoss(new DataLoss(guest.SnapshotId, guest.GuestOffset, Math.Min(_geometry.ClusterSize, guest.DiskSize - guest.GuestOffset), why));
         }
 
         return true;
@@ -449,17 +463,65 @@ internal sealed class SalvageRepair(ImageCore core, CheckReport report)
         return offset;
     }
 
+    /// <summary>
+    /// Writes a mended table back, unless it lies on other metadata: a hostile entry may name the
+    /// header or a refcount block as its table, and mending it there would destroy what it names.
+    /// </summary>
+    private async ValueTask WriteTableAsync(long offset, byte[] bytes, MetadataKind own, string what, bool async, CancellationToken cancellationToken)
+    {
+        if (MetadataOverlap.Find(core, offset, bytes.Length, ignore: own) is { } overlapped)
+        {
+            report.Note(Invariant($"Left the {what} at 0x{offset:x} as it was: it overlaps the {overlapped}, which mending it would overwrite"));
+            return;
+        }
+
+        await core.File.WriteAsync(offset, bytes, async, cancellationToken).ConfigureAwait(false);
+    }
+
     private void Say(string message)
     {
-        report.Note(message);
+        Tell(message);
         Changes++;
     }
+
+    /// <summary>
+    /// One line of the report per change, up to <see cref="MaxLines"/>: a hostile L1 table can
+    /// name a million garbage entries, and a line each would cost more memory than the image.
+    /// </summary>
+    private void Tell(string message)
+    {
+        if (_told < MaxLines)
+        {
+            report.Note(message);
+            _told++;
+        }
+        else
+        {
+            _unsaid++;
+        }
+    }
+
+    /// <summary>Records lost guest bytes, merged with the previous range when it continues it (the reason of its start stays).</summary>
+    private void AddLoss(DataLoss loss)
+    {
+        var losses = report.Losses;
+        if (losses.Count > 0 && losses[^1] is var last && last.SnapshotId == loss.SnapshotId && last.GuestOffset + last.Length == loss.GuestOffset)
+        {
+            losses[^1] = last with { Length = last.Length + loss.Length, Reason = last.Reason.EndsWith(AndAfter, StringComparison.Ordinal) ? last.Reason : last.Reason + AndAfter };
+            return;
+        }
+
+        losses.Add(loss);
+    }
+
+    /// <summary>A snapshot id or name as the report shows it: a hostile one may be 64 KiB, repeated in every line about its clusters.</summary>
+    private static string Shown(string text) => text.Length <= 64 ? text : string.Concat(text.AsSpan(0, 64), "…");
 
     private static string Invariant(FormattableString text) => text.ToString(CultureInfo.InvariantCulture);
 
     /// <summary>One guest cluster of the active disk or of a snapshot, and how the report names it.</summary>
-    private readonly record struct Mapping(string? SnapshotId, long GuestOffset, long DiskSize, string Name)
+    private readonly record struct Mapping(string? SnapshotId, long GuestOffset, long DiskSize, string Where)
     {
-        public override string ToString() => Name;
+        public override string ToString() => Invariant($"{Where} 0x{GuestOffset:x}");
     }
 }

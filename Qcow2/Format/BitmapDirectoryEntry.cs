@@ -56,6 +56,12 @@ public sealed record BitmapDirectoryEntry
     /// <summary>Guest bytes one bit covers.</summary>
     public long Granularity => GranularityBits < 63 ? 1L << GranularityBits : long.MaxValue;
 
+    /// <summary>QEMU's BME_MAX_TABLE_SIZE: more table entries than any bitmap can need.</summary>
+    public const int MaxTableSize = 0x8000000;
+
+    /// <summary>QEMU's BME_MAX_PHYS_SIZE: the most bytes a bitmap's data may take in the image.</summary>
+    public const long MaxPhysicalSize = 0x20000000;
+
     /// <summary>Decodes all <paramref name="count"/> entries of a directory.</summary>
     /// <exception cref="InvalidDataException">An entry does not fit the directory or breaks the spec's limits.</exception>
     public static IReadOnlyList<BitmapDirectoryEntry> ParseDirectory(ReadOnlySpan<byte> directory, int count, long hostOffset)
@@ -75,7 +81,7 @@ public sealed record BitmapDirectoryEntry
             var flags = BinaryPrimitives.ReadUInt32BigEndian(entry[12..]);
             var nameSize = BinaryPrimitives.ReadUInt16BigEndian(entry[18..]);
             var extraSize = BinaryPrimitives.ReadUInt32BigEndian(entry[20..]);
-            if (nameSize == 0 || extraSize > int.MaxValue / 2 || tableOffset > long.MaxValue || tableSize > int.MaxValue)
+            if (nameSize == 0 || extraSize > int.MaxValue / 2 || tableOffset > long.MaxValue || tableSize > MaxTableSize)
             {
                 throw Qcow2Corruption.Create("bitmap directory", $"entry {i} has an invalid name size, extra data size or table", hostOffset + offset);
             }
