@@ -141,4 +141,27 @@ public class HostileCheckTests : TempDirectoryFixture
         image.Check();
         (GC.GetAllocatedBytesForCurrentThread() - before).ShouldBeLessThan(64L << 20);
     }
+
+    /// <summary>
+    /// A snapshot table read from offset 0 (nb_snapshots set, offset left 0) yields snapshots whose
+    /// L1 tables lie on the header and whose names are 64 KiB of header bytes. The repair mended
+    /// such an L1 table over the header (qemu-img no longer knew the file) and wrote the name into
+    /// every line of a 986 MB report. Now the header stays and the report stays small.
+    /// </summary>
+    [Test]
+    public void Repairing_snapshots_read_from_the_header_keeps_the_header_and_a_small_report()
+    {
+        var input = FuzzFixtures.Load(Path.Combine(FuzzFixtures.RepositoryDirectory, "zstd.000f77bd.qcow2.gz"));
+        var storage = new FuzzStorage(FuzzFixtures.Materialize(input), input.Length, writable: true);
+        var before = GC.GetAllocatedBytesForCurrentThread();
+        using (var image = Qcow2Image.Open(storage, new Qcow2OpenOptions { Writable = true, ForRepair = true, Locking = FileLocking.Off }, leaveOpen: true))
+        {
+            var result = image.Check(CheckRepair.All);
+            result.Messages.Sum(m => (long)m.Length).ShouldBeLessThan(16L << 20); // it was 986 MB
+        }
+
+        (GC.GetAllocatedBytesForCurrentThread() - before).ShouldBeLessThan(256L << 20);
+        var header = storage.Snapshot(8);
+        BinaryPrimitives.ReadUInt32BigEndian(header).ShouldBe(0x514649fbu, "the qcow2 magic survives the repair");
+    }
 }
