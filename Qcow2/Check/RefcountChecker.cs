@@ -271,7 +271,7 @@ internal sealed class RefcountChecker
         while (from != to)
         {
             var step = from > to ? -(long)Math.Min(from - to, long.MaxValue) : (long)Math.Min(to - from, long.MaxValue);
-            await _core.RefcountManager!.ChangeAsync(cluster, step, ClusterUse.Data, async, cancellationToken).ConfigureAwait(false);
+            await _core.RefcountAllocator!.ChangeAsync(cluster, step, ClusterUse.Data, async, cancellationToken).ConfigureAwait(false);
             from = step < 0 ? from - (ulong)(-step) : from + (ulong)step;
         }
     }

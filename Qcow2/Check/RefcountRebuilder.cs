@@ -20,7 +20,7 @@ internal sealed class RefcountRebuilder(ImageCore core, CheckReport report, Corr
     private HashSet<long>? _oldBlocks;
 
     /// <summary>Host clusters (as offsets) of the refcount blocks the old table names (left in place until the new structure is live).</summary>
-    private HashSet<long> OldBlocks => _oldBlocks ??= OldBlockOffsets(core.RefcountManager!.Table);
+    private HashSet<long> OldBlocks => _oldBlocks ??= OldBlockOffsets(core.RefcountAllocator!.Table);
     private uint[] _references = [];
     private long _count;
     private ulong[] _table = [];
@@ -63,8 +63,8 @@ internal sealed class RefcountRebuilder(ImageCore core, CheckReport report, Corr
 
         var header = core.Header.Header with { RefcountTableOffset = tableOffset, RefcountTableClusters = (int)tableClusters };
         await core.WriteHeaderFieldsAsync(header, Qcow2Header.RefcountTableOffsetOffset, 12, async, cancellationToken).ConfigureAwait(false);
-        core.RefcountManager!.Table.Replace(tableOffset, (int)tableClusters, _table);
-        core.RefcountManager.ResetAllocationHints();
+        core.RefcountAllocator!.Table.Replace(tableOffset, (int)tableClusters, _table);
+        core.RefcountAllocator.ResetAllocationHints();
     }
 
     /// <summary>

@@ -15,7 +15,7 @@ internal sealed class StoredRefcounts(ImageCore core, CorruptionSignal signal)
     private readonly Geometry _geometry = core.Geometry;
 
     /// <summary>The current refcount table (a rebuild replaces its contents in place).</summary>
-    public RefcountTable Table => core.RefcountManager?.Table ?? core.Refcounts!;
+    public RefcountTable Table => core.RefcountAllocator?.Table ?? core.Refcounts!;
 
     /// <summary>The stored refcount of <paramref name="cluster"/>, or null when its block offset is misaligned.</summary>
     public async ValueTask<ulong?> GetAsync(long cluster, bool async, CancellationToken cancellationToken)

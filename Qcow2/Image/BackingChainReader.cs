@@ -27,7 +27,7 @@ internal static class BackingChainReader
         string? referrer;
         using (var top = Qcow2Image.Open(path, options))
         {
-            chain.Enter(top.Core.File);
+            chain.Enter(top.Session.File);
             links.Add(new BackingChainLink(0, path, top.FilePath, "qcow2", null));
             (name, format, referrer) = (top.Header.BackingFileName, top.Header.BackingFormat, top.FilePath);
         }
@@ -38,18 +38,18 @@ internal static class BackingChainReader
             var resolved = DefaultBackingFileResolver.TryResolvePath(current, referrer);
             try
             {
-                using var storage = Qcow2Image.OpenImplicitFile(new FileReference(current, FileReferenceKind.BackingFile, referrer, Writable: false), options);
+                using var storage = ImageOpener.OpenImplicitFile(new FileReference(current, FileReferenceKind.BackingFile, referrer, Writable: false), options);
                 chain.CheckCanEnter(storage, current);
                 chain.Enter(storage);
                 storage.Lock(options.ForceShare ? FileLockRequest.ForceShared : FileLockRequest.Image(writable: false), options.Locking);
-                format ??= SyncOver.Run(Qcow2Image.ProbeFormatAsync(storage, async: false, CancellationToken.None));
+                format ??= SyncOver.Run(ImageOpener.ProbeFormatAsync(storage, async: false, CancellationToken.None));
                 links.Add(new BackingChainLink(depth, current, storage.Path ?? resolved, format, null));
                 if (format != "qcow2")
                 {
                     break;
                 }
 
-                var header = SyncOver.Run(Qcow2Image.ReadHeaderClusterAsync(storage, async: false, CancellationToken.None));
+                var header = SyncOver.Run(ImageOpener.ReadHeaderClusterAsync(storage, async: false, CancellationToken.None));
                 (name, format, referrer) = (header.BackingFileName, header.BackingFormat, storage.Path ?? resolved);
             }
             catch (Exception error) when (error is IOException or UnauthorizedAccessException or InvalidDataException or NotSupportedException)

@@ -1,5 +1,5 @@
-using QcowDedup.Qcow2.Check;
 using QcowDedup.Qcow2.Format;
+using QcowDedup.Qcow2.Metadata;
 using QcowDedup.Qcow2.Storage;
 
 namespace QcowDedup.Qcow2.Image;
@@ -12,26 +12,26 @@ public sealed partial class Qcow2Image
     /// </summary>
     private sealed class ExtensionHost(Qcow2Image image, IImageExtension extension) : IImageExtensionHost
     {
-        private ImageCore Core => image._core;
+        private ImageMetadata Metadata => image.Session.Metadata;
 
         public bool IsWritable => image.IsWritable;
 
         public T RunLocked<T>(Func<T> action) => image.RunLocked(action);
 
-        public int FormatVersion => Core.Header.Header.Version;
+        public int FormatVersion => Metadata.Header.Header.Version;
 
-        public int ClusterSize => Core.Geometry.ClusterSize;
+        public int ClusterSize => Metadata.Geometry.ClusterSize;
 
         public long VirtualSize => image.Size;
 
-        public ulong MaxRefcount => Core.Geometry.MaxRefcount;
+        public ulong MaxRefcount => Metadata.Geometry.MaxRefcount;
 
-        public ulong GetRefcount(long hostOffset) => Core.GetRefcountLocked(hostOffset);
+        public ulong GetRefcount(long hostOffset) => Metadata.GetRefcountLocked(hostOffset);
 
         public long AllocateReservedClusters(long count)
         {
             ThrowIfReadOnly();
-            var offset = SyncOver.Run(Core.RefcountManager!.FindFreeClustersAsync(count, async: false, CancellationToken.None));
+            var offset = SyncOver.Run(WritableState.Refcounts.FindFreeClustersAsync(count, async: false, CancellationToken.None));
             ReserveClusters(offset, count);
             return offset;
         }
@@ -40,7 +40,7 @@ public sealed partial class Qcow2Image
         {
             // The offsets come from the extension's own on-disk metadata: never let them claim
             // clusters the image uses, or writes to them would damage the image.
-            var geometry = Core.Geometry;
+            var geometry = Metadata.Geometry;
             var structure = $"{extension.FeatureName} area";
             if (hostOffset <= 0 || !geometry.IsClusterAligned(hostOffset) || count <= 0
                 || count > (Qcow2Layout.MaxHostOffset - hostOffset) >> geometry.ClusterBits)
@@ -49,7 +49,7 @@ public sealed partial class Qcow2Image
             }
 
             var first = hostOffset >> geometry.ClusterBits;
-            if (Core.Reservations.Overlaps(first, count))
+            if (Metadata.Reservations.Overlaps(first, count))
             {
                 throw Qcow2Corruption.Create(structure, "overlaps another reserved area", hostOffset);
             }
@@ -63,55 +63,53 @@ public sealed partial class Qcow2Image
                 }
             }
 
-            Core.Reservations.Add(first, first + count);
+            Metadata.Reservations.Add(first, first + count);
         }
 
         public void ReleaseClusters(long hostOffset, long count)
         {
-            var first = hostOffset >> Core.Geometry.ClusterBits;
-            Core.Reservations.Remove(first, first + count);
-            Core.RefcountManager?.NoteReleased(first);
+            var first = hostOffset >> Metadata.Geometry.ClusterBits;
+            Metadata.Reservations.Remove(first, first + count);
+            image.WritableState?.Refcounts.NoteReleased(first);
         }
 
         public void Read(long hostOffset, Span<byte> buffer)
         {
-            var read = Core.File.Read(hostOffset, buffer);
+            var read = Metadata.File.Read(hostOffset, buffer);
             buffer[read..].Clear();
         }
 
         public void Write(long hostOffset, ReadOnlySpan<byte> buffer)
         {
             ThrowIfReadOnly();
-            var bits = Core.Geometry.ClusterBits;
-            if (!Core.Reservations.Covers(hostOffset >> bits, (hostOffset + buffer.Length + Core.Geometry.ClusterSize - 1) >> bits))
+            if (!Metadata.TryWriteReserved(hostOffset, buffer))
             {
                 throw new InvalidOperationException($"Extension '{extension.FeatureName}' may only write inside clusters it reserved (0x{hostOffset:x}, {buffer.Length} bytes).");
             }
-
-            Core.File.Write(hostOffset, buffer);
-            Core.NoteFileEnd(hostOffset + buffer.Length);
         }
 
         public void FlushImage() => SyncOver.Run(image.FlushLockedAsync(async: false, CancellationToken.None));
 
-        public void FlushFile() => Core.File.Flush();
+        public void FlushFile() => Metadata.File.Flush();
 
         public bool CheckAndRepair()
         {
             ThrowIfReadOnly();
-            return SyncOver.Run(image.CheckLockedAsync(CheckRepair.All, async: false, CancellationToken.None)).IsClean;
+            return image.RepairLocked().IsClean;
         }
 
         public void SetHeaderExtension(ReadOnlySpan<byte> payload, bool autoclearBitSet)
         {
             ThrowIfReadOnly();
-            var header = Core.Header;
+            var header = Metadata.Header;
             var bit = (AutoclearFeatures)(1UL << extension.AutoclearBit);
             var others = header.OtherExtensions.Where(e => e.Type != extension.HeaderExtensionType).ToList();
             others.Add(new HeaderExtension(extension.HeaderExtensionType, payload.ToArray()));
             var autoclear = autoclearBitSet ? header.Header.Autoclear | bit : header.Header.Autoclear & ~bit;
-            SyncOver.Run(Core.RewriteHeaderAsync(header with { Header = header.Header with { Autoclear = autoclear }, OtherExtensions = others }, async: false, CancellationToken.None));
+            SyncOver.Run(Metadata.RewriteHeaderAsync(header with { Header = header.Header with { Autoclear = autoclear }, OtherExtensions = others }, async: false, CancellationToken.None));
         }
+
+        private WritableState WritableState => image.WritableState ?? throw new InvalidOperationException("The image is open read-only.");
 
         private void ThrowIfReadOnly()
         {

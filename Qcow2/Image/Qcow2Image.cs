@@ -11,46 +11,56 @@ namespace QcowDedup.Qcow2.Image;
 /// </summary>
 public sealed partial class Qcow2Image : IDisposable, IAsyncDisposable, IGuestDisk
 {
-    private readonly ImageCore _core;
-    private readonly ClusterMap _map;
+    private readonly ImageSession _session;
+    private readonly GuestReader _reader;
+    private readonly long _viewSize;
     private readonly bool _isSnapshotView;
+    private WriteSession? _writes;
     private Qcow2Stream? _content;
-    private long _size;
     private int _disposed;
 
-    private Qcow2Image(ImageCore core, ClusterMap map, long size, bool isSnapshotView)
+    /// <summary>The image itself, through its active L1 table.</summary>
+    internal Qcow2Image(ImageSession session)
     {
-        _core = core;
-        _map = map;
-        _size = size;
-        _isSnapshotView = isSnapshotView;
+        var metadata = session.Metadata;
+        _session = session;
+        _reader = new GuestReader(session, new ClusterMap(metadata.Geometry, metadata.ActiveL1, metadata.L2Cache, () => metadata.FileLength), lockRanges: metadata.Writable);
+    }
+
+    /// <summary>A read-only view of an internal snapshot's disk, sharing the image's session.</summary>
+    private Qcow2Image(ImageSession session, ClusterMap snapshotMap, long size)
+    {
+        _session = session;
+        _reader = new GuestReader(session, snapshotMap, lockRanges: false);
+        _viewSize = size;
+        _isSnapshotView = true;
     }
 
     /// <summary>Guest-visible size in bytes.</summary>
-    public long Size => Interlocked.Read(ref _size);
+    public long Size => _isSnapshotView ? _viewSize : _session.Metadata.Header.Header.Size;
 
     /// <summary>Whether writes are allowed.</summary>
-    public bool IsWritable => _core.Writable && !_isSnapshotView;
+    public bool IsWritable => _writes is not null && !_isSnapshotView;
 
     /// <summary>Full path of the image file, when it has one.</summary>
-    public string? FilePath => _core.File.Path;
+    public string? FilePath => _session.File.Path;
 
     /// <summary>Cluster size in bytes.</summary>
-    public int ClusterSize => _core.Geometry.ClusterSize;
+    public int ClusterSize => _session.Metadata.Geometry.ClusterSize;
 
     /// <summary>The decoded header of cluster 0.</summary>
-    public HeaderCluster Header => _core.Header;
+    public HeaderCluster Header => _session.Metadata.Header;
 
     /// <summary>Facts about the image, as qemu-img info shows them.</summary>
     public ImageInfo Info
     {
         get
         {
-            var header = _core.Header;
+            var header = _session.Metadata.Header;
             var fixedHeader = header.Header;
             return new ImageInfo
             {
-                FileName = _core.File.Path,
+                FileName = _session.File.Path,
                 VirtualSize = Size,
                 ClusterSize = fixedHeader.ClusterSize,
                 Version = fixedHeader.Version,
@@ -63,28 +73,28 @@ public sealed partial class Qcow2Image : IDisposable, IAsyncDisposable, IGuestDi
                 BackingFileName = header.BackingFileName,
                 BackingFormat = header.BackingFormat,
                 DataFile = header.ExternalDataFileName,
-                ActualSize = FileSystemInfoProbe.AllocatedBytes(_core.File),
-                UnknownExtensions = [.. header.OtherExtensions.Where(e => _core.Extensions.All(x => x.HeaderExtensionType != e.Type))],
-                ExtensionAutoclearBits = _core.Extensions.Aggregate(0UL, (bits, x) => bits | (1UL << x.AutoclearBit)),
+                ActualSize = FileSystemInfoProbe.AllocatedBytes(_session.File),
+                UnknownExtensions = [.. header.OtherExtensions.Where(e => _session.Extensions.All(x => x.HeaderExtensionType != e.Type))],
+                ExtensionAutoclearBits = _session.Extensions.Aggregate(0UL, (bits, x) => bits | (1UL << x.AutoclearBit)),
                 FeatureNames = header.FeatureNames,
             };
         }
     }
 
     /// <summary>Internal snapshots, in table order.</summary>
-    public IReadOnlyList<SnapshotTableEntry> Snapshots => _core.Snapshots;
+    public IReadOnlyList<SnapshotTableEntry> Snapshots => _session.Metadata.Snapshots;
 
     /// <summary>Persistent bitmaps listed in the bitmap directory.</summary>
-    public IReadOnlyList<BitmapDirectoryEntry> Bitmaps => _core.Bitmaps;
+    public IReadOnlyList<BitmapDirectoryEntry> Bitmaps => _session.Metadata.Bitmaps;
 
     /// <summary>This image (depth 0) followed by every backing file, top to bottom.</summary>
     public IReadOnlyList<BackingChainEntry> BackingChain
     {
         get
         {
-            var chain = new List<BackingChainEntry> { new(0, _core.File.Path ?? "(stream)", "qcow2", _core.File.Path, Size) };
-            var name = _core.Header.BackingFileName;
-            for (IGuestDisk? disk = _core.Backing; disk is not null; disk = disk.BackingDisk)
+            var chain = new List<BackingChainEntry> { new(0, _session.File.Path ?? "(stream)", "qcow2", _session.File.Path, Size) };
+            var name = _session.Metadata.Header.BackingFileName;
+            for (IGuestDisk? disk = _session.Backing; disk is not null; disk = disk.BackingDisk)
             {
                 chain.Add(new BackingChainEntry(chain.Count, name ?? disk.FilePath ?? "?", disk.Format, disk.FilePath, disk.Size));
                 name = (disk as Qcow2Image)?.Header.BackingFileName;
@@ -103,13 +113,40 @@ public sealed partial class Qcow2Image : IDisposable, IAsyncDisposable, IGuestDi
 
     string IGuestDisk.Format => "qcow2";
 
-    string? IGuestDisk.FilePath => _core.File.Path;
+    string? IGuestDisk.FilePath => _session.File.Path;
 
-    IGuestDisk? IGuestDisk.BackingDisk => _core.Backing;
+    IGuestDisk? IGuestDisk.BackingDisk => _session.Backing;
 
-    IStorage IGuestDisk.File => _core.File;
+    IStorage IGuestDisk.File => _session.File;
 
-    internal ImageCore Core => _core;
+    internal ImageSession Session => _session;
+
+    internal GuestReader Reader => _reader;
+
+    /// <summary>The write side; throws for a read-only image, a snapshot view, or one marked corrupt.</summary>
+    private WriteSession Writes
+    {
+        get
+        {
+            if (_writes is not { } writes || _isSnapshotView)
+            {
+                throw new NotSupportedException(_isSnapshotView ? "Snapshot views are read-only." : "The image was opened read-only.");
+            }
+
+            if (_session.Metadata.CorruptionDetected is { } problem)
+            {
+                throw Qcow2Corruption.Create("image", $"it was marked corrupt and takes no more writes ({problem})");
+            }
+
+            return writes;
+        }
+    }
+
+    /// <summary>The writable state of a read-write image, else null.</summary>
+    internal WritableState? WritableState => _writes?.State;
+
+    /// <summary>Gives a read-write image its write side, once, while it opens.</summary>
+    internal void AttachWrites(WriteSession writes) => _writes = writes;
 
     /// <summary>
     /// Whether <paramref name="path"/> is a file this image reads or writes: the image file, its
@@ -129,7 +166,7 @@ public sealed partial class Qcow2Image : IDisposable, IAsyncDisposable, IGuestDi
 
         for (IGuestDisk? disk = this; disk is not null; disk = disk.BackingDisk)
         {
-            if (FilesOf(disk).Any(file => file.Path is { } used && FileStorage.IsSameFile(used, path)))
+            if (ChainOperations.FilesOf(disk).Any(file => file.Path is { } used && FileStorage.IsSameFile(used, path)))
             {
                 return true;
             }
@@ -166,7 +203,7 @@ public sealed partial class Qcow2Image : IDisposable, IAsyncDisposable, IGuestDi
         {
             if (!_isSnapshotView)
             {
-                _core.Dispose();
+                _session.Dispose();
             }
         }
     }
@@ -190,7 +227,7 @@ public sealed partial class Qcow2Image : IDisposable, IAsyncDisposable, IGuestDi
         {
             if (!_isSnapshotView)
             {
-                _core.Dispose();
+                _session.Dispose();
             }
         }
     }

@@ -8,7 +8,7 @@ namespace QcowDedup.Qcow2.Metadata;
 /// disk before the table, the table before the L1 entry; a shared table is copied first and the
 /// L1 entry moved to the copy before the old table's refcount drops. Callers hold the metadata lock.
 /// </summary>
-internal sealed class ActiveTables(IStorage file, Geometry geometry, L1Table l1, TableCache l2Cache, TableCache refcountCache, RefcountManager refcounts, Func<bool> accurateRefcounts)
+internal sealed class ActiveTables(IStorage file, Geometry geometry, L1Table l1, TableCache l2Cache, TableCache refcountCache, RefcountAllocator refcounts, Func<bool> accurateRefcounts)
 {
     /// <summary>Reads the entry (and bitmap) mapping <paramref name="guestOffset"/>, without changing anything.</summary>
     public async ValueTask<(L2Entry Entry, SubclusterBitmap Bitmap)> ReadEntryAsync(long guestOffset, bool async, CancellationToken cancellationToken)
@@ -83,6 +83,51 @@ internal sealed class ActiveTables(IStorage file, Geometry geometry, L1Table l1,
 
         TableCache.MarkDirty(table);
     }
+
+    /// <summary>
+    /// Points a guest cluster at new content: the entry reaches the disk after the refcounts it
+    /// relies on and after the guest data it exposes (written in place or copied).
+    /// </summary>
+    public async ValueTask SetEntryAfterDataAsync(TableHandle table, long guestOffset, L2Entry entry, SubclusterBitmap bitmap, bool async, CancellationToken cancellationToken)
+    {
+        await OrderAfterRefcountsAsync(async, cancellationToken).ConfigureAwait(false);
+        l2Cache.FlushStorageBeforeWrite = true;
+        SetEntry(table, guestOffset, entry, bitmap);
+    }
+
+    /// <summary>Changes an entry (COPIED set again, say) so that it reaches the disk after the refcounts it reflects.</summary>
+    public async ValueTask SetEntryAfterRefcountsAsync(TableHandle table, long guestOffset, L2Entry entry, SubclusterBitmap bitmap, bool async, CancellationToken cancellationToken)
+    {
+        await OrderAfterRefcountsAsync(async, cancellationToken).ConfigureAwait(false);
+        SetEntry(table, guestOffset, entry, bitmap);
+    }
+
+    /// <summary>
+    /// Clears COPIED on the sole referrer of a cluster about to gain another referrer. When the
+    /// new referrer's entry lies in another L2 table, this table is written before any other, so
+    /// no one ever sees two referrers of a cluster one of which still claims it alone.
+    /// </summary>
+    public void ClearCopiedBeforeSharing(TableHandle table, long guestOffset, L2Entry entry, SubclusterBitmap bitmap, long newReferrer)
+    {
+        SetEntry(table, guestOffset, entry.WithCopied(false), bitmap);
+        if (geometry.L1Index(guestOffset) != geometry.L1Index(newReferrer))
+        {
+            l2Cache.MarkDirtyWriteFirst(table);
+        }
+    }
+
+    /// <summary>Writes entry <paramref name="index"/> of any L2 table (a snapshot's too) held from the cache.</summary>
+    public void SetEntryAt(TableHandle table, int index, L2Entry entry)
+    {
+        L2Table.WriteEntry(table.Span, index, geometry.ExtendedL2, entry);
+        TableCache.MarkDirty(table);
+    }
+
+    /// <summary>
+    /// Entries changed since the last flush expose guest data written through the data file: the
+    /// data is flushed before the first of those tables is written (cleared by the next flush).
+    /// </summary>
+    public void OrderAfterGuestData() => l2Cache.FlushStorageBeforeWrite = true;
 
     /// <summary>
     /// Makes the L2 cache wait for the refcount cache: entries pointing at newly referenced clusters

@@ -1,46 +1,18 @@
 using System.Numerics;
 using QcowDedup.Qcow2.Format;
+using QcowDedup.Qcow2.Metadata;
 using QcowDedup.Qcow2.Storage;
 
 namespace QcowDedup.Qcow2.Image;
 
-public sealed partial class Qcow2Image
+/// <summary>qemu-img create: option checks, the empty image, its size and preallocation, opened for writing.</summary>
+internal static class ImageCreator
 {
-    /// <summary>
-    /// Creates a qcow2 image as qemu-img create does — header in cluster 0, refcount table in
-    /// cluster 1, its first block in cluster 2, the L1 table after them — and returns it open for
-    /// writing. An existing file is overwritten.
-    /// </summary>
-    /// <exception cref="ArgumentException">The options contradict each other or qcow2's limits.</exception>
-    public static Qcow2Image Create(string path, Qcow2CreateOptions options)
-    {
-        ArgumentException.ThrowIfNullOrEmpty(path);
-        ArgumentNullException.ThrowIfNull(options);
-        var fullPath = FilePaths.Absolute(path);
-        RefuseSelfReference(options, fullPath);
-        var resolved = ResolveCreateSize(options, fullPath);
-        Validate(options, resolved.Size);
-        var openOptions = options.OpenOptions ?? new Qcow2OpenOptions();
-
-        // Locked before it is emptied: a file anyone is using (the source of a conversion, a
-        // running VM's disk) is refused untouched.
-        var storage = FileStorage.Create(fullPath, new FileStorageOptions { Writable = true, Lock = FileLockRequest.Image(writable: true), Locking = openOptions.Locking });
-        try
-        {
-            return CreateCore(storage, options, leaveOpen: false, checkedPath: fullPath, resolved);
-        }
-        catch (Exception) when (File.Exists(fullPath))
-        {
-            File.Delete(fullPath); // we emptied it: a half-made image is worse than none
-            throw;
-        }
-    }
-
     /// <summary>
     /// QEMU refuses an image that would be its own backing file; a data file must not be the image
     /// either, nor the backing file, which creating the data file would empty (qemu-img does that).
     /// </summary>
-    private static void RefuseSelfReference(Qcow2CreateOptions options, string fullPath)
+    public static void RefuseSelfReference(Qcow2CreateOptions options, string fullPath)
     {
         var backing = options.BackingFile is { } backingName ? DefaultBackingFileResolver.ResolvePath(backingName, fullPath) : null;
         if (backing is not null && FileStorage.IsSameFile(backing, fullPath))
@@ -83,24 +55,11 @@ public sealed partial class Qcow2Image
         }
     }
 
-    /// <summary>Creates a qcow2 image in <paramref name="storage"/> (its content is replaced).</summary>
-    /// <param name="storage">Where the image goes; its Path, if any, anchors relative backing and data file names.</param>
-    /// <param name="options">Create options.</param>
-    /// <param name="leaveOpen">Whether disposing the image leaves <paramref name="storage"/> open.</param>
-    public static Qcow2Image Create(IStorage storage, Qcow2CreateOptions options, bool leaveOpen = false)
-    {
-        ArgumentNullException.ThrowIfNull(storage);
-        ArgumentNullException.ThrowIfNull(options);
-        var resolved = ResolveCreateSize(options, storage.Path);
-        Validate(options, resolved.Size);
-        return CreateCore(storage, options, leaveOpen, checkedPath: null, resolved);
-    }
-
     /// <summary>
     /// Create over <paramref name="storage"/> with the size and backing format already resolved and
     /// validated; <paramref name="checkedPath"/> is its file when Create(string) already refused self references.
     /// </summary>
-    private static Qcow2Image CreateCore(IStorage storage, Qcow2CreateOptions options, bool leaveOpen, string? checkedPath, (long Size, string? BackingFormat) resolved)
+    public static Qcow2Image Create(IStorage storage, Qcow2CreateOptions options, bool leaveOpen, string? checkedPath, (long Size, string? BackingFormat) resolved)
     {
         var (size, backingFormat) = resolved;
         var locking = (options.OpenOptions ?? new Qcow2OpenOptions()).Locking;
@@ -137,14 +96,14 @@ public sealed partial class Qcow2Image
         }
 
         var openOptions = options.OpenOptions ?? new Qcow2OpenOptions();
-        var image = SyncOver.Run(OpenCoreAsync(storage, openOptions with { Writable = true }, ownsStorage: !leaveOpen, new ChainContext(), async: false, CancellationToken.None, deferExtensions: true));
+        var image = SyncOver.Run(ImageOpener.OpenAsync(storage, openOptions with { Writable = true }, ownsStorage: !leaveOpen, new ChainContext(), async: false, CancellationToken.None, deferExtensions: true));
         try
         {
-            image.SetInitialSize(size);
+            SyncOver.Run(image.ResizeCoreAsync(size, allowShrink: false, async: false, CancellationToken.None, zeroNewBytes: false)); // new bytes show the backing file
             var preallocation = options.DataFileRaw && options.Preallocation == Preallocation.Off ? Preallocation.Metadata : options.Preallocation;
             if (preallocation != Preallocation.Off)
             {
-                SyncOver.Run(image.PreallocateAsync(preallocation, async: false, CancellationToken.None));
+                SyncOver.Run(image.PreallocateCoreAsync(preallocation, async: false, CancellationToken.None));
             }
 
             // Extensions see the image as created: its final size, preallocated clusters in place.
@@ -164,7 +123,7 @@ public sealed partial class Qcow2Image
         }
     }
 
-    private static (long Size, string? BackingFormat) ResolveCreateSize(Qcow2CreateOptions options, string? path)
+    public static (long Size, string? BackingFormat) ResolveSize(Qcow2CreateOptions options, string? path)
     {
         if (options.BackingFile is not { } backing)
         {
@@ -177,8 +136,8 @@ public sealed partial class Qcow2Image
         }
 
         var openOptions = (options.OpenOptions ?? new Qcow2OpenOptions()) with { BackingResolver = options.BackingResolver };
-        using var storage = OpenImplicitFile(new FileReference(backing, FileReferenceKind.BackingFile, path, Writable: false), openOptions);
-        var probed = options.BackingFormat ?? SyncOver.Run(ProbeFormatAsync(storage, async: false, CancellationToken.None));
+        using var storage = ImageOpener.OpenImplicitFile(new FileReference(backing, FileReferenceKind.BackingFile, path, Writable: false), openOptions);
+        var probed = options.BackingFormat ?? SyncOver.Run(ImageOpener.ProbeFormatAsync(storage, async: false, CancellationToken.None));
         if (options.Size is long size)
         {
             return (size, probed);
@@ -189,11 +148,11 @@ public sealed partial class Qcow2Image
             return (storage.Length, probed);
         }
 
-        var header = SyncOver.Run(ReadHeaderClusterAsync(storage, async: false, CancellationToken.None));
+        var header = SyncOver.Run(ImageOpener.ReadHeaderClusterAsync(storage, async: false, CancellationToken.None));
         return (header.Header.Size, probed);
     }
 
-    private static void Validate(Qcow2CreateOptions options, long size)
+    public static void Validate(Qcow2CreateOptions options, long size)
     {
         static ArgumentException Bad(string message) => new(message, nameof(options));
         if (options.Version is not (2 or 3))
@@ -247,7 +206,7 @@ public sealed partial class Qcow2Image
         }
     }
 
-    /// <summary>Writes header, one-cluster refcount table and one refcount block counting clusters 0–2.</summary>
+    /// <summary>The header of a new empty image, written with its first refcount structures.</summary>
     private static void WriteEmptyImage(IStorage storage, Qcow2CreateOptions options, string? backingFormat)
     {
         var clusterBits = BitOperations.Log2((uint)options.ClusterSize);
@@ -289,18 +248,6 @@ public sealed partial class Qcow2Image
             ExternalDataFileName = options.DataFile,
             FeatureNames = options.Version >= 3 ? FeatureName.Standard : [],
         };
-        storage.Write(0, header.Serialize());
-        var table = new byte[clusterSize];
-        System.Buffers.Binary.BinaryPrimitives.WriteUInt64BigEndian(table, (ulong)(2L * clusterSize));
-        storage.Write(clusterSize, table);
-        var block = new byte[clusterSize];
-        var order = BitOperations.Log2((uint)options.RefcountBits);
-        for (var cluster = 0; cluster < 3; cluster++) // a block covers at least 64 clusters
-        {
-            RefcountBlock.Set(block, cluster, order, 1);
-        }
-
-        storage.Write(2L * clusterSize, block);
-        storage.Flush();
+        EmptyImageWriter.Write(storage, header, BitOperations.Log2((uint)options.RefcountBits));
     }
 }

@@ -5,37 +5,17 @@ using QcowDedup.Qcow2.Storage;
 
 namespace QcowDedup.Qcow2.Image;
 
-/// <summary>What <see cref="Qcow2Image.Amend"/> changes (qemu-img amend -o); null leaves a property as it is.</summary>
-public sealed record Qcow2AmendOptions
+/// <summary>
+/// qemu-img amend: version upgrade and downgrade, refcount width, lazy refcounts and size, each
+/// step in a read-write open of its own (QEMU's qcow2_amend_options order).
+/// </summary>
+internal sealed class Amender(ImageSession session, WritableState writable, GuestWriter writer, ImageChecker checker)
 {
-    /// <summary>Format version: 2 (compat=0.10) or 3 (compat=1.1).</summary>
-    public int? Version { get; init; }
+    private readonly ImageMetadata _metadata = session.Metadata;
+    private readonly WritableState _writable = writable;
+    private readonly GuestWriter _writer = writer;
+    private readonly ImageChecker _checker = checker;
 
-    /// <summary>Refcount entry width: a power of two from 1 to 64.</summary>
-    public int? RefcountBits { get; init; }
-
-    /// <summary>Postpone refcount updates (v3 only).</summary>
-    public bool? LazyRefcounts { get; init; }
-
-    /// <summary>New virtual size (growing; shrinking needs <see cref="AllowShrink"/>).</summary>
-    public long? Size { get; init; }
-
-    /// <summary>Allow <see cref="Size"/> to shrink the disk.</summary>
-    public bool AllowShrink { get; init; }
-}
-
-public sealed partial class Qcow2Image
-{
-    /// <summary>
-    /// Changes an existing image's format options in place (qemu-img amend): upgrade or downgrade
-    /// the version (a downgrade turns zero clusters into zero-filled data), change the refcount
-    /// width (the refcount structure is rebuilt), toggle lazy refcounts, resize. Guest data is unchanged.
-    /// </summary>
-    /// <param name="path">The image.</param>
-    /// <param name="options">What to change.</param>
-    /// <param name="openOptions">Makes the options for each read-write open of the image (e.g. with dedup); null for defaults.</param>
-    /// <exception cref="NotSupportedException">The image uses a feature the target version cannot express.</exception>
-    /// <exception cref="InvalidOperationException">A refcount does not fit the new width, or the image has errors.</exception>
     public static void Amend(string path, Qcow2AmendOptions options, Func<Qcow2OpenOptions>? openOptions = null)
     {
         ArgumentException.ThrowIfNullOrEmpty(path);
@@ -53,7 +33,7 @@ public sealed partial class Qcow2Image
         Qcow2Image Open() => Qcow2Image.Open(path, (openOptions?.Invoke() ?? new Qcow2OpenOptions()) with { Writable = true, BackingFiles = BackingFileMode.Ignore });
         using (var image = Open())
         {
-            var header = image._core.Header.Header;
+            var header = image.Header.Header;
             var targetVersion = options.Version ?? header.Version;
             var targetBits = options.RefcountBits ?? (1 << header.RefcountOrder);
             var targetLazy = options.LazyRefcounts ?? (header.Compatible & CompatibleFeatures.LazyRefcounts) != 0;
@@ -72,18 +52,14 @@ public sealed partial class Qcow2Image
                 throw new NotSupportedException($"Cannot downgrade an image with incompatible features 0x{(ulong)(header.Incompatible & ~IncompatibleFeatures.Dirty):x} set");
             }
 
-            if (targetVersion < 3 && image._core.Bitmaps.Count > 0)
+            if (targetVersion < 3 && image.Bitmaps.Count > 0)
             {
                 throw new NotSupportedException("Cannot downgrade an image with persistent bitmaps (v2 has no bitmaps extension).");
             }
 
             if (header.Version < 3 && targetVersion >= 3)
             {
-                image.RunLocked(() =>
-                {
-                    SyncOver.Run(image.UpgradeToV3LockedAsync(async: false, CancellationToken.None));
-                    return true;
-                });
+                RunLocked(image, (amender, async, cancellationToken) => amender.UpgradeToV3Async(async, cancellationToken));
             }
 
             if (options.Size is long size && size != image.Size)
@@ -95,14 +71,10 @@ public sealed partial class Qcow2Image
         var currentBits = 0;
         using (var image = Open())
         {
-            currentBits = 1 << image._core.Header.Header.RefcountOrder;
+            currentBits = 1 << image.Header.Header.RefcountOrder;
             if (options.RefcountBits is { } width && width != currentBits)
             {
-                image.RunLocked(() =>
-                {
-                    SyncOver.Run(image.ChangeRefcountWidthLockedAsync(width, async: false, CancellationToken.None));
-                    return true;
-                });
+                RunLocked(image, (amender, async, cancellationToken) => amender.ChangeRefcountWidthAsync(width, async, cancellationToken));
             }
         }
 
@@ -114,32 +86,31 @@ public sealed partial class Qcow2Image
 
         using (var image = Open())
         {
-            var header = image._core.Header.Header;
+            var header = image.Header.Header;
             var lazy = (header.Compatible & CompatibleFeatures.LazyRefcounts) != 0;
             if (options.LazyRefcounts is { } wantLazy && wantLazy != lazy && header.Version >= 3)
             {
-                image.RunLocked(() =>
-                {
-                    SyncOver.Run(image.SetLazyRefcountsLockedAsync(wantLazy, async: false, CancellationToken.None));
-                    return true;
-                });
+                RunLocked(image, (amender, async, cancellationToken) => amender.SetLazyRefcountsAsync(wantLazy, async, cancellationToken));
             }
 
             if (options.Version == 2 && header.Version >= 3)
             {
-                image.RunLocked(() =>
-                {
-                    SyncOver.Run(image.DowngradeToV2LockedAsync(async: false, CancellationToken.None));
-                    return true;
-                });
+                RunLocked(image, (amender, async, cancellationToken) => amender.DowngradeToV2Async(async, cancellationToken));
             }
         }
     }
 
-    private async ValueTask UpgradeToV3LockedAsync(bool async, CancellationToken cancellationToken)
+    private static void RunLocked(Qcow2Image image, Func<Amender, bool, CancellationToken, ValueTask> step) =>
+        image.RunLocked(() =>
+        {
+            SyncOver.Run(step(image.CreateAmender(), false, CancellationToken.None));
+            return true;
+        });
+
+    public async ValueTask UpgradeToV3Async(bool async, CancellationToken cancellationToken)
     {
-        await FlushLockedAsync(async, cancellationToken).ConfigureAwait(false);
-        var header = _core.Header;
+        await _writable.FlushAsync(async, cancellationToken).ConfigureAwait(false);
+        var header = _metadata.Header;
         var upgraded = header.Header with
         {
             Version = 3,
@@ -150,44 +121,34 @@ public sealed partial class Qcow2Image
             Autoclear = 0,
             CompressionType = CompressionType.Deflate,
         };
-        await _core.RewriteHeaderAsync(header with { Header = upgraded }, async, cancellationToken).ConfigureAwait(false);
+        await _metadata.RewriteHeaderAsync(header with { Header = upgraded }, async, cancellationToken).ConfigureAwait(false);
     }
 
-    private async ValueTask SetLazyRefcountsLockedAsync(bool enabled, bool async, CancellationToken cancellationToken)
+    public async ValueTask SetLazyRefcountsAsync(bool enabled, bool async, CancellationToken cancellationToken)
     {
-        await FlushLockedAsync(async, cancellationToken).ConfigureAwait(false);
-        var header = _core.Header;
+        await _writable.FlushAsync(async, cancellationToken).ConfigureAwait(false);
+        var header = _metadata.Header;
         var compatible = enabled
             ? header.Header.Compatible | CompatibleFeatures.LazyRefcounts
             : header.Header.Compatible & ~CompatibleFeatures.LazyRefcounts;
-        await _core.RewriteHeaderAsync(header with { Header = header.Header with { Compatible = compatible } }, async, cancellationToken).ConfigureAwait(false);
+        await _metadata.RewriteHeaderAsync(header with { Header = header.Header with { Compatible = compatible } }, async, cancellationToken).ConfigureAwait(false);
     }
 
     /// <summary>
     /// Rebuilds the refcount structure with another entry width from the references the checker
     /// counts, then switches the header to it with one write. The old structure is left leaked.
     /// </summary>
-    private async ValueTask ChangeRefcountWidthLockedAsync(int bits, bool async, CancellationToken cancellationToken)
+    public async ValueTask ChangeRefcountWidthAsync(int bits, bool async, CancellationToken cancellationToken)
     {
-        await FlushLockedAsync(async, cancellationToken).ConfigureAwait(false);
-        var before = await CheckLockedAsync(CheckRepair.None, async, cancellationToken).ConfigureAwait(false);
+        await _writable.FlushAsync(async, cancellationToken).ConfigureAwait(false);
+        var before = await _checker.CheckLockedAsync(CheckRepair.None, salvage: false, async, cancellationToken).ConfigureAwait(false);
         if (before.CheckErrors > 0 || before.Corruptions > 0)
         {
             throw new InvalidOperationException($"The image has {before.Corruptions} corruptions and {before.CheckErrors} check errors; repair it (qemu-img check -r all) before changing the refcount width.");
         }
 
-        var report = new CheckReport();
-        var counter = new ReferenceCounter(_core, report, new CorruptionSignal(_core, report));
-        await counter.CalculateAsync(_core.RefcountManager!.Table, fixErrors: false, async, cancellationToken).ConfigureAwait(false);
-        var references = counter.References.ToArray().Select(r => (ulong)r).ToArray();
-        var order = System.Numerics.BitOperations.Log2((uint)bits);
-        var areaStart = Math.Max(Math.Max(references.Length, _core.Geometry.ClustersFor(_core.RefreshFileLength())), _core.Reservations.HighestEnd());
-        var placement = await RefcountStructureBuilder.WriteAsync(_core.File, _core.Geometry.ClusterBits, order, references, areaStart, async, cancellationToken).ConfigureAwait(false);
-        _core.NoteFileEnd(placement.EndCluster << _core.Geometry.ClusterBits);
-        var header = _core.Header;
-        var switched = header.Header with { RefcountOrder = order, RefcountTableOffset = placement.TableOffset, RefcountTableClusters = placement.TableClusters };
-        await _core.RewriteHeaderAsync(header with { Header = switched }, async, cancellationToken).ConfigureAwait(false);
-        _core.RefcountCache.Clear(); // this instance still has the old width in its geometry: the caller only disposes it
+        var references = await _checker.CountReferencesLockedAsync(async, cancellationToken).ConfigureAwait(false);
+        await _writable.Metadata.SwitchRefcountWidthAsync(System.Numerics.BitOperations.Log2((uint)bits), references, async, cancellationToken).ConfigureAwait(false);
     }
 
     /// <summary>
@@ -195,21 +156,22 @@ public sealed partial class Qcow2Image
     /// into what v2 can express — nothing without a backing file, else zero-filled data — and
     /// rewrites the header as version 2 without v3's fields and feature bits.
     /// </summary>
-    private async ValueTask DowngradeToV2LockedAsync(bool async, CancellationToken cancellationToken)
+    public async ValueTask DowngradeToV2Async(bool async, CancellationToken cancellationToken)
     {
-        var geometry = _core.Geometry;
-        var refcounts = _core.RefcountManager!;
-        await FlushLockedAsync(async, cancellationToken).ConfigureAwait(false);
+        var geometry = _metadata.Geometry;
+        var refcounts = _writable.Refcounts;
+        await _writable.FlushAsync(async, cancellationToken).ConfigureAwait(false);
         var zeros = new byte[geometry.ClusterSize];
         var visited = new HashSet<long>();
-        var hasBacking = _core.Header.BackingFileName is not null;
-        var l1Tables = new List<ulong[]> { _core.ActiveL1.ToArray() };
-        foreach (var snapshot in _core.Snapshots)
+        var hasBacking = _metadata.Header.BackingFileName is not null;
+        var l1Tables = new List<ulong[]> { _metadata.ActiveL1.ToArray() };
+        foreach (var snapshot in _metadata.Snapshots)
         {
-            l1Tables.Add(await ReadSnapshotL1Async(snapshot, async, cancellationToken).ConfigureAwait(false));
+            l1Tables.Add(await _metadata.ReadSnapshotL1Async(snapshot, async, cancellationToken).ConfigureAwait(false));
         }
 
-        await _core.Tables!.OrderAfterRefcountsAsync(async, cancellationToken).ConfigureAwait(false);
+        var tables = _writable.Tables;
+        await tables.OrderAfterRefcountsAsync(async, cancellationToken).ConfigureAwait(false);
         foreach (var l1 in l1Tables)
         {
             foreach (var raw in l1)
@@ -222,7 +184,7 @@ public sealed partial class Qcow2Image
 
                 // Every L1 table reaching this L2 table counts once in its clusters' refcounts.
                 var sharers = (long)await refcounts.GetAsync(l2Offset >> geometry.ClusterBits, async, cancellationToken).ConfigureAwait(false);
-                using var table = await _core.L2Cache.GetAsync(l2Offset, async, cancellationToken).ConfigureAwait(false);
+                using var table = await _metadata.L2Cache.GetAsync(l2Offset, async, cancellationToken).ConfigureAwait(false);
                 for (var index = 0; index < geometry.L2Entries; index++)
                 {
                     var entry = L2Table.ReadEntry(table.Span, index, geometry.ExtendedL2);
@@ -235,7 +197,7 @@ public sealed partial class Qcow2Image
                     // it stays, its bytes become the zeros the guest saw. Otherwise zeros go to a fresh cluster.
                     if (type == ClusterType.ZeroAllocated && hostRefcount == sharers && (sharers > 1 || entry.IsCopied))
                     {
-                        await WriteDataAsync(entry.HostOffset, zeros, async, cancellationToken).ConfigureAwait(false);
+                        await _writer.WriteDataAsync(entry.HostOffset, zeros, async, cancellationToken).ConfigureAwait(false);
                         replacement = L2Entry.Normal(entry.HostOffset, copied: entry.IsCopied);
                     }
                     else if (type == ClusterType.ZeroPlain && !hasBacking)
@@ -251,7 +213,7 @@ public sealed partial class Qcow2Image
                             await refcounts.ChangeAsync(host >> geometry.ClusterBits, sharers - 1, ClusterUse.Data, async, cancellationToken).ConfigureAwait(false);
                         }
 
-                        await WriteDataAsync(host, zeros, async, cancellationToken).ConfigureAwait(false);
+                        await _writer.WriteDataAsync(host, zeros, async, cancellationToken).ConfigureAwait(false);
                         replacement = L2Entry.Normal(host, copied: sharers == 1);
                         if (type == ClusterType.ZeroAllocated)
                         {
@@ -263,15 +225,14 @@ public sealed partial class Qcow2Image
                         continue;
                     }
 
-                    L2Table.WriteEntry(table.Span, index, geometry.ExtendedL2, replacement);
-                    TableCache.MarkDirty(table);
+                    tables.SetEntryAt(table, index, replacement);
                 }
             }
         }
 
-        _core.L2Cache.FlushStorageBeforeWrite = true; // the zeros before the entries exposing them
-        await FlushLockedAsync(async, cancellationToken).ConfigureAwait(false);
-        var header = _core.Header;
+        tables.OrderAfterGuestData(); // the zeros before the entries exposing them
+        await _writable.FlushAsync(async, cancellationToken).ConfigureAwait(false);
+        var header = _metadata.Header;
         var v2 = header.Header with
         {
             Version = 2,
@@ -282,7 +243,7 @@ public sealed partial class Qcow2Image
             RefcountOrder = 4,
             CompressionType = CompressionType.Deflate,
         };
-        await _core.RewriteHeaderAsync(header with { Header = v2, FeatureNames = [] }, async, cancellationToken).ConfigureAwait(false);
-        _core.RefcountManager!.BeforeFirstChange = null;
+        await _metadata.RewriteHeaderAsync(header with { Header = v2, FeatureNames = [] }, async, cancellationToken).ConfigureAwait(false);
+        _writable.Metadata.DisarmDirtyBit();
     }
 }

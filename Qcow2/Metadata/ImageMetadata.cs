@@ -1,121 +1,116 @@
-using System.Collections.Concurrent;
-using QcowDedup.Qcow2.Check;
 using QcowDedup.Qcow2.Format;
-using QcowDedup.Qcow2.Metadata;
 using QcowDedup.Qcow2.Storage;
 
-namespace QcowDedup.Qcow2.Image;
-
+namespace QcowDedup.Qcow2.Metadata;
 
 /// <summary>
-/// State shared by an image and the snapshot views opened from it: the files, the header, the
-/// locks and the metadata caches.
+/// The metadata of one open image file, as QEMU's BDRVQcow2State holds it: the header, the
+/// active L1 table, the snapshot table and bitmap directory, the refcount table, the L2 and
+/// refcount block caches, the metadata lock and the overlap index that guards every write.
+/// Header bytes are written only here; table bytes only by the types of this layer.
 /// </summary>
-internal sealed class ImageCore : IDisposable
+internal sealed class ImageMetadata
 {
     private long _fileLength;
     private string? _corruptionDetected;
     private IReadOnlyList<SnapshotTableEntry>? _rangesOf;
     private long _snapshotTableBytes;
 
-    public ImageCore(IStorage file, HeaderCluster header, Qcow2OpenOptions options, bool ownsFile)
+    /// <param name="file">The image file.</param>
+    /// <param name="header">Cluster 0 as read.</param>
+    /// <param name="caches">How much memory the L2 and refcount block caches may use.</param>
+    /// <param name="writable">Whether the image is open for writing (the overlap index then reads snapshot L1 tables too).</param>
+    /// <param name="tablesPastEndReadAsZeros">Opened for a check: tables reaching past the end read as zeros, as in QEMU.</param>
+    /// <param name="featureNamesToWrite">Feature names written into a rewritten header.</param>
+    public ImageMetadata(IStorage file, HeaderCluster header, (long L2Bytes, long RefcountBytes) caches, bool writable, bool tablesPastEndReadAsZeros, IReadOnlyList<FeatureName> featureNamesToWrite)
     {
         File = file;
-        DataFile = file;
-        OwnsFile = ownsFile;
         Header = header;
-        Options = options;
         Geometry = new Geometry(header.Header);
-        Writable = options.Writable;
+        Writable = writable;
+        ReadsTablesPastEndAsZeros = tablesPastEndReadAsZeros;
+        FeatureNamesToWrite = featureNamesToWrite;
         _fileLength = file.Length;
         var l2Needed = Math.Max(1, (header.Header.Size + Geometry.L2Coverage - 1) >> Geometry.L2CoverageBits);
-        var l2Capacity = (int)Math.Clamp(Math.Min(options.L2CacheBytes / Geometry.ClusterSize, l2Needed), 2, int.MaxValue / 2);
+        var l2Capacity = (int)Math.Clamp(Math.Min(caches.L2Bytes / Geometry.ClusterSize, l2Needed), 2, int.MaxValue / 2);
         L2Cache = new TableCache(file, Geometry.ClusterSize, l2Capacity, "L2 table");
-        var refcountCapacity = (int)Math.Clamp(options.RefcountCacheBytes / Geometry.ClusterSize, 4, 1 << 20);
+        var refcountCapacity = (int)Math.Clamp(caches.RefcountBytes / Geometry.ClusterSize, 4, 1 << 20);
         RefcountCache = new TableCache(file, Geometry.ClusterSize, refcountCapacity, "refcount block");
         ActiveL1 = new L1Table(header.Header.L1TableOffset, []);
-        Overlap = new MetadataOverlapTracker(Geometry, file, readSnapshotL1Tables: options.Writable);
+        Overlap = new MetadataOverlapTracker(Geometry, file, readSnapshotL1Tables: writable);
         MetadataLock.BeforeRelease = () => RefreshOverlapIndex();
         L2Cache.BeforeWrite = offset => GuardMetadata(offset, Geometry.ClusterSize, MetadataKind.ActiveL2);
         RefcountCache.BeforeWrite = offset => GuardMetadata(offset, Geometry.ClusterSize, MetadataKind.RefcountBlock);
-        FeatureNamesToWrite = [.. FeatureName.Standard, .. options.Extensions.Select(e => new FeatureName(FeatureKind.Autoclear, e.AutoclearBit, e.FeatureName))];
     }
 
-    /// <summary>The image file (all metadata, and data unless there is an external data file).</summary>
+    /// <summary>The image file: every metadata structure, and guest data unless a data file holds it.</summary>
     public IStorage File { get; }
 
-    /// <summary>Where guest data clusters live: the image file or the external data file.</summary>
-    public IStorage DataFile { get; set; }
-
-    public bool OwnsFile { get; }
-
-    public Qcow2OpenOptions Options { get; }
-
-    public HeaderCluster Header { get; set; }
+    /// <summary>Cluster 0 as this session last wrote or read it.</summary>
+    public HeaderCluster Header { get; private set; }
 
     public Geometry Geometry { get; }
 
+    /// <summary>Whether the image is open for writing.</summary>
     public bool Writable { get; }
 
+    /// <summary>Guards every metadata structure; held for every change and for reads of mutable tables.</summary>
     public AsyncLock MetadataLock { get; } = new();
-
-    public RangeLock GuestLock { get; } = new();
 
     public TableCache L2Cache { get; }
 
     public TableCache RefcountCache { get; }
 
+    /// <summary>The active L1 table (replaced when the image opens, entries changed in place).</summary>
     public L1Table ActiveL1 { get; set; }
 
+    /// <summary>The snapshot table as stored; replaced whole by <see cref="WritableMetadata.WriteSnapshotTableAsync"/>.</summary>
     public IReadOnlyList<SnapshotTableEntry> Snapshots { get; set; } = [];
 
+    /// <summary>The bitmap directory as stored.</summary>
     public IReadOnlyList<BitmapDirectoryEntry> Bitmaps { get; set; } = [];
-
-    public IGuestDisk? Backing { get; set; }
 
     /// <summary>Host ranges extensions own without refcounts; never allocated.</summary>
     public HostReservations Reservations { get; } = new();
 
-    /// <summary>Where data clusters go (the allocator seam).</summary>
-    public IClusterAllocator Allocator { get; set; } = FreshClusterAllocator.Instance;
-
-    /// <summary>Refcount changes and allocation; present once the image is writable.</summary>
-    public RefcountManager? RefcountManager { get; set; }
-
-    /// <summary>Changes to the active tables; present once the image is writable.</summary>
-    public ActiveTables? Tables { get; set; }
-
-    /// <summary>Guest clusters sharing host clusters through the allocator in this session.</summary>
-    public SharedReferrers Referrers { get; } = new();
-
     /// <summary>
-    /// Data clusters being written in place right now (added under the metadata lock when the
-    /// write decides so, removed when its bytes are written): sharing refuses them.
+    /// Opened for a check: the L1 and refcount tables may reach past the end of the file, read as
+    /// zeros as QEMU reads them, so that the check counts what is missing (and a repair restores
+    /// it) instead of the open refusing the image. Nothing but the check writes through such an
+    /// image; every other open refuses these tables.
     /// </summary>
-    public ConcurrentDictionary<long, byte> InPlaceWrites { get; } = new();
-
-    /// <summary>
-    /// Contents (allocator fingerprints) being stored in fresh clusters right now, added under the
-    /// metadata lock at allocation and removed once linked: writers of the same bytes wait for them.
-    /// </summary>
-    public ConcurrentDictionary<object, TaskCompletionSource> PlacementsInFlight { get; } = new();
-
-    /// <summary>Host clusters that dropped to one referrer which could not be found yet (COPIED to set).</summary>
-    public HashSet<long> PendingCopiedFixups { get; } = [];
-
-    /// <summary>
-    /// Opened for a check (<see cref="Qcow2OpenOptions.ForRepair"/>): the L1 and refcount tables
-    /// may reach past the end of the file, read as zeros as QEMU reads them, so that the check
-    /// counts what is missing (and a repair restores it) instead of the open refusing the image.
-    /// Nothing but the check writes through such an image; every other open refuses these tables.
-    /// </summary>
-    public bool ReadsTablesPastEndAsZeros => Options.ForRepair;
+    public bool ReadsTablesPastEndAsZeros { get; }
 
     /// <summary>Whether refcount updates may be postponed (compatible bit 0).</summary>
     public bool LazyRefcounts => (Header.Header.Compatible & CompatibleFeatures.LazyRefcounts) != 0;
 
     /// <summary>Feature names written into a rewritten header: QEMU's, plus those of loaded extensions.</summary>
-    public IReadOnlyList<FeatureName> FeatureNamesToWrite { get; set; } = FeatureName.Standard;
+    public IReadOnlyList<FeatureName> FeatureNamesToWrite { get; }
+
+    /// <summary>The refcount table, loaded on first use (read-only images rarely need it), then changed in place.</summary>
+    public RefcountTable? Refcounts { get; private set; }
+
+    /// <summary>Where the metadata lies: rebuilt under the metadata lock, read without it.</summary>
+    public MetadataOverlapTracker Overlap { get; }
+
+    /// <summary>Set once a write was refused for landing on live metadata: the image is marked corrupt and takes no more writes.</summary>
+    public string? CorruptionDetected => Volatile.Read(ref _corruptionDetected);
+
+    /// <summary>Bytes of the snapshot table as stored (cached per snapshot list).</summary>
+    public long SnapshotTableBytes
+    {
+        get
+        {
+            var snapshots = Snapshots;
+            if (!ReferenceEquals(_rangesOf, snapshots))
+            {
+                _snapshotTableBytes = snapshots.Sum(s => (long)s.StoredLength);
+                _rangesOf = snapshots;
+            }
+
+            return _snapshotTableBytes;
+        }
+    }
 
     /// <summary>Rewrites cluster 0 (preserving unknown extensions and fields) and flushes it.</summary>
     public async ValueTask RewriteHeaderAsync(HeaderCluster header, bool async, CancellationToken cancellationToken)
@@ -146,27 +141,28 @@ internal sealed class ImageCore : IDisposable
         Header = Header with { Header = updated };
     }
 
-    /// <summary>Bytes of the snapshot table as stored (cached per snapshot list).</summary>
-    public long SnapshotTableBytes
+    /// <summary>Sets or clears incompatible bits with one small durable header write (v3 only).</summary>
+    public async ValueTask SetIncompatibleBitsAsync(IncompatibleFeatures bits, bool set, bool async, CancellationToken cancellationToken)
     {
-        get
+        var header = Header.Header;
+        var updated = set ? header.Incompatible | bits : header.Incompatible & ~bits;
+        if (header.Version < 3 || updated == header.Incompatible)
         {
-            var snapshots = Snapshots;
-            if (!ReferenceEquals(_rangesOf, snapshots))
-            {
-                _snapshotTableBytes = snapshots.Sum(s => (long)s.StoredLength);
-                _rangesOf = snapshots;
-            }
-
-            return _snapshotTableBytes;
+            return;
         }
+
+        if (set)
+        {
+            // Nothing may reach the disk under the dirty bit's protection before the bit itself.
+            await File.FlushAsync(async, cancellationToken).ConfigureAwait(false);
+        }
+
+        await WriteHeaderFieldsAsync(header with { Incompatible = updated }, Qcow2Header.IncompatibleFeaturesOffset, 8, async, cancellationToken).ConfigureAwait(false);
     }
 
-    /// <summary>Set once a write was refused for landing on live metadata: the image is marked corrupt and takes no more writes.</summary>
-    public string? CorruptionDetected => Volatile.Read(ref _corruptionDetected);
-
-    /// <summary>Where the metadata lies: rebuilt under the metadata lock, read without it.</summary>
-    public MetadataOverlapTracker Overlap { get; }
+    /// <summary>Points the header at a refcount table already written and flushed.</summary>
+    public ValueTask CommitRefcountTableAsync(long offset, int clusters, bool async, CancellationToken cancellationToken) =>
+        WriteHeaderFieldsAsync(Header.Header with { RefcountTableOffset = offset, RefcountTableClusters = clusters }, Qcow2Header.RefcountTableOffsetOffset, 12, async, cancellationToken);
 
     /// <summary>
     /// Brings the overlap index up to date with the structures the image points at now and
@@ -180,7 +176,7 @@ internal sealed class ImageCore : IDisposable
         return Overlap.Refresh(new MetadataLayout(
             header,
             ActiveL1,
-            RefcountManager?.Table ?? Refcounts,
+            Refcounts,
             snapshots ? header.Header.SnapshotsOffset : 0,
             snapshots ? SnapshotTableBytes : 0,
             Snapshots,
@@ -212,11 +208,19 @@ internal sealed class ImageCore : IDisposable
     /// <exception cref="InvalidDataException">The write would damage metadata.</exception>
     public void GuardMetadata(long offset, long length, MetadataKind allowed)
     {
-        if (MetadataOverlap.Find(this, offset, length, allowed) is { } structure)
+        if (FindOverlap(offset, length, allowed) is { } structure)
         {
             RefuseWrite(structure, offset, length);
         }
     }
+
+    /// <summary>
+    /// The name QEMU gives the first structure that [offset, offset + size) would overwrite, other
+    /// than <paramref name="ignore"/>, or null. Caller holds the metadata lock (the index is
+    /// brought up to date first); during a refcount rebuild it still holds the old refcount table.
+    /// </summary>
+    public string? FindOverlap(long offset, long size, MetadataKind ignore = MetadataKind.None) =>
+        RefreshOverlapIndex().Find(offset, size, MetadataKind.QemuCached & ~ignore);
 
     private void RefuseWrite(string structure, long offset, long length)
     {
@@ -230,31 +234,16 @@ internal sealed class ImageCore : IDisposable
         throw Qcow2Corruption.Create("image", problem + "; the image is now marked corrupt (repair it with check -r all)", offset);
     }
 
-
-    /// <summary>The refcount table, loaded on first use (read-only images rarely need it).</summary>
-    public RefcountTable? Refcounts { get; set; }
-
-    /// <summary>Optional features loaded with the image.</summary>
-    public IReadOnlyList<IImageExtension> Extensions => Options.Extensions;
-
     /// <summary>The refcount of a host cluster, synchronously. Caller holds the metadata lock.</summary>
     public ulong GetRefcountLocked(long hostOffset)
     {
-        var table = RefcountManager?.Table ?? SyncOver.Run(GetRefcountsLockedAsync(async: false, CancellationToken.None));
+        var table = SyncOver.Run(GetRefcountsLockedAsync(async: false, CancellationToken.None));
         return SyncOver.Run(table.GetAsync(hostOffset >> Geometry.ClusterBits, long.MaxValue, async: false, CancellationToken.None));
     }
 
-    /// <summary>
-    /// The current refcount table (the writable state's, which replaces the table as it grows), else
-    /// the one loaded on first use. Caller holds the metadata lock.
-    /// </summary>
+    /// <summary>The refcount table, read on first use. Caller holds the metadata lock.</summary>
     public async ValueTask<RefcountTable> GetRefcountsLockedAsync(bool async, CancellationToken cancellationToken)
     {
-        if (RefcountManager is { } manager)
-        {
-            return manager.Table;
-        }
-
         if (Refcounts is null)
         {
             var header = Header.Header;
@@ -264,7 +253,39 @@ internal sealed class ImageCore : IDisposable
         return Refcounts;
     }
 
-    public DecompressedClusterCache Decompressed { get; } = new();
+    /// <summary>Reads a snapshot's L1 table, refusing one over QEMU's limits or not cluster aligned.</summary>
+    public async ValueTask<ulong[]> ReadSnapshotL1Async(SnapshotTableEntry snapshot, bool async, CancellationToken cancellationToken)
+    {
+        if (snapshot.L1Size == 0)
+        {
+            return [];
+        }
+
+        if ((long)snapshot.L1Size * Qcow2Layout.L1EntrySize > Qcow2Layout.MaxL1TableBytes || !Geometry.IsClusterAligned(snapshot.L1TableOffset))
+        {
+            throw Qcow2Corruption.Create("snapshot table entry", $"snapshot '{snapshot.Name}' has an L1 table of {snapshot.L1Size} entries at 0x{snapshot.L1TableOffset:x}", snapshot.L1TableOffset);
+        }
+
+        var table = await L1Table.ReadAsync(File, snapshot.L1TableOffset, snapshot.L1Size, "snapshot L1 table", async, cancellationToken).ConfigureAwait(false);
+        return table.ToArray();
+    }
+
+    /// <summary>
+    /// Writes an extension's own bytes, only inside clusters it reserved (never refcounted, never
+    /// allocated to anything else); false, writing nothing, when the range leaves them.
+    /// </summary>
+    public bool TryWriteReserved(long hostOffset, ReadOnlySpan<byte> buffer)
+    {
+        var bits = Geometry.ClusterBits;
+        if (!Reservations.Covers(hostOffset >> bits, (hostOffset + buffer.Length + Geometry.ClusterSize - 1) >> bits))
+        {
+            return false;
+        }
+
+        File.Write(hostOffset, buffer);
+        NoteFileEnd(hostOffset + buffer.Length);
+        return true;
+    }
 
     /// <summary>
     /// Length of the image file as this library knows it: never less than the physical length last
@@ -303,91 +324,9 @@ internal sealed class ImageCore : IDisposable
         return FileLength;
     }
 
-    /// <summary>Takes the backing disk away from this layer (to close a chain without recursion).</summary>
-    public IGuestDisk? DetachBacking()
-    {
-        var backing = Backing;
-        Backing = null;
-        return backing;
-    }
-
     /// <summary>
     /// This library cut the file at <paramref name="length"/>, after a flush and past every cluster
     /// still in use, so nothing allocated lies beyond it.
     /// </summary>
     public void NoteTruncated(long length) => Interlocked.Exchange(ref _fileLength, length);
-
-    public void Dispose()
-    {
-        // A chain may be 1,024 files deep: close it layer by layer, each detached from the one
-        // below first, so that no thread needs stack for the whole chain to close it.
-        var backing = Backing;
-        Backing = null;
-        while (backing is not null)
-        {
-            var below = backing is Qcow2Image layer ? layer.Core.DetachBacking() : null;
-            backing.Dispose();
-            backing = below;
-        }
-
-        if (!ReferenceEquals(DataFile, File))
-        {
-            DataFile.Dispose();
-        }
-
-        if (OwnsFile)
-        {
-            File.Dispose();
-        }
-
-        MetadataLock.Dispose();
-    }
-}
-
-/// <summary>
-/// Remembers the most recently decompressed cluster, so that small sequential reads through a
-/// compressed cluster decompress it once rather than once per read.
-/// </summary>
-internal sealed class DecompressedClusterCache
-{
-    private readonly Lock _sync = new();
-    private ulong _entry;
-    private byte[]? _data;
-
-    public bool TryCopy(L2Entry entry, int offsetInCluster, Span<byte> destination)
-    {
-        lock (_sync)
-        {
-            if (_data is null || _entry != entry.Raw)
-            {
-                return false;
-            }
-
-            _data.AsSpan(offsetInCluster, destination.Length).CopyTo(destination);
-            return true;
-        }
-    }
-
-    public void Store(L2Entry entry, ReadOnlySpan<byte> cluster)
-    {
-        lock (_sync)
-        {
-            if (_data is null || _data.Length != cluster.Length)
-            {
-                _data = new byte[cluster.Length];
-            }
-
-            cluster.CopyTo(_data);
-            _entry = entry.Raw;
-        }
-    }
-
-    /// <summary>Forgets the cached cluster (its host bytes may be reused).</summary>
-    public void Invalidate()
-    {
-        lock (_sync)
-        {
-            _entry = 0;
-        }
-    }
 }

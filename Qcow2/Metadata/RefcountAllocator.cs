@@ -27,7 +27,7 @@ internal enum ClusterUse
 /// metadata lock. Decrements make the refcount cache depend on the L2 cache, so an L2 entry is
 /// always written before the refcount that frees its cluster.
 /// </summary>
-internal sealed partial class RefcountManager
+internal sealed partial class RefcountAllocator
 {
     private readonly IStorage _file;
     private readonly Geometry _geometry;
@@ -53,7 +53,7 @@ internal sealed partial class RefcountManager
     /// <param name="commitTableLocation">Writes a new refcount table offset and size into the header, durably.</param>
     /// <param name="onFreed">Told about every cluster whose refcount reaches zero.</param>
     /// <param name="onAllocated">Told the end offset of every allocation (the clusters exist from now on, written or not).</param>
-    public RefcountManager(IStorage file, Geometry geometry, RefcountTable table, TableCache blocks, TableCache l2Cache, HostReservations reservations, MetadataOverlapTracker metadata,
+    public RefcountAllocator(IStorage file, Geometry geometry, RefcountTable table, TableCache blocks, TableCache l2Cache, HostReservations reservations, MetadataOverlapTracker metadata,
         Func<long, int, bool, CancellationToken, ValueTask> commitTableLocation, Action<long, ClusterUse> onFreed, Action<long> onAllocated)
     {
         _onAllocated = onAllocated;

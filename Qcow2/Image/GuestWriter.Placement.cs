@@ -4,7 +4,7 @@ using QcowDedup.Qcow2.Metadata;
 
 namespace QcowDedup.Qcow2.Image;
 
-public sealed partial class Qcow2Image
+internal sealed partial class GuestWriter
 {
     /// <summary>
     /// Writes a cluster that needs a new host cluster (unallocated, zero, compressed, shared, or a
@@ -13,7 +13,7 @@ public sealed partial class Qcow2Image
     /// </summary>
     private async ValueTask WriteToNewClusterAsync(ClusterState state, int from, ReadOnlyMemory<byte> data, object? fingerprint, bool async, CancellationToken cancellationToken)
     {
-        var geometry = _core.Geometry;
+        var geometry = _metadata.Geometry;
         var clusterSize = geometry.ClusterSize;
         var to = from + data.Length;
         var buffer = ArrayPool<byte>.Shared.Rent(clusterSize);
@@ -32,9 +32,9 @@ public sealed partial class Qcow2Image
             var bitmap = NewBitmap(state, writeStart, writeEnd, from, to);
             var whole = writeStart == 0 && writeEnd == clusterSize && (!geometry.ExtendedL2 || (bitmap.Raw & SubclusterBitmap.AllAllocatedMask) == SubclusterBitmap.AllAllocatedMask);
             var request = new ClusterPlacementRequest(state.ClusterStart, content, fingerprint);
-            if (whole && fingerprint is null && _core.Allocator.SharesClusters && !geometry.ExternalDataFile)
+            if (whole && fingerprint is null && _writable.Allocator.SharesClusters && !geometry.ExternalDataFile)
             {
-                request = request with { Fingerprint = _core.Allocator.Describe(content.Span) };
+                request = request with { Fingerprint = _writable.Allocator.Describe(content.Span) };
             }
 
             var (host, outcome) = await PlaceAsync(state, request, whole, async, cancellationToken).ConfigureAwait(false);
@@ -58,22 +58,22 @@ public sealed partial class Qcow2Image
                 }
             }
 
-            using (await _core.MetadataLock.AcquireAsync(async, cancellationToken).ConfigureAwait(false))
+            using (await _metadata.MetadataLock.AcquireAsync(async, cancellationToken).ConfigureAwait(false))
             {
                 await LinkAsync(state, L2Entry.Normal(host, copied: !shared), bitmap, async, cancellationToken).ConfigureAwait(false);
                 if (shared)
                 {
-                    _core.Referrers.Add(host, state.ClusterStart);
+                    _writable.Referrers.Add(host, state.ClusterStart);
                 }
                 else if (whole && !geometry.ExternalDataFile)
                 {
-                    _core.Allocator.OnStored(request, host);
+                    _writable.Allocator.OnStored(request, host);
                 }
             }
         }
         finally
         {
-            if (inFlight is not null && _core.PlacementsInFlight.TryRemove(inFlight, out var done))
+            if (inFlight is not null && _writable.PlacementsInFlight.TryRemove(inFlight, out var done))
             {
                 done.TrySetResult(); // stored (the index knows it now) or failed: waiting writers ask again
             }
@@ -90,9 +90,9 @@ public sealed partial class Qcow2Image
     {
         try
         {
-            using (await _core.MetadataLock.AcquireAsync(async, CancellationToken.None).ConfigureAwait(false))
+            using (await _metadata.MetadataLock.AcquireAsync(async, CancellationToken.None).ConfigureAwait(false))
             {
-                await _core.RefcountManager!.ChangeAsync(host >> _core.Geometry.ClusterBits, -1, ClusterUse.Data, async, CancellationToken.None).ConfigureAwait(false);
+                await _writable.Refcounts.ChangeAsync(host >> _metadata.Geometry.ClusterBits, -1, ClusterUse.Data, async, CancellationToken.None).ConfigureAwait(false);
             }
         }
         catch (IOException)
@@ -102,15 +102,15 @@ public sealed partial class Qcow2Image
 
     /// <summary>Whether a fresh placement of this request is announced to writers of the same bytes.</summary>
     private bool IsTrackedInFlight(in ClusterPlacementRequest request) =>
-        request.Fingerprint is not null && _core.Allocator.SharesClusters && !_core.Geometry.ExternalDataFile;
+        request.Fingerprint is not null && _writable.Allocator.SharesClusters && !_metadata.Geometry.ExternalDataFile;
 
     /// <summary>Clusters freed since the last flush (unusable until it) beyond which a data allocation flushes first: 64 MiB, at least 256 clusters.</summary>
-    private int QuarantineFlushClusters => Math.Max(256, (64 << 20) >> _core.Geometry.ClusterBits);
+    private int QuarantineFlushClusters => Math.Max(256, (64 << 20) >> _metadata.Geometry.ClusterBits);
 
     /// <summary>The subcluster bitmap after the write (unused without extended L2).</summary>
     private SubclusterBitmap NewBitmap(ClusterState state, int writeStart, int writeEnd, int from, int to)
     {
-        if (!_core.Geometry.ExtendedL2)
+        if (!_metadata.Geometry.ExtendedL2)
         {
             return default;
         }
@@ -145,7 +145,7 @@ public sealed partial class Qcow2Image
     /// </summary>
     private async ValueTask<(long Host, PlacementOutcome Outcome)> PlaceAsync(ClusterState state, ClusterPlacementRequest request, bool whole, bool async, CancellationToken cancellationToken)
     {
-        if (_core.Geometry.ExternalDataFile)
+        if (_metadata.Geometry.ExternalDataFile)
         {
             return (state.ClusterStart, PlacementOutcome.Fresh); // data file clusters map 1:1 and are not refcounted
         }
@@ -173,29 +173,29 @@ public sealed partial class Qcow2Image
     /// <summary>One attempt of <see cref="PlaceAsync"/>: a placement, or the in-flight store of the same bytes to wait for.</summary>
     private async ValueTask<((long Host, PlacementOutcome Outcome) Placed, Task? Wait)> TryPlaceAsync(ClusterState state, ClusterPlacementRequest request, bool whole, bool async, CancellationToken cancellationToken)
     {
-        using (await _core.MetadataLock.AcquireAsync(async, cancellationToken).ConfigureAwait(false))
+        using (await _metadata.MetadataLock.AcquireAsync(async, cancellationToken).ConfigureAwait(false))
         {
             var tracked = whole && IsTrackedInFlight(request);
-            if (tracked && _core.PlacementsInFlight.TryGetValue(request.Fingerprint!, out var other))
+            if (tracked && _writable.PlacementsInFlight.TryGetValue(request.Fingerprint!, out var other))
             {
                 return (default, other.Task);
             }
 
             if (whole)
             {
-                var placement = _core.Allocator.Place(request);
+                var placement = _writable.Allocator.Place(request);
                 if (placement.IsExisting)
                 {
                     // Rewriting the bytes a fully allocated cluster already holds needs no write at all.
                     if (state.Type == ClusterType.Normal && state.Entry.HostOffset == placement.ExistingHostOffset
-                        && (!_core.Geometry.ExtendedL2 || state.Bitmap == SubclusterBitmap.AllAllocated))
+                        && (!_metadata.Geometry.ExtendedL2 || state.Bitmap == SubclusterBitmap.AllAllocated))
                     {
-                        _core.Allocator.OnPlacementResolved(request, placement, shared: true);
+                        _writable.Allocator.OnPlacementResolved(request, placement, shared: true);
                         return ((placement.ExistingHostOffset, PlacementOutcome.Unchanged), null);
                     }
 
                     var shared = await TryShareAsync(placement, state.ClusterStart, async, cancellationToken).ConfigureAwait(false);
-                    _core.Allocator.OnPlacementResolved(request, placement, shared);
+                    _writable.Allocator.OnPlacementResolved(request, placement, shared);
                     if (shared)
                     {
                         return ((placement.ExistingHostOffset, PlacementOutcome.Shared), null);
@@ -203,16 +203,16 @@ public sealed partial class Qcow2Image
                 }
             }
 
-            if (_core.RefcountManager!.QuarantinedClusters >= QuarantineFlushClusters)
+            if (_writable.Refcounts.QuarantinedClusters >= QuarantineFlushClusters)
             {
-                await FlushLockedAsync(async, cancellationToken).ConfigureAwait(false); // lets freed clusters be reused instead of growing the file
+                await _writable.FlushAsync(async, cancellationToken).ConfigureAwait(false); // lets freed clusters be reused instead of growing the file
             }
 
-            var host = await _core.RefcountManager.AllocateClustersAsync(1, async, cancellationToken).ConfigureAwait(false);
+            var host = await _writable.Refcounts.AllocateClustersAsync(1, async, cancellationToken).ConfigureAwait(false);
             if (tracked)
             {
                 // Removed (and completed) by the writer once the cluster is linked, or when it fails.
-                _core.PlacementsInFlight[request.Fingerprint!] = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+                _writable.PlacementsInFlight[request.Fingerprint!] = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
             }
 
             return ((host, PlacementOutcome.Fresh), null);
@@ -228,19 +228,19 @@ public sealed partial class Qcow2Image
     /// </summary>
     private async ValueTask<bool> TryShareAsync(ClusterPlacement placement, long newReferrer, bool async, CancellationToken cancellationToken)
     {
-        var geometry = _core.Geometry;
+        var geometry = _metadata.Geometry;
         var host = placement.ExistingHostOffset;
         if (!geometry.IsClusterAligned(host) || host <= 0)
         {
             return false;
         }
 
-        if (_core.InPlaceWrites.ContainsKey(host))
+        if (_writable.InPlaceWrites.ContainsKey(host))
         {
             return false; // its sole referrer is being rewritten in place: the bytes are changing
         }
 
-        var refcounts = _core.RefcountManager!;
+        var refcounts = _writable.Refcounts;
         var refcount = await refcounts.GetAsync(host >> geometry.ClusterBits, async, cancellationToken).ConfigureAwait(false);
         if (refcount == 0 || refcount >= geometry.MaxRefcount)
         {
@@ -248,21 +248,17 @@ public sealed partial class Qcow2Image
         }
 
         long? referrer = null;
-        foreach (var candidate in _core.Referrers.Get(host).Prepend(placement.ReferrerGuestOffset).ToList())
+        foreach (var candidate in _writable.Referrers.Get(host).Prepend(placement.ReferrerGuestOffset).ToList())
         {
-            var (entry, bitmap) = await _core.Tables!.ReadEntryAsync(candidate, async, cancellationToken).ConfigureAwait(false);
+            var (entry, bitmap) = await _writable.Tables.ReadEntryAsync(candidate, async, cancellationToken).ConfigureAwait(false);
             if (entry.GetClusterType(geometry.ExtendedL2, geometry.ExternalDataFile) == ClusterType.Normal && entry.HostOffset == host
                 && (!geometry.ExtendedL2 || bitmap == SubclusterBitmap.AllAllocated))
             {
                 referrer = candidate;
                 if (refcount == 1 && entry.IsCopied)
                 {
-                    using var table = await _core.Tables.GetWritableAsync(candidate, async, cancellationToken).ConfigureAwait(false);
-                    _core.Tables.SetEntry(table, candidate, entry.WithCopied(false), bitmap);
-                    if (geometry.L1Index(candidate) != geometry.L1Index(newReferrer))
-                    {
-                        _core.L2Cache.MarkDirtyWriteFirst(table);
-                    }
+                    using var table = await _writable.Tables.GetWritableAsync(candidate, async, cancellationToken).ConfigureAwait(false);
+                    _writable.Tables.ClearCopiedBeforeSharing(table, candidate, entry, bitmap, newReferrer);
                 }
 
                 break;
@@ -275,7 +271,7 @@ public sealed partial class Qcow2Image
         }
 
         await refcounts.ChangeAsync(host >> geometry.ClusterBits, +1, ClusterUse.Data, async, cancellationToken).ConfigureAwait(false);
-        _core.Referrers.Add(host, verified);
+        _writable.Referrers.Add(host, verified);
         return true;
     }
 
@@ -285,24 +281,22 @@ public sealed partial class Qcow2Image
     /// </summary>
     private async ValueTask LinkAsync(ClusterState state, L2Entry entry, SubclusterBitmap bitmap, bool async, CancellationToken cancellationToken)
     {
-        var tables = _core.Tables!;
+        var tables = _writable.Tables;
         using (var table = await tables.GetWritableAsync(state.ClusterStart, async, cancellationToken).ConfigureAwait(false))
         {
-            var index = _core.Geometry.L2Index(state.ClusterStart);
+            var index = _metadata.Geometry.L2Index(state.ClusterStart);
             // The range lock owns the mapping, not COPIED: sharing clears COPIED on a sole referrer
             // (and dropping a share sets it again) under the metadata lock alone, whoever holds that
             // referrer's range. That is safe because nothing relies on a COPIED read earlier: a
             // write goes in place only on a decision taken under the metadata lock, and the cluster
             // cannot be shared from then until the write is done (see InPlaceWrites).
-            var current = L2Table.ReadEntry(table.Span, index, _core.Geometry.ExtendedL2);
+            var current = L2Table.ReadEntry(table.Span, index, _metadata.Geometry.ExtendedL2);
             if (current.WithCopied(false) != state.Entry.WithCopied(false))
             {
                 throw new InvalidOperationException($"The L2 entry of guest offset 0x{state.ClusterStart:x} changed during a write that held its range lock.");
             }
 
-            await tables.OrderAfterRefcountsAsync(async, cancellationToken).ConfigureAwait(false);
-            _core.L2Cache.FlushStorageBeforeWrite = true; // copied data before the entry that exposes it
-            tables.SetEntry(table, state.ClusterStart, entry, bitmap);
+            await tables.SetEntryAfterDataAsync(table, state.ClusterStart, entry, bitmap, async, cancellationToken).ConfigureAwait(false); // copied data first
         }
 
         await ReleaseAsync(state.Entry, state.Type, state.ClusterStart, async, cancellationToken).ConfigureAwait(false);
@@ -314,20 +308,20 @@ public sealed partial class Qcow2Image
     /// </summary>
     private async ValueTask ReleaseAsync(L2Entry oldEntry, ClusterType oldType, long guestOffset, bool async, CancellationToken cancellationToken)
     {
-        var geometry = _core.Geometry;
+        var geometry = _metadata.Geometry;
         if (geometry.ExternalDataFile)
         {
             return;
         }
 
-        var refcounts = _core.RefcountManager!;
+        var refcounts = _writable.Refcounts;
         switch (oldType)
         {
             case ClusterType.Normal:
             case ClusterType.ZeroAllocated:
                 var host = oldEntry.HostOffset;
                 var remaining = await refcounts.ChangeAsync(host >> geometry.ClusterBits, -1, ClusterUse.Data, async, cancellationToken).ConfigureAwait(false);
-                _core.Referrers.RemoveGuest(host, guestOffset);
+                _writable.Referrers.RemoveGuest(host, guestOffset);
                 if (remaining == 1)
                 {
                     await RestoreCopiedAsync(host, async, cancellationToken).ConfigureAwait(false);
@@ -336,7 +330,7 @@ public sealed partial class Qcow2Image
                 break;
             case ClusterType.Compressed:
                 await refcounts.ChangeCompressedAsync(CompressedClusterDescriptor.Decode(oldEntry, geometry.ClusterBits), -1, async, cancellationToken).ConfigureAwait(false);
-                _core.Decompressed.Invalidate();
+                _session.Decompressed.Invalidate();
                 break;
         }
     }
@@ -344,9 +338,9 @@ public sealed partial class Qcow2Image
     /// <summary>Sets COPIED on the one guest cluster still mapping <paramref name="host"/>, if the seam saw who it is.</summary>
     private async ValueTask RestoreCopiedAsync(long host, bool async, CancellationToken cancellationToken)
     {
-        var geometry = _core.Geometry;
-        var tables = _core.Tables!;
-        foreach (var guest in _core.Referrers.Get(host).ToList())
+        var geometry = _metadata.Geometry;
+        var tables = _writable.Tables;
+        foreach (var guest in _writable.Referrers.Get(host).ToList())
         {
             var (entry, bitmap) = await tables.ReadEntryAsync(guest, async, cancellationToken).ConfigureAwait(false);
             var type = entry.GetClusterType(geometry.ExtendedL2, geometry.ExternalDataFile);
@@ -355,23 +349,22 @@ public sealed partial class Qcow2Image
                 if (!entry.IsCopied)
                 {
                     using var table = await tables.GetWritableAsync(guest, async, cancellationToken).ConfigureAwait(false);
-                    await tables.OrderAfterRefcountsAsync(async, cancellationToken).ConfigureAwait(false);
-                    tables.SetEntry(table, guest, entry.WithCopied(true), bitmap);
+                    await tables.SetEntryAfterRefcountsAsync(table, guest, entry.WithCopied(true), bitmap, async, cancellationToken).ConfigureAwait(false);
                 }
 
                 // Remember the survivor: the allocator may still name a referrer that is gone, and
                 // sharing verifies its answer against the guests known here.
-                _core.Referrers.Forget(host);
-                _core.Referrers.Add(host, guest);
+                _writable.Referrers.Forget(host);
+                _writable.Referrers.Add(host, guest);
                 return;
             }
 
-            _core.Referrers.RemoveGuest(host, guest);
+            _writable.Referrers.RemoveGuest(host, guest);
         }
 
-        if (_core.Allocator.SharesClusters)
+        if (_writable.Allocator.SharesClusters)
         {
-            _core.PendingCopiedFixups.Add(host); // shared before this session: found by a scan at flush
+            _writable.PendingCopiedFixups.Add(host); // shared before this session: found by a scan at flush
         }
     }
 }

@@ -5,74 +5,16 @@ using QcowDedup.Qcow2.Storage;
 
 namespace QcowDedup.Qcow2.Image;
 
-public sealed partial class Qcow2Image
+internal sealed partial class GuestWriter
 {
-    /// <summary>
-    /// Makes [offset, offset + length) read as zeros without writing zero data where the format can
-    /// say so: whole clusters get the zero flag (v3, keeping an allocated host cluster unless
-    /// <paramref name="unmap"/>), or are unallocated (v2, where no backing file shows through);
-    /// partial clusters are written with zeros.
-    /// </summary>
-    public void WriteZeroes(long offset, long length, bool unmap = false)
-    {
-        ThrowIfNotWritable(offset, length);
-        SyncOver.Run(Guard(WriteZeroesCoreAsync(offset, length, unmap, async: false, CancellationToken.None)));
-    }
-
-    /// <inheritdoc cref="WriteZeroes"/>
-    public ValueTask WriteZeroesAsync(long offset, long length, bool unmap = false, CancellationToken cancellationToken = default)
-    {
-        ThrowIfNotWritable(offset, length);
-        return Guard(WriteZeroesCoreAsync(offset, length, unmap, async: true, cancellationToken));
-    }
-
-    /// <summary>
-    /// Discards whole clusters in [offset, offset + length), as a guest TRIM: their host clusters
-    /// are freed and they read as zeros on v3 images (v2 images may show the backing file again,
-    /// as in QEMU). Partial clusters at either end are left alone.
-    /// </summary>
-    public void Discard(long offset, long length)
-    {
-        ThrowIfNotWritable(offset, length);
-        SyncOver.Run(Guard(DiscardCoreAsync(offset, length, async: false, CancellationToken.None)));
-    }
-
-    /// <inheritdoc cref="Discard"/>
-    public ValueTask DiscardAsync(long offset, long length, CancellationToken cancellationToken = default)
-    {
-        ThrowIfNotWritable(offset, length);
-        return Guard(DiscardCoreAsync(offset, length, async: true, cancellationToken));
-    }
-
-    /// <summary>
-    /// Writes one whole cluster compressed (as qemu-img convert -c does). Clusters that do not
-    /// shrink, and images with an external data file, store it uncompressed.
-    /// </summary>
-    /// <param name="offset">Cluster-aligned guest offset.</param>
-    /// <param name="cluster">The cluster's bytes (shorter only for the last cluster of the disk).</param>
-    public void WriteCompressed(long offset, ReadOnlySpan<byte> cluster)
-    {
-        var rented = ArrayPool<byte>.Shared.Rent(cluster.Length);
-        try
-        {
-            cluster.CopyTo(rented);
-            ThrowIfNotWritable(offset, cluster.Length);
-            SyncOver.Run(Guard(WriteCompressedCoreAsync(offset, rented.AsMemory(0, cluster.Length), async: false, CancellationToken.None)));
-        }
-        finally
-        {
-            ArrayPool<byte>.Shared.Return(rented);
-        }
-    }
-
-    private async ValueTask WriteZeroesCoreAsync(long offset, long length, bool unmap, bool async, CancellationToken cancellationToken)
+    public async ValueTask WriteZeroesAsync(long offset, long length, bool unmap, bool async, CancellationToken cancellationToken)
     {
         if (length == 0)
         {
             return;
         }
 
-        var geometry = _core.Geometry;
+        var geometry = _metadata.Geometry;
         var end = offset + length;
         using var range = await LockClustersAsync(offset, end, async, cancellationToken).ConfigureAwait(false);
         var zeros = ArrayPool<byte>.Shared.Rent(geometry.ClusterSize);
@@ -88,7 +30,7 @@ public sealed partial class Qcow2Image
                 var zeroed = false;
                 if (whole)
                 {
-                    using (await _core.MetadataLock.AcquireAsync(async, cancellationToken).ConfigureAwait(false))
+                    using (await _metadata.MetadataLock.AcquireAsync(async, cancellationToken).ConfigureAwait(false))
                     {
                         zeroed = await ZeroClusterLockedAsync(clusterStart, unmap, async, cancellationToken).ConfigureAwait(false);
                     }
@@ -114,9 +56,9 @@ public sealed partial class Qcow2Image
     /// </summary>
     private async ValueTask<bool> ZeroDetectedClusterAsync(long clusterStart, bool async, CancellationToken cancellationToken)
     {
-        using (await _core.MetadataLock.AcquireAsync(async, cancellationToken).ConfigureAwait(false))
+        using (await _metadata.MetadataLock.AcquireAsync(async, cancellationToken).ConfigureAwait(false))
         {
-            var (entry, bitmap) = await _core.Tables!.ReadEntryAsync(clusterStart, async, cancellationToken).ConfigureAwait(false);
+            var (entry, bitmap) = await _writable.Tables.ReadEntryAsync(clusterStart, async, cancellationToken).ConfigureAwait(false);
             if (entry.Raw == 0 && bitmap.Raw == 0 && !BackingShowsThrough(clusterStart))
             {
                 return true;
@@ -126,7 +68,7 @@ public sealed partial class Qcow2Image
         }
     }
 
-    private bool BackingShowsThrough(long clusterStart) => _core.Backing is { } backing && clusterStart < backing.Size;
+    private bool BackingShowsThrough(long clusterStart) => _session.Backing is { } backing && clusterStart < backing.Size;
 
     /// <summary>
     /// QEMU's zero_in_l2_slice for one whole cluster. Returns false when the image cannot express
@@ -134,15 +76,15 @@ public sealed partial class Qcow2Image
     /// </summary>
     private async ValueTask<bool> ZeroClusterLockedAsync(long clusterStart, bool unmap, bool async, CancellationToken cancellationToken)
     {
-        var geometry = _core.Geometry;
-        var tables = _core.Tables!;
+        var geometry = _metadata.Geometry;
+        var tables = _writable.Tables;
         var (entry, bitmap) = await tables.ReadEntryAsync(clusterStart, async, cancellationToken).ConfigureAwait(false);
         var type = entry.GetClusterType(geometry.ExtendedL2, geometry.ExternalDataFile);
         var allocated = type is ClusterType.Normal or ClusterType.ZeroAllocated;
         L2Entry newEntry;
         SubclusterBitmap newBitmap = default;
         bool release;
-        if (_core.Header.Header.Version < 3)
+        if (_metadata.Header.Header.Version < 3)
         {
             if (BackingShowsThrough(clusterStart))
             {
@@ -188,7 +130,7 @@ public sealed partial class Qcow2Image
     /// <summary>A raw external data file must always hold the guest's bytes, so zeroing a cluster zeroes it there too.</summary>
     private async ValueTask ClearRawDataFileAsync(long clusterStart, bool async, CancellationToken cancellationToken)
     {
-        if ((_core.Header.Header.Autoclear & AutoclearFeatures.RawExternalData) == 0)
+        if ((_metadata.Header.Header.Autoclear & AutoclearFeatures.RawExternalData) == 0)
         {
             return;
         }
@@ -198,7 +140,7 @@ public sealed partial class Qcow2Image
         try
         {
             Array.Clear(zeros, 0, length);
-            await _core.DataFile.WriteAsync(clusterStart, zeros.AsMemory(0, length), async, cancellationToken).ConfigureAwait(false);
+            await _session.GuestDataFile.WriteAsync(clusterStart, zeros.AsMemory(0, length), async, cancellationToken).ConfigureAwait(false);
         }
         finally
         {
@@ -206,9 +148,9 @@ public sealed partial class Qcow2Image
         }
     }
 
-    private async ValueTask DiscardCoreAsync(long offset, long length, bool async, CancellationToken cancellationToken)
+    public async ValueTask DiscardAsync(long offset, long length, bool async, CancellationToken cancellationToken)
     {
-        var geometry = _core.Geometry;
+        var geometry = _metadata.Geometry;
         var first = geometry.RoundUpToCluster(offset);
         var end = offset + length;
         var last = end == Size ? geometry.RoundUpToCluster(end) : geometry.StartOfCluster(end);
@@ -220,7 +162,7 @@ public sealed partial class Qcow2Image
         using var range = await LockClustersAsync(first, last, async, cancellationToken).ConfigureAwait(false);
         for (var clusterStart = first; clusterStart < last; clusterStart += geometry.ClusterSize)
         {
-            using (await _core.MetadataLock.AcquireAsync(async, cancellationToken).ConfigureAwait(false))
+            using (await _metadata.MetadataLock.AcquireAsync(async, cancellationToken).ConfigureAwait(false))
             {
                 await DiscardClusterLockedAsync(clusterStart, async, cancellationToken).ConfigureAwait(false);
             }
@@ -230,12 +172,12 @@ public sealed partial class Qcow2Image
     /// <summary>QEMU's discard_in_l2_slice for a guest discard request (not a full discard).</summary>
     private async ValueTask DiscardClusterLockedAsync(long clusterStart, bool async, CancellationToken cancellationToken)
     {
-        var geometry = _core.Geometry;
-        var tables = _core.Tables!;
+        var geometry = _metadata.Geometry;
+        var tables = _writable.Tables;
         var (entry, bitmap) = await tables.ReadEntryAsync(clusterStart, async, cancellationToken).ConfigureAwait(false);
         var type = entry.GetClusterType(geometry.ExtendedL2, geometry.ExternalDataFile);
         var allocated = type is ClusterType.Normal or ClusterType.ZeroAllocated or ClusterType.Compressed;
-        if (_core.Backing is null && !allocated)
+        if (_session.Backing is null && !allocated)
         {
             return;
         }
@@ -249,7 +191,7 @@ public sealed partial class Qcow2Image
         }
         else
         {
-            newEntry = _core.Header.Header.Version >= 3 ? L2Entry.ZeroPlain : L2Entry.Unallocated;
+            newEntry = _metadata.Header.Header.Version >= 3 ? L2Entry.ZeroPlain : L2Entry.Unallocated;
         }
 
         if (newEntry == entry && newBitmap == bitmap)
@@ -266,9 +208,9 @@ public sealed partial class Qcow2Image
         await ReleaseAsync(entry, type, clusterStart, async, cancellationToken).ConfigureAwait(false);
     }
 
-    private async ValueTask WriteCompressedCoreAsync(long offset, ReadOnlyMemory<byte> cluster, bool async, CancellationToken cancellationToken)
+    public async ValueTask WriteCompressedAsync(long offset, ReadOnlyMemory<byte> cluster, bool async, CancellationToken cancellationToken)
     {
-        var geometry = _core.Geometry;
+        var geometry = _metadata.Geometry;
         if (!geometry.IsClusterAligned(offset) || cluster.Length != ClusterBytesAt(offset))
         {
             throw new ArgumentException($"A compressed write must cover exactly the cluster at a cluster-aligned offset ({ClusterBytesAt(offset)} bytes at 0x{offset:x}).", nameof(cluster));
@@ -282,24 +224,24 @@ public sealed partial class Qcow2Image
             var clusterBytes = full.AsMemory(0, geometry.ClusterSize);
             cluster.CopyTo(clusterBytes);
             clusterBytes.Span[cluster.Length..].Clear();
-            var length = geometry.ExternalDataFile ? -1 : ClusterCompression.Compress(_core.Header.Header.CompressionType, clusterBytes.Span, compressed);
+            var length = geometry.ExternalDataFile ? -1 : ClusterCompression.Compress(_metadata.Header.Header.CompressionType, clusterBytes.Span, compressed);
             if (length < 0 || !cluster.Span.ContainsAnyExcept((byte)0))
             {
-                await WriteCoreAsync(offset, cluster, async, cancellationToken).ConfigureAwait(false);
+                await WriteAsync(offset, cluster, async, cancellationToken).ConfigureAwait(false);
                 return;
             }
 
             using var range = await LockClustersAsync(offset, offset + 1, async, cancellationToken).ConfigureAwait(false);
             ClusterState state;
             long host;
-            using (await _core.MetadataLock.AcquireAsync(async, cancellationToken).ConfigureAwait(false))
+            using (await _metadata.MetadataLock.AcquireAsync(async, cancellationToken).ConfigureAwait(false))
             {
                 state = await InspectClusterLockedAsync(offset, wholeCluster: true, async, cancellationToken).ConfigureAwait(false);
-                host = await _core.RefcountManager!.AllocateBytesAsync(length, async, cancellationToken).ConfigureAwait(false);
+                host = await _writable.Refcounts.AllocateBytesAsync(length, async, cancellationToken).ConfigureAwait(false);
             }
 
             await WriteDataAsync(host, compressed.AsMemory(0, length), async, cancellationToken).ConfigureAwait(false);
-            using (await _core.MetadataLock.AcquireAsync(async, cancellationToken).ConfigureAwait(false))
+            using (await _metadata.MetadataLock.AcquireAsync(async, cancellationToken).ConfigureAwait(false))
             {
                 await LinkAsync(state, CompressedClusterDescriptor.Encode(host, length, geometry.ClusterBits), default, async, cancellationToken).ConfigureAwait(false);
             }
@@ -309,5 +251,47 @@ public sealed partial class Qcow2Image
             ArrayPool<byte>.Shared.Return(full);
             ArrayPool<byte>.Shared.Return(compressed);
         }
+    }
+
+    /// <summary>Zeroes guest bytes while the caller holds the range lock.</summary>
+    public async ValueTask ZeroRangeHeldAsync(long offset, long length, bool async, CancellationToken cancellationToken)
+    {
+        var geometry = _metadata.Geometry;
+        var zeros = new byte[geometry.ClusterSize];
+        var end = offset + length;
+        for (var position = offset; position < end;)
+        {
+            var clusterStart = geometry.StartOfCluster(position);
+            var from = (int)(position - clusterStart);
+            var count = (int)Math.Min(geometry.ClusterSize - from, end - position);
+            var zeroed = false;
+            if (from == 0 && count == ClusterBytesAt(clusterStart))
+            {
+                using (await _metadata.MetadataLock.AcquireAsync(async, cancellationToken).ConfigureAwait(false))
+                {
+                    zeroed = await ZeroClusterLockedAsync(clusterStart, unmap: true, async, cancellationToken).ConfigureAwait(false);
+                }
+            }
+
+            if (!zeroed)
+            {
+                await WriteClusterAsync(clusterStart, from, zeros.AsMemory(0, count), null, async, cancellationToken).ConfigureAwait(false);
+            }
+
+            position += count;
+        }
+    }
+
+    /// <summary>Drops the mapping of a guest cluster as a full discard (it becomes unallocated) and releases what it referenced. Caller holds the metadata lock.</summary>
+    public async ValueTask UnmapLockedAsync(long clusterStart, L2Entry entry, bool async, CancellationToken cancellationToken)
+    {
+        var tables = _writable.Tables;
+        using (var table = await tables.GetWritableAsync(clusterStart, async, cancellationToken).ConfigureAwait(false))
+        {
+            tables.SetEntry(table, clusterStart, L2Entry.Unallocated, default);
+        }
+
+        var geometry = _metadata.Geometry;
+        await ReleaseAsync(entry, entry.GetClusterType(geometry.ExtendedL2, geometry.ExternalDataFile), clusterStart, async, cancellationToken).ConfigureAwait(false);
     }
 }

@@ -1,76 +1,69 @@
+using QcowDedup.Qcow2.Format;
+using QcowDedup.Qcow2.Metadata;
 using QcowDedup.Qcow2.Storage;
 
 namespace QcowDedup.Qcow2.Image;
 
-public sealed partial class Qcow2Image
+/// <summary>
+/// Operations on the backing chain: commit into the backing file, rebase onto another, and the
+/// header-only backing file change. They work through the image's own read and write paths.
+/// </summary>
+internal sealed class ChainOperations(Qcow2Image image, ImageSession session)
 {
     private const int ChainCopyChunk = 1 << 20;
+    private readonly ImageSession _session = session;
+    private readonly ImageMetadata _metadata = session.Metadata;
 
-    /// <summary>
-    /// Writes what this overlay holds into its backing file (qemu-img commit): allocated ranges are
-    /// copied, zero ranges become zeros, the backing file grows when it is smaller, and afterwards
-    /// the overlay is emptied unless <paramref name="keepOverlay"/> (qemu-img commit -d).
-    /// </summary>
-    /// <param name="keepOverlay">Leave the overlay's data in place.</param>
-    /// <param name="backingOptions">Options to open the backing file read-write with (e.g. with dedup); null for defaults.</param>
-    /// <param name="progress">Receives the fraction done.</param>
-    /// <exception cref="InvalidOperationException">The image has no backing file.</exception>
-    public void Commit(bool keepOverlay = false, Qcow2OpenOptions? backingOptions = null, IProgress<double>? progress = null)
+    private long Size => image.Size;
+
+    public async ValueTask SetBackingFileAsync(string? name, string? format, bool async, CancellationToken cancellationToken)
     {
-        ThrowIfDisposed();
-        SyncOver.Run(Guard(CommitCoreAsync(keepOverlay, backingOptions, progress, async: false, CancellationToken.None)));
+        if (name is not null && (_metadata.Header.Header.Autoclear & AutoclearFeatures.RawExternalData) != 0)
+        {
+            throw new InvalidOperationException("An image whose data file is raw cannot have a backing file.");
+        }
+
+        // qemu-img rebase -u accepts this and leaves an image no one can open; refuse it even unsafely.
+        if (name is not null && _metadata.File.Path is { } self && DefaultBackingFileResolver.TryResolvePath(name, self) is { } target && FileStorage.IsSameFile(target, self))
+        {
+            throw new InvalidOperationException($"'{name}' is {self} itself; an image cannot be its own backing file.");
+        }
+
+        using var everything = await _session.GuestLock.AcquireAsync(0, long.MaxValue, exclusive: true, async, cancellationToken).ConfigureAwait(false);
+        using var locked = await _metadata.MetadataLock.AcquireAsync(async, cancellationToken).ConfigureAwait(false);
+        IGuestDisk? backing = null;
+        if (name is not null && _session.Options.BackingFiles == BackingFileMode.Open)
+        {
+            var chain = new ChainContext();
+            chain.Enter(_metadata.File);
+            backing = await ImageOpener.OpenBackingAsync(name, format, _metadata.File.Path, _session.Options, chain, async, cancellationToken).ConfigureAwait(false);
+        }
+
+        await image.FlushLockedAsync(async, cancellationToken).ConfigureAwait(false);
+        await _metadata.RewriteHeaderAsync(_metadata.Header with { BackingFileName = name, BackingFormat = name is null ? null : format }, async, cancellationToken).ConfigureAwait(false);
+        _session.Backing?.Dispose();
+        _session.Backing = backing;
     }
 
-    /// <inheritdoc cref="Commit"/>
-    public ValueTask CommitAsync(bool keepOverlay = false, Qcow2OpenOptions? backingOptions = null, IProgress<double>? progress = null, CancellationToken cancellationToken = default)
+    public async ValueTask CommitAsync(bool keepOverlay, Qcow2OpenOptions? backingOptions, IProgress<double>? progress, bool async, CancellationToken cancellationToken)
     {
-        ThrowIfDisposed();
-        return Guard(CommitCoreAsync(keepOverlay, backingOptions, progress, async: true, cancellationToken));
-    }
-
-    /// <summary>
-    /// Points the image at another backing file (or none) without changing what the guest sees
-    /// (qemu-img rebase): wherever the image itself holds nothing and the old and new backing
-    /// files differ, the old content is copied into the image first. With
-    /// <paramref name="unsafeRebase"/> only the header changes (qemu-img rebase -u).
-    /// </summary>
-    /// <param name="backingFile">The new backing file name as it should be stored (relative names resolve against the image's directory), or null for none.</param>
-    /// <param name="backingFormat">Its format ("qcow2" or "raw"), or null to probe it.</param>
-    /// <param name="unsafeRebase">Only rewrite the name; what shows through may change.</param>
-    /// <param name="progress">Receives the fraction done.</param>
-    public void Rebase(string? backingFile, string? backingFormat, bool unsafeRebase = false, IProgress<double>? progress = null)
-    {
-        ThrowIfDisposed();
-        SyncOver.Run(Guard(RebaseCoreAsync(backingFile, backingFormat, unsafeRebase, progress, async: false, CancellationToken.None)));
-    }
-
-    /// <inheritdoc cref="Rebase"/>
-    public ValueTask RebaseAsync(string? backingFile, string? backingFormat, bool unsafeRebase = false, IProgress<double>? progress = null, CancellationToken cancellationToken = default)
-    {
-        ThrowIfDisposed();
-        return Guard(RebaseCoreAsync(backingFile, backingFormat, unsafeRebase, progress, async: true, cancellationToken));
-    }
-
-    private async ValueTask CommitCoreAsync(bool keepOverlay, Qcow2OpenOptions? backingOptions, IProgress<double>? progress, bool async, CancellationToken cancellationToken)
-    {
-        ThrowIfNotWritable();
-        var name = _core.Header.BackingFileName ?? throw new InvalidOperationException("The image has no backing file to commit into.");
-        var format = _core.Header.BackingFormat ?? _core.Backing?.Format;
+        var name = _metadata.Header.BackingFileName ?? throw new InvalidOperationException("The image has no backing file to commit into.");
+        var format = _metadata.Header.BackingFormat ?? _session.Backing?.Format;
 
         // Our read-only view of the backing file forbids writers, as QEMU's does; where QEMU
         // reopens that view read-write for a commit, ours shares the file while the commit
         // writes through a second open, and is opened afresh afterwards.
-        foreach (var file in FilesOf(_core.Backing))
+        foreach (var file in FilesOf(_session.Backing))
         {
-            file.Lock(FileLockRequest.ForceShared, _core.Options.Locking);
+            file.Lock(FileLockRequest.ForceShared, _session.Options.Locking);
         }
 
         CommitTarget? target = null;
         try
         {
-            var storage = OpenImplicitFile(new FileReference(name, FileReferenceKind.BackingFile, _core.File.Path, Writable: true), _core.Options);
+            var storage = ImageOpener.OpenImplicitFile(new FileReference(name, FileReferenceKind.BackingFile, _metadata.File.Path, Writable: true), _session.Options);
             var chain = new ChainContext();
-            chain.Enter(_core.File);
+            chain.Enter(_metadata.File);
             try
             {
                 chain.CheckCanEnter(storage, name); // never commit an image into itself, whatever the locks say
@@ -81,7 +74,7 @@ public sealed partial class Qcow2Image
                 throw;
             }
 
-            target = await CommitTarget.OpenAsync(storage, format, backingOptions ?? InheritedOptions(_core.Options), _core.Options.Locking, async, cancellationToken).ConfigureAwait(false);
+            target = await CommitTarget.OpenAsync(storage, format, backingOptions ?? ImageOpener.InheritedOptions(_session.Options), _session.Options.Locking, async, cancellationToken).ConfigureAwait(false);
             await CopyIntoAsync(target, progress, async, cancellationToken).ConfigureAwait(false);
         }
         finally
@@ -89,7 +82,7 @@ public sealed partial class Qcow2Image
             target?.Dispose();
 
             // The read-only view cached what the backing file held before: open it afresh.
-            using (await _core.MetadataLock.AcquireAsync(async, cancellationToken).ConfigureAwait(false))
+            using (await _metadata.MetadataLock.AcquireAsync(async, cancellationToken).ConfigureAwait(false))
             {
                 await ReopenBackingLockedAsync(async, cancellationToken).ConfigureAwait(false);
             }
@@ -97,17 +90,17 @@ public sealed partial class Qcow2Image
 
         if (!keepOverlay)
         {
-            await MakeEmptyCoreAsync(async, cancellationToken).ConfigureAwait(false);
+            await image.MakeEmptyCoreAsync(async, cancellationToken).ConfigureAwait(false);
         }
 
         progress?.Report(1);
     }
 
     /// <summary>The files a layer writes when it is written: its image file and its external data file.</summary>
-    private static IEnumerable<IStorage> FilesOf(IGuestDisk? disk) => disk switch
+    public static IEnumerable<IStorage> FilesOf(IGuestDisk? disk) => disk switch
     {
         null => [],
-        Qcow2Image image when !ReferenceEquals(image._core.DataFile, image._core.File) => [image._core.File, image._core.DataFile],
+        Qcow2Image image when !ReferenceEquals(image.Session.GuestDataFile, image.Session.File) => [image.Session.File, image.Session.GuestDataFile],
         _ => [disk.File],
     };
 
@@ -120,7 +113,7 @@ public sealed partial class Qcow2Image
         }
 
         var buffer = new byte[ChainCopyChunk];
-        foreach (var extent in GetExtents(0, Size))
+        foreach (var extent in image.GetExtents(0, Size))
         {
             if (extent.Kind is not (ExtentKind.Allocated or ExtentKind.Zero))
             {
@@ -138,7 +131,7 @@ public sealed partial class Qcow2Image
                 }
                 else
                 {
-                    await ReadCoreAsync(offset, chunk, async, cancellationToken).ConfigureAwait(false);
+                    await image.ReadCoreAsync(offset, chunk, async, cancellationToken).ConfigureAwait(false);
                     await target.WriteAsync(offset, chunk, async, cancellationToken).ConfigureAwait(false);
                 }
 
@@ -150,9 +143,8 @@ public sealed partial class Qcow2Image
         await target.FlushAsync(async, cancellationToken).ConfigureAwait(false);
     }
 
-    private async ValueTask RebaseCoreAsync(string? backingFile, string? backingFormat, bool unsafeRebase, IProgress<double>? progress, bool async, CancellationToken cancellationToken)
+    public async ValueTask RebaseAsync(string? backingFile, string? backingFormat, bool unsafeRebase, IProgress<double>? progress, bool async, CancellationToken cancellationToken)
     {
-        ThrowIfNotWritable();
         backingFile = string.IsNullOrEmpty(backingFile) ? null : backingFile;
         if (!unsafeRebase)
         {
@@ -160,8 +152,8 @@ public sealed partial class Qcow2Image
             if (backingFile is not null)
             {
                 var chain = new ChainContext();
-                chain.Enter(_core.File);
-                newBacking = await OpenBackingAsync(backingFile, backingFormat, _core.File.Path, _core.Options, chain, async, cancellationToken).ConfigureAwait(false);
+                chain.Enter(_metadata.File);
+                newBacking = await ImageOpener.OpenBackingAsync(backingFile, backingFormat, _metadata.File.Path, _session.Options, chain, async, cancellationToken).ConfigureAwait(false);
                 backingFormat ??= newBacking.Format;
             }
 
@@ -175,17 +167,17 @@ public sealed partial class Qcow2Image
             }
         }
 
-        await SetBackingFileCoreAsync(backingFile, backingFormat, async, cancellationToken).ConfigureAwait(false);
+        await SetBackingFileAsync(backingFile, backingFormat, async, cancellationToken).ConfigureAwait(false);
         progress?.Report(1);
     }
 
     /// <summary>Copies into the image every range it does not hold itself where the old and new backing contents differ.</summary>
     private async ValueTask CopyWhatTheNewBackingChangesAsync(IGuestDisk? newBacking, IProgress<double>? progress, bool async, CancellationToken cancellationToken)
     {
-        var clusterSize = _core.Geometry.ClusterSize;
+        var clusterSize = _metadata.Geometry.ClusterSize;
         var oldBytes = new byte[clusterSize];
         var newBytes = new byte[clusterSize];
-        foreach (var extent in GetExtents(0, Size))
+        foreach (var extent in image.GetExtents(0, Size))
         {
             if (extent.Kind is ExtentKind.Allocated or ExtentKind.Zero)
             {
@@ -197,7 +189,7 @@ public sealed partial class Qcow2Image
                 var count = (int)Math.Min(clusterSize - (offset % clusterSize), extent.End - offset);
                 var before = oldBytes.AsMemory(0, count);
                 var after = newBytes.AsMemory(0, count);
-                await ReadCoreAsync(offset, before, async, cancellationToken).ConfigureAwait(false);
+                await image.ReadCoreAsync(offset, before, async, cancellationToken).ConfigureAwait(false);
                 after.Span.Clear();
                 if (newBacking is not null && offset < newBacking.Size)
                 {
@@ -208,11 +200,11 @@ public sealed partial class Qcow2Image
                 {
                     if (before.Span.ContainsAnyExcept((byte)0))
                     {
-                        await WriteCoreAsync(offset, before, async, cancellationToken).ConfigureAwait(false);
+                        await image.WriteCoreAsync(offset, before, async, cancellationToken).ConfigureAwait(false);
                     }
                     else
                     {
-                        await WriteZeroesCoreAsync(offset, count, unmap: false, async, cancellationToken).ConfigureAwait(false);
+                        await image.WriteZeroesCoreAsync(offset, count, unmap: false, async, cancellationToken).ConfigureAwait(false);
                     }
                 }
 
@@ -223,18 +215,18 @@ public sealed partial class Qcow2Image
     }
 
     /// <summary>Replaces the read-only view of the backing file with a fresh one. Caller holds the metadata lock.</summary>
-    private async ValueTask ReopenBackingLockedAsync(bool async, CancellationToken cancellationToken)
+    public async ValueTask ReopenBackingLockedAsync(bool async, CancellationToken cancellationToken)
     {
-        if (_core.Header.BackingFileName is not { } name || _core.Options.BackingFiles != BackingFileMode.Open)
+        if (_metadata.Header.BackingFileName is not { } name || _session.Options.BackingFiles != BackingFileMode.Open)
         {
             return;
         }
 
         var chain = new ChainContext();
-        chain.Enter(_core.File);
-        var fresh = await OpenBackingAsync(name, _core.Header.BackingFormat, _core.File.Path, _core.Options, chain, async, cancellationToken).ConfigureAwait(false);
-        _core.Backing?.Dispose();
-        _core.Backing = fresh;
+        chain.Enter(_metadata.File);
+        var fresh = await ImageOpener.OpenBackingAsync(name, _metadata.Header.BackingFormat, _metadata.File.Path, _session.Options, chain, async, cancellationToken).ConfigureAwait(false);
+        _session.Backing?.Dispose();
+        _session.Backing = fresh;
     }
 
     /// <summary>The backing file opened read-write for a commit: a qcow2 image or a raw file.</summary>
@@ -255,11 +247,11 @@ public sealed partial class Qcow2Image
         {
             try
             {
-                format ??= await ProbeFormatAsync(storage, async, cancellationToken).ConfigureAwait(false);
+                format ??= await ImageOpener.ProbeFormatAsync(storage, async, cancellationToken).ConfigureAwait(false);
                 switch (format)
                 {
                     case "qcow2":
-                        var image = await OpenCoreAsync(storage, options with { Writable = true }, ownsStorage: true, new ChainContext(), async, cancellationToken).ConfigureAwait(false);
+                        var image = await ImageOpener.OpenAsync(storage, options with { Writable = true }, ownsStorage: true, new ChainContext(), async, cancellationToken).ConfigureAwait(false);
                         return new CommitTarget(image, null);
                     case "raw":
                         storage.Lock(FileLockRequest.RawFile(writable: true), locking);

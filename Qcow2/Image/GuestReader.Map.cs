@@ -4,59 +4,15 @@ using QcowDedup.Qcow2.Storage;
 
 namespace QcowDedup.Qcow2.Image;
 
-public sealed partial class Qcow2Image
+internal sealed partial class GuestReader
 {
-    private bool? _metadataPreallocated;
-
-    /// <summary>
-    /// How each guest byte of [offset, offset + length) is backed in this image, without looking into
-    /// backing files: allocated data (with host offsets), zeros, backing, or nothing. Adjacent runs of
-    /// one kind with contiguous host offsets are merged. The list DiscUtils' sparse streams need.
-    /// </summary>
-    public IReadOnlyList<GuestExtent> GetExtents(long offset, long length)
-    {
-        ThrowIfDisposed();
-        ThrowIfOutOfRange(offset, length);
-        return SyncOver.Run(GetExtentsCoreAsync(offset, length, async: false, CancellationToken.None));
-    }
-
-    /// <inheritdoc cref="GetExtents"/>
-    public ValueTask<IReadOnlyList<GuestExtent>> GetExtentsAsync(long offset, long length, CancellationToken cancellationToken = default)
-    {
-        ThrowIfDisposed();
-        ThrowIfOutOfRange(offset, length);
-        return GetExtentsCoreAsync(offset, length, async: true, cancellationToken);
-    }
-
-    /// <summary>
-    /// Block status through the whole backing chain for [offset, offset + length), with the meaning
-    /// and merging of qemu-img map --output=json.
-    /// </summary>
-    public IReadOnlyList<MapEntry> GetMap(long offset, long length)
-    {
-        ThrowIfDisposed();
-        ThrowIfOutOfRange(offset, length);
-        var entries = new List<MapEntry>();
-        SyncOver.Run(((IGuestDisk)this).MapAsync(offset, length, 0, entries, async: false, CancellationToken.None));
-        return Merge(entries);
-    }
-
-    /// <inheritdoc cref="GetMap"/>
-    public async ValueTask<IReadOnlyList<MapEntry>> GetMapAsync(long offset, long length, CancellationToken cancellationToken = default)
-    {
-        ThrowIfDisposed();
-        ThrowIfOutOfRange(offset, length);
-        var entries = new List<MapEntry>();
-        await ((IGuestDisk)this).MapAsync(offset, length, 0, entries, async: true, cancellationToken).ConfigureAwait(false);
-        return Merge(entries);
-    }
-
-    async ValueTask IGuestDisk.MapAsync(long offset, long length, int depth, List<MapEntry> output, bool async, CancellationToken cancellationToken)
+    /// <summary>Block status of [offset, offset + length) through the chain, appended to <paramref name="output"/> at <paramref name="depth"/>.</summary>
+    public async ValueTask MapAsync(long offset, long length, int depth, List<MapEntry> output, bool async, CancellationToken cancellationToken)
     {
         ThrowIfEncrypted();
         var end = offset + length;
         var position = offset;
-        var dataFile = _core.DataFile.Path;
+        var dataFile = _session.GuestDataFile.Path;
         while (position < end)
         {
             var run = await GetRunAsync(position, end - position, async, cancellationToken).ConfigureAwait(false);
@@ -89,9 +45,9 @@ public sealed partial class Qcow2Image
     private async ValueTask MapUnallocatedAsync(MappingRun run, int depth, List<MapEntry> output, bool async, CancellationToken cancellationToken)
     {
         long? offset = run.Type == SubclusterType.UnallocatedAllocated ? run.HostOffset : null;
-        if (_core.Backing is not { } backing)
+        if (_session.Backing is not { } backing)
         {
-            output.Add(new MapEntry(run.GuestOffset, run.Length, depth, Present: false, Zero: true, Data: false, offset, _core.DataFile.Path));
+            output.Add(new MapEntry(run.GuestOffset, run.Length, depth, Present: false, Zero: true, Data: false, offset, _session.GuestDataFile.Path));
             return;
         }
 
@@ -110,7 +66,7 @@ public sealed partial class Qcow2Image
 
     private void AddWithHoles(MappingRun run, int depth, List<MapEntry> output)
     {
-        var storage = _core.DataFile;
+        var storage = _session.GuestDataFile;
         var done = 0L;
         while (done < run.Length)
         {
@@ -139,15 +95,15 @@ public sealed partial class Qcow2Image
             return known;
         }
 
-        var allocated = FileSystemInfoProbe.AllocatedBytes(_core.File);
-        var realClusters = allocated / _core.Geometry.ClusterSize;
+        var allocated = FileSystemInfoProbe.AllocatedBytes(_metadata.File);
+        var realClusters = allocated / _metadata.Geometry.ClusterSize;
         var threshold = Math.Max(realClusters * 10 / 9, realClusters + 2);
-        var fileLength = _core.RefreshFileLength();
-        var endCluster = _core.Geometry.ClustersFor(fileLength);
+        var fileLength = _metadata.RefreshFileLength();
+        var endCluster = _metadata.Geometry.ClustersFor(fileLength);
         long counted = 0;
-        using (await _core.MetadataLock.AcquireAsync(async, cancellationToken).ConfigureAwait(false))
+        using (await _metadata.MetadataLock.AcquireAsync(async, cancellationToken).ConfigureAwait(false))
         {
-            var refcounts = await _core.GetRefcountsLockedAsync(async, cancellationToken).ConfigureAwait(false);
+            var refcounts = await _metadata.GetRefcountsLockedAsync(async, cancellationToken).ConfigureAwait(false);
             for (long cluster = 0; cluster < endCluster && counted < threshold; cluster++)
             {
                 if (await refcounts.GetAsync(cluster, fileLength, async, cancellationToken).ConfigureAwait(false) != 0)
@@ -161,7 +117,7 @@ public sealed partial class Qcow2Image
         return _metadataPreallocated.Value;
     }
 
-    private async ValueTask<IReadOnlyList<GuestExtent>> GetExtentsCoreAsync(long offset, long length, bool async, CancellationToken cancellationToken)
+    public async ValueTask<IReadOnlyList<GuestExtent>> GetExtentsAsync(long offset, long length, bool async, CancellationToken cancellationToken)
     {
         var extents = new List<GuestExtent>();
         var position = offset;
@@ -175,7 +131,7 @@ public sealed partial class Qcow2Image
                 SubclusterType.Compressed => (ExtentKind.Allocated, null),
                 SubclusterType.ZeroPlain => (ExtentKind.Zero, null),
                 SubclusterType.ZeroAllocated => (ExtentKind.Zero, run.HostOffset),
-                _ => (_core.Backing is null ? ExtentKind.Unallocated : ExtentKind.Backing, (long?)null),
+                _ => (_session.Backing is null ? ExtentKind.Unallocated : ExtentKind.Backing, (long?)null),
             };
             var compressed = run.Type == SubclusterType.Compressed;
             if (extents.Count > 0 && extents[^1] is var last && last.Kind == kind && last.IsCompressed == compressed
@@ -196,13 +152,14 @@ public sealed partial class Qcow2Image
 
     private async ValueTask<MappingRun> GetRunAsync(long position, long maxLength, bool async, CancellationToken cancellationToken)
     {
-        using (await _core.MetadataLock.AcquireAsync(async, cancellationToken).ConfigureAwait(false))
+        using (await _metadata.MetadataLock.AcquireAsync(async, cancellationToken).ConfigureAwait(false))
         {
             return await _map.GetRunLockedAsync(position, maxLength, async, cancellationToken).ConfigureAwait(false);
         }
     }
 
-    private static List<MapEntry> Merge(List<MapEntry> entries)
+    /// <summary>Merges adjacent entries as qemu-img map does.</summary>
+    public static List<MapEntry> Merge(List<MapEntry> entries)
     {
         var merged = new List<MapEntry>(entries.Count);
         foreach (var entry in entries)

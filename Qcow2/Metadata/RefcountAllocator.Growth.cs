@@ -3,7 +3,7 @@ using QcowDedup.Qcow2.Storage;
 
 namespace QcowDedup.Qcow2.Metadata;
 
-internal sealed partial class RefcountManager
+internal sealed partial class RefcountAllocator
 {
     /// <summary>
     /// Replaces the refcount table with a larger one holding at least <paramref name="neededEntries"/>

@@ -5,69 +5,38 @@ using QcowDedup.Qcow2.Storage;
 
 namespace QcowDedup.Qcow2.Image;
 
-public sealed partial class Qcow2Image
+/// <summary>
+/// The guest write path (QEMU's qcow2-cluster.c): writes in place or copy-on-write into a host
+/// cluster the allocator seam places, zero clusters, discards and compressed clusters. Data moves
+/// outside the metadata lock; mappings change under it, through <see cref="ActiveTables"/> and
+/// <see cref="RefcountAllocator"/>, which apply the ordering rules.
+/// </summary>
+internal sealed partial class GuestWriter
 {
-    /// <summary>Writes guest bytes at <paramref name="offset"/>; the range must lie inside the disk.</summary>
-    /// <exception cref="NotSupportedException">The image is read-only.</exception>
-    /// <exception cref="ArgumentOutOfRangeException">The range extends past <see cref="Size"/>.</exception>
-    public void Write(long offset, ReadOnlySpan<byte> buffer)
+    private readonly ImageSession _session;
+    private readonly ImageMetadata _metadata;
+    private readonly WritableState _writable;
+    private readonly GuestReader _reader;
+
+    public GuestWriter(ImageSession session, WritableState writable, GuestReader reader)
     {
-        var rented = ArrayPool<byte>.Shared.Rent(buffer.Length);
-        try
-        {
-            buffer.CopyTo(rented);
-            Write(offset, rented, 0, buffer.Length);
-        }
-        finally
-        {
-            ArrayPool<byte>.Shared.Return(rented);
-        }
+        _session = session;
+        _metadata = session.Metadata;
+        _writable = writable;
+        _reader = reader;
     }
 
-    /// <inheritdoc cref="Write(long, ReadOnlySpan{byte})"/>
-    public void Write(long offset, byte[] buffer, int index, int count)
-    {
-        ArgumentNullException.ThrowIfNull(buffer);
-        ThrowIfNotWritable(offset, count);
-        SyncOver.Run(Guard(WriteCoreAsync(offset, buffer.AsMemory(index, count), async: false, CancellationToken.None)));
-    }
+    /// <summary>Guest-visible size in bytes (the header's: a writer never serves a snapshot view).</summary>
+    private long Size => _metadata.Header.Header.Size;
 
-    /// <inheritdoc cref="Write(long, ReadOnlySpan{byte})"/>
-    public ValueTask WriteAsync(long offset, ReadOnlyMemory<byte> buffer, CancellationToken cancellationToken = default)
-    {
-        ThrowIfNotWritable(offset, buffer.Length);
-        return Guard(WriteCoreAsync(offset, buffer, async: true, cancellationToken));
-    }
-
-    private void ThrowIfNotWritable(long offset, long length)
-    {
-        ThrowIfDisposed();
-        ThrowIfNotWritable();
-        ThrowIfOutOfRange(offset, length);
-    }
-
-    /// <summary>Refuses changes on a read-only image or snapshot view, and on one the overlap check marked corrupt.</summary>
-    private void ThrowIfNotWritable()
-    {
-        if (!IsWritable || _isSnapshotView)
-        {
-            throw new NotSupportedException(_isSnapshotView ? "Snapshot views are read-only." : "The image was opened read-only.");
-        }
-
-        if (_core.CorruptionDetected is { } problem)
-        {
-            throw Qcow2Corruption.Create("image", $"it was marked corrupt and takes no more writes ({problem})");
-        }
-    }
-
-    private async ValueTask WriteCoreAsync(long offset, ReadOnlyMemory<byte> data, bool async, CancellationToken cancellationToken)
+    public async ValueTask WriteAsync(long offset, ReadOnlyMemory<byte> data, bool async, CancellationToken cancellationToken)
     {
         if (data.IsEmpty)
         {
             return;
         }
 
-        var geometry = _core.Geometry;
+        var geometry = _metadata.Geometry;
         var end = offset + data.Length;
         using var range = await LockClustersAsync(offset, end, async, cancellationToken).ConfigureAwait(false);
         var fingerprints = DescribeFullClusters(offset, data);
@@ -86,7 +55,7 @@ public sealed partial class Qcow2Image
     }
 
     private ValueTask<RangeLock.Releaser> LockClustersAsync(long start, long end, bool async, CancellationToken cancellationToken) =>
-        _core.GuestLock.AcquireAsync(_core.Geometry.StartOfCluster(start), _core.Geometry.RoundUpToCluster(end), exclusive: true, async, cancellationToken);
+        _session.GuestLock.AcquireAsync(_metadata.Geometry.StartOfCluster(start), _metadata.Geometry.RoundUpToCluster(end), exclusive: true, async, cancellationToken);
 
     /// <summary>
     /// Hashes (or otherwise describes) every whole cluster of a large write in parallel before the
@@ -94,8 +63,8 @@ public sealed partial class Qcow2Image
     /// </summary>
     private object?[]? DescribeFullClusters(long offset, ReadOnlyMemory<byte> data)
     {
-        var allocator = _core.Allocator;
-        var geometry = _core.Geometry;
+        var allocator = _writable.Allocator;
+        var geometry = _metadata.Geometry;
         if (!allocator.SharesClusters || data.Length < 2 * geometry.ClusterSize)
         {
             return null;
@@ -125,14 +94,14 @@ public sealed partial class Qcow2Image
         }
 
         ClusterState state;
-        using (await _core.MetadataLock.AcquireAsync(async, cancellationToken).ConfigureAwait(false))
+        using (await _metadata.MetadataLock.AcquireAsync(async, cancellationToken).ConfigureAwait(false))
         {
             state = await InspectClusterLockedAsync(clusterStart, wholeCluster: from == 0 && data.Length == ClusterBytesAt(clusterStart), async, cancellationToken).ConfigureAwait(false);
             if (state.InPlace)
             {
                 // Decided under the metadata lock; until the bytes are written no one may share the
                 // cluster (an allocator answer naming it is refused), so its refcount stays 1.
-                _core.InPlaceWrites.TryAdd(state.Host, 0);
+                _writable.InPlaceWrites.TryAdd(state.Host, 0);
             }
         }
 
@@ -144,7 +113,7 @@ public sealed partial class Qcow2Image
             }
             finally
             {
-                _core.InPlaceWrites.TryRemove(state.Host, out _);
+                _writable.InPlaceWrites.TryRemove(state.Host, out _);
             }
         }
         else
@@ -154,13 +123,13 @@ public sealed partial class Qcow2Image
     }
 
     /// <summary>Guest bytes of the cluster at <paramref name="clusterStart"/> that lie inside the disk.</summary>
-    private int ClusterBytesAt(long clusterStart) => (int)Math.Min(_core.Geometry.ClusterSize, Size - clusterStart);
+    private int ClusterBytesAt(long clusterStart) => (int)Math.Min(_metadata.Geometry.ClusterSize, Size - clusterStart);
 
     /// <summary>Reads a cluster's mapping and decides whether it can be written in place.</summary>
     private async ValueTask<ClusterState> InspectClusterLockedAsync(long clusterStart, bool wholeCluster, bool async, CancellationToken cancellationToken)
     {
-        var (entry, bitmap) = await _core.Tables!.ReadEntryAsync(clusterStart, async, cancellationToken).ConfigureAwait(false);
-        var geometry = _core.Geometry;
+        var (entry, bitmap) = await _writable.Tables.ReadEntryAsync(clusterStart, async, cancellationToken).ConfigureAwait(false);
+        var geometry = _metadata.Geometry;
         var type = entry.GetClusterType(geometry.ExtendedL2, geometry.ExternalDataFile);
         var host = type is ClusterType.Normal or ClusterType.ZeroAllocated ? entry.HostOffset : -1;
         if (host >= 0 && !geometry.IsClusterAligned(host))
@@ -177,7 +146,7 @@ public sealed partial class Qcow2Image
             }
             else
             {
-                var refcount = await _core.RefcountManager!.GetAsync(host >> geometry.ClusterBits, async, cancellationToken).ConfigureAwait(false);
+                var refcount = await _writable.Refcounts.GetAsync(host >> geometry.ClusterBits, async, cancellationToken).ConfigureAwait(false);
                 if (refcount == 0)
                 {
                     throw Qcow2Corruption.Create("refcount block", $"data cluster 0x{host:x} (guest offset 0x{clusterStart:x}) is in use but its refcount is 0");
@@ -186,7 +155,7 @@ public sealed partial class Qcow2Image
                 // In place only when COPIED says this entry owns the cluster alone (QEMU's rule) and the
                 // refcount agrees (ours): a refcount of 1 under an entry without COPIED can be a damaged
                 // image whose "data cluster" is another entry's data or some table, so copy it instead.
-                inPlace = entry.IsCopied && refcount == 1 && _core.Allocator.AllowOverwriteInPlace(host, clusterStart, wholeCluster);
+                inPlace = entry.IsCopied && refcount == 1 && _writable.Allocator.AllowOverwriteInPlace(host, clusterStart, wholeCluster);
             }
         }
 
@@ -195,7 +164,7 @@ public sealed partial class Qcow2Image
 
     private async ValueTask WriteInPlaceAsync(ClusterState state, int from, ReadOnlyMemory<byte> data, bool async, CancellationToken cancellationToken)
     {
-        var geometry = _core.Geometry;
+        var geometry = _metadata.Geometry;
         var to = from + data.Length;
         var entry = state.Entry.WithCopied(true);
         var bitmap = state.Bitmap;
@@ -228,13 +197,11 @@ public sealed partial class Qcow2Image
 
         if (entry != state.Entry || bitmap != state.Bitmap)
         {
-            using (await _core.MetadataLock.AcquireAsync(async, cancellationToken).ConfigureAwait(false))
+            using (await _metadata.MetadataLock.AcquireAsync(async, cancellationToken).ConfigureAwait(false))
             {
-                using var table = await _core.Tables!.GetWritableAsync(state.ClusterStart, async, cancellationToken).ConfigureAwait(false);
+                using var table = await _writable.Tables.GetWritableAsync(state.ClusterStart, async, cancellationToken).ConfigureAwait(false);
                 // Setting COPIED must not reach the disk before the decrement that made the refcount 1.
-                await _core.Tables.OrderAfterRefcountsAsync(async, cancellationToken).ConfigureAwait(false);
-                _core.L2Cache.FlushStorageBeforeWrite = true;
-                _core.Tables.SetEntry(table, state.ClusterStart, entry, bitmap);
+                await _writable.Tables.SetEntryAfterDataAsync(table, state.ClusterStart, entry, bitmap, async, cancellationToken).ConfigureAwait(false);
             }
         }
     }
@@ -274,36 +241,36 @@ public sealed partial class Qcow2Image
         buffer.Span[inside..].Clear();
         if (inside > 0)
         {
-            await ReadCoreAsync(offset, buffer[..inside], async, cancellationToken, lockRange: false).ConfigureAwait(false);
+            await _reader.ReadAsync(offset, buffer[..inside], async, cancellationToken, lockRange: false).ConfigureAwait(false);
         }
     }
 
     /// <summary>Writes guest data to the data file (the image itself or the external data file).</summary>
-    private async ValueTask WriteDataAsync(long host, ReadOnlyMemory<byte> data, bool async, CancellationToken cancellationToken)
+    public async ValueTask WriteDataAsync(long host, ReadOnlyMemory<byte> data, bool async, CancellationToken cancellationToken)
     {
-        if (!_core.Geometry.ExternalDataFile)
+        if (!_metadata.Geometry.ExternalDataFile)
         {
-            _core.GuardData(host, data.Length);
+            _metadata.GuardData(host, data.Length);
         }
 
-        await _core.DataFile.WriteAsync(host, data, async, cancellationToken).ConfigureAwait(false);
-        if (!_core.Geometry.ExternalDataFile)
+        await _session.GuestDataFile.WriteAsync(host, data, async, cancellationToken).ConfigureAwait(false);
+        if (!_metadata.Geometry.ExternalDataFile)
         {
-            _core.NoteFileEnd(host + data.Length);
+            _metadata.NoteFileEnd(host + data.Length);
         }
     }
 
     /// <summary>The subcluster-aligned span covering bytes [from, to) of a cluster.</summary>
     private (int Start, int End) SubclusterSpan(int from, int to)
     {
-        var size = _core.Geometry.SubclusterSize;
+        var size = _metadata.Geometry.SubclusterSize;
         return (from / size * size, (to + size - 1) / size * size);
     }
 
     /// <summary>The bitmap with the span's subclusters allocated and no longer zero.</summary>
     private SubclusterBitmap WithAllocatedSpan(SubclusterBitmap bitmap, int spanStart, int spanEnd)
     {
-        var bits = _core.Geometry.SubclusterBits;
+        var bits = _metadata.Geometry.SubclusterBits;
         var first = spanStart >> bits;
         var count = (spanEnd - spanStart) >> bits;
         return new SubclusterBitmap((bitmap.Raw & ~SubclusterBitmap.ZeroRange(first, count)) | SubclusterBitmap.AllocatedRange(first, count));

@@ -1,104 +1,21 @@
 using System.Buffers.Binary;
+using QcowDedup.Qcow2.Check;
 using QcowDedup.Qcow2.Format;
 using QcowDedup.Qcow2.Metadata;
 using QcowDedup.Qcow2.Storage;
 
 namespace QcowDedup.Qcow2.Image;
 
-public sealed partial class Qcow2Image
+/// <summary>
+/// Opening an image (qcow2_do_open): header checks, the tables read at open, the data file and
+/// backing chain, and the read-write preparation.
+/// </summary>
+internal static class ImageOpener
 {
-    /// <summary>Opens the qcow2 image at <paramref name="path"/> (read-only unless the options say otherwise).</summary>
-    /// <exception cref="InvalidDataException">The image is corrupt; the message names the structure.</exception>
-    /// <exception cref="NotSupportedException">The image uses a feature this library does not support.</exception>
-    /// <exception cref="FileNotFoundException">The image, its backing file or its data file is missing.</exception>
-    public static Qcow2Image Open(string path, Qcow2OpenOptions? options = null)
-    {
-        ArgumentException.ThrowIfNullOrEmpty(path);
-        options ??= new Qcow2OpenOptions();
-        options.Validate();
-        return SyncOver.Run(OpenCoreAsync(FileStorage.Open(path, options.ImageFileOptions), options, ownsStorage: true, new ChainContext(), async: false, CancellationToken.None));
-    }
-
-    /// <inheritdoc cref="Open(string, Qcow2OpenOptions?)"/>
-    public static ValueTask<Qcow2Image> OpenAsync(string path, Qcow2OpenOptions? options = null, CancellationToken cancellationToken = default)
-    {
-        ArgumentException.ThrowIfNullOrEmpty(path);
-        options ??= new Qcow2OpenOptions();
-        options.Validate();
-        return OpenCoreAsync(FileStorage.Open(path, options.ImageFileOptions), options, ownsStorage: true, new ChainContext(), async: true, cancellationToken);
-    }
-
-    /// <summary>
-    /// Opens an image held in a seekable stream. Relative backing file names resolve against the
-    /// stream's file when it is a <see cref="FileStream"/>, else against the current directory.
-    /// </summary>
-    public static Qcow2Image Open(Stream stream, Qcow2OpenOptions? options = null)
-    {
-        ArgumentNullException.ThrowIfNull(stream);
-        options ??= new Qcow2OpenOptions();
-        var storage = new StreamStorage(stream, options.LeaveOpen, (stream as FileStream)?.Name);
-        return SyncOver.Run(OpenCoreAsync(storage, options, ownsStorage: true, new ChainContext(), async: false, CancellationToken.None));
-    }
-
-    /// <summary>Opens an image over any <see cref="IStorage"/> (e.g. one that injects faults in tests).</summary>
-    /// <param name="storage">The image bytes.</param>
-    /// <param name="options">Open options.</param>
-    /// <param name="leaveOpen">Whether disposing the image leaves <paramref name="storage"/> open.</param>
-    /// <remarks>
-    /// A file's locks belong to its open (<see cref="FileStorage"/> object), not to each image over
-    /// it: two images opened over one storage object are not refused, so give each image its own storage.
-    /// </remarks>
-    public static Qcow2Image Open(IStorage storage, Qcow2OpenOptions? options = null, bool leaveOpen = false)
-    {
-        ArgumentNullException.ThrowIfNull(storage);
-        return SyncOver.Run(OpenCoreAsync(storage, options ?? new Qcow2OpenOptions(), !leaveOpen, new ChainContext(), async: false, CancellationToken.None));
-    }
-
-    /// <inheritdoc cref="Open(IStorage, Qcow2OpenOptions?, bool)"/>
-    public static ValueTask<Qcow2Image> OpenAsync(IStorage storage, Qcow2OpenOptions? options = null, bool leaveOpen = false, CancellationToken cancellationToken = default)
-    {
-        ArgumentNullException.ThrowIfNull(storage);
-        return OpenCoreAsync(storage, options ?? new Qcow2OpenOptions(), !leaveOpen, new ChainContext(), async: true, cancellationToken);
-    }
-
-    /// <summary>
-    /// Follows the backing chain of the image at <paramref name="path"/> from header to header —
-    /// names, paths, formats — without opening any layer as an image, and stops where a file is
-    /// missing, refused by the backing file policy, or loops, saying why (qemu-img info
-    /// --backing-chain, which shows nothing when one file is missing).
-    /// </summary>
-    /// <param name="path">The image.</param>
-    /// <param name="options">Policy, resolver, locking and force-share to follow; opened read-only.</param>
-    /// <exception cref="InvalidDataException">The image itself is corrupt.</exception>
-    /// <exception cref="FileNotFoundException">The image itself is missing.</exception>
-    public static IReadOnlyList<BackingChainLink> ReadBackingChain(string path, Qcow2OpenOptions? options = null)
-    {
-        ArgumentException.ThrowIfNullOrEmpty(path);
-        return BackingChainReader.Read(path, options ?? new Qcow2OpenOptions());
-    }
-
-    /// <summary>Opens an internal snapshot's disk as a read-only image sharing this image's files.</summary>
-    /// <param name="key">The snapshot's id or name, as <paramref name="lookup"/> says.</param>
-    /// <param name="lookup">Whether <paramref name="key"/> is an id, a name, or an id else a name (qemu-img convert -s).</param>
-    /// <exception cref="KeyNotFoundException">No such snapshot.</exception>
-    public Qcow2Image OpenSnapshot(string key, SnapshotLookup lookup)
-    {
-        ThrowIfDisposed();
-        var snapshot = FindSnapshotOrThrow(key, lookup);
-        var l1 = SyncOver.Run(L1Table.ReadAsync(_core.File, snapshot.L1TableOffset, snapshot.L1Size, $"L1 table of snapshot '{snapshot.Name}'", async: false, CancellationToken.None));
-        var size = snapshot.DiskSize ?? Size;
-        if (Header.Header.L2Coverage * (long)l1.Size < size && size > 0)
-        {
-            throw Qcow2Corruption.Create("snapshot table entry", $"snapshot '{snapshot.Name}' has {l1.Size} L1 entries, too few for its {size}-byte disk", snapshot.L1TableOffset);
-        }
-
-        return new Qcow2Image(_core, new ClusterMap(_core.Geometry, l1, _core.L2Cache, () => _core.FileLength), size, isSnapshotView: true);
-    }
-
     /// <summary>Opens an image from its storage. With <paramref name="deferExtensions"/>, Create opens the extensions itself once the disk has its size.</summary>
-    internal static async ValueTask<Qcow2Image> OpenCoreAsync(IStorage storage, Qcow2OpenOptions options, bool ownsStorage, ChainContext chain, bool async, CancellationToken cancellationToken, bool deferExtensions = false)
+    public static async ValueTask<Qcow2Image> OpenAsync(IStorage storage, Qcow2OpenOptions options, bool ownsStorage, ChainContext chain, bool async, CancellationToken cancellationToken, bool deferExtensions = false)
     {
-        ImageCore? core = null;
+        ImageSession? session = null;
         try
         {
             options.Validate();
@@ -109,28 +26,29 @@ public sealed partial class Qcow2Image
             HeaderValidator.ValidateIncompatibleFeatures(header);
             CheckOpenable(header, storage, options);
 
-            core = new ImageCore(storage, header, options, ownsStorage);
-            core.ActiveL1 = await L1Table.ReadAsync(storage, header.Header.L1TableOffset, header.Header.L1Size, "active L1 table", async, cancellationToken, core.ReadsTablesPastEndAsZeros).ConfigureAwait(false);
-            core.Snapshots = await ReadSnapshotTableAsync(storage, header.Header, async, cancellationToken).ConfigureAwait(false);
-            core.Bitmaps = await ReadBitmapDirectoryAsync(storage, header, async, cancellationToken).ConfigureAwait(false);
+            session = new ImageSession(storage, header, options, ownsStorage);
+            var metadata = session.Metadata;
+            metadata.ActiveL1 = await L1Table.ReadAsync(storage, header.Header.L1TableOffset, header.Header.L1Size, "active L1 table", async, cancellationToken, metadata.ReadsTablesPastEndAsZeros).ConfigureAwait(false);
+            metadata.Snapshots = await ReadSnapshotTableAsync(storage, header.Header, async, cancellationToken).ConfigureAwait(false);
+            metadata.Bitmaps = await ReadBitmapDirectoryAsync(storage, header, async, cancellationToken).ConfigureAwait(false);
             if (header.Header.HasExternalDataFile)
             {
-                core.DataFile = OpenDataFile(header, storage.Path, options);
+                session.GuestDataFile = OpenDataFile(header, storage.Path, options);
             }
 
             if (header.BackingFileName is { } backingName && options.BackingFiles == BackingFileMode.Open)
             {
-                core.Backing = await OpenBackingAsync(backingName, header.BackingFormat, storage.Path, options, chain, async, cancellationToken).ConfigureAwait(false);
+                session.Backing = await OpenBackingAsync(backingName, header.BackingFormat, storage.Path, options, chain, async, cancellationToken).ConfigureAwait(false);
             }
 
-            var image = new Qcow2Image(core, new ClusterMap(core.Geometry, core.ActiveL1, core.L2Cache, () => core.FileLength), header.Header.Size, isSnapshotView: false);
+            var image = new Qcow2Image(session);
             if (options.Writable)
             {
-                await image.PrepareForWritingAsync(deferExtensions, async, cancellationToken).ConfigureAwait(false);
+                await PrepareForWritingAsync(image, session, deferExtensions, async, cancellationToken).ConfigureAwait(false);
             }
             else
             {
-                using (await core.MetadataLock.AcquireAsync(async, cancellationToken).ConfigureAwait(false))
+                using (await metadata.MetadataLock.AcquireAsync(async, cancellationToken).ConfigureAwait(false))
                 {
                     image.OpenExtensions();
                 }
@@ -140,9 +58,9 @@ public sealed partial class Qcow2Image
         }
         catch
         {
-            if (core is not null)
+            if (session is not null)
             {
-                core.Dispose();
+                session.Dispose();
             }
             else if (ownsStorage)
             {
@@ -153,8 +71,60 @@ public sealed partial class Qcow2Image
         }
     }
 
+    /// <summary>
+    /// Read-write open, as QEMU does it: clear auto-clear bits no loaded code maintains, mark
+    /// persistent bitmaps in use (writes are not tracked in them), create the writable state,
+    /// repair a dirty image, and arm the dirty bit for the first change.
+    /// </summary>
+    private static async ValueTask PrepareForWritingAsync(Qcow2Image image, ImageSession session, bool deferExtensions, bool async, CancellationToken cancellationToken)
+    {
+        var metadata = session.Metadata;
+        using var locked = await metadata.MetadataLock.AcquireAsync(async, cancellationToken).ConfigureAwait(false);
+        var header = metadata.Header;
+        var maintained = AutoclearFeatures.RawExternalData | AutoclearFeatures.Bitmaps;
+        foreach (var extension in session.Extensions)
+        {
+            maintained |= (AutoclearFeatures)(1UL << extension.AutoclearBit);
+        }
+
+        if ((header.Header.Autoclear & ~maintained) != 0)
+        {
+            await metadata.RewriteHeaderAsync(header with { Header = header.Header with { Autoclear = header.Header.Autoclear & maintained } }, async, cancellationToken).ConfigureAwait(false);
+        }
+
+        var table = await metadata.GetRefcountsLockedAsync(async, cancellationToken).ConfigureAwait(false);
+        var writes = new WriteSession(session, new WritableState(session, table), image.Reader);
+        var state = writes.State;
+        if (!session.Options.ForRepair)
+        {
+            await state.Metadata.MarkBitmapsInUseAsync(async, cancellationToken).ConfigureAwait(false); // a repair writes no guest data: bitmaps stay true
+        }
+
+        image.AttachWrites(writes);
+        if (!deferExtensions)
+        {
+            image.OpenExtensionsAndAllocator();
+        }
+
+        var dirty = (metadata.Header.Header.Incompatible & IncompatibleFeatures.Dirty) != 0;
+        if (dirty && session.Options.ForRepair)
+        {
+            state.Metadata.KeepDirtyBit = true; // until a repair leaves the image clean; Check reports what is wrong
+        }
+        else if (dirty)
+        {
+            var result = await writes.Checker.CheckLockedAsync(CheckRepair.All, salvage: false, async, cancellationToken).ConfigureAwait(false);
+            if (result.Failure is not null || result.CheckErrors > 0 || result.Corruptions > 0)
+            {
+                throw Qcow2Corruption.Create("header", $"could not repair the dirty image ({result.CheckErrors} check errors, {result.Corruptions} corruptions remain{(result.Failure is null ? string.Empty : ", check failed: " + result.Failure)}): {string.Join("; ", result.Messages.Take(5))}");
+            }
+        }
+
+        state.Metadata.ArmDirtyBit();
+    }
+
     /// <summary>Reads and decodes cluster 0.</summary>
-    internal static async ValueTask<HeaderCluster> ReadHeaderClusterAsync(IStorage storage, bool async, CancellationToken cancellationToken)
+    public static async ValueTask<HeaderCluster> ReadHeaderClusterAsync(IStorage storage, bool async, CancellationToken cancellationToken)
     {
         var length = storage.Length;
         var start = new byte[Qcow2Header.MinimumReadLength];
@@ -212,7 +182,7 @@ public sealed partial class Qcow2Image
     }
 
     /// <summary>Encrypted images open for their metadata only; guest data stays out of reach.</summary>
-    private static NotSupportedException EncryptionUnsupported(EncryptionMethod method) =>
+    public static NotSupportedException EncryptionUnsupported(EncryptionMethod method) =>
         new($"The image is encrypted ({(method == EncryptionMethod.Aes ? "legacy AES" : "LUKS")}); reading or writing the guest data of encrypted qcow2 images is not supported.");
 
     private static async ValueTask<IReadOnlyList<SnapshotTableEntry>> ReadSnapshotTableAsync(IStorage storage, Qcow2Header header, bool async, CancellationToken cancellationToken)
@@ -307,11 +277,11 @@ public sealed partial class Qcow2Image
     /// allocator or extensions; resolver, policy, locking and force-share are inherited as QEMU
     /// passes force-share down the chain.
     /// </summary>
-    private static Qcow2OpenOptions InheritedOptions(Qcow2OpenOptions options) =>
+    public static Qcow2OpenOptions InheritedOptions(Qcow2OpenOptions options) =>
         options with { Writable = false, Allocator = null, Extensions = [], DataFilePath = null, LeaveOpen = false, ForRepair = false };
 
     /// <summary>Opens a file the image names, as far as its backing file policy allows.</summary>
-    internal static IStorage OpenImplicitFile(FileReference reference, Qcow2OpenOptions options)
+    public static IStorage OpenImplicitFile(FileReference reference, Qcow2OpenOptions options)
     {
         var policy = options.BackingPolicy;
         reference = reference with { AllowNonRegularFile = policy.AllowNonRegularFiles };
@@ -330,7 +300,7 @@ public sealed partial class Qcow2Image
         }
     }
 
-    private static async ValueTask<IGuestDisk> OpenBackingAsync(string name, string? format, string? imagePath, Qcow2OpenOptions options, ChainContext chain, bool async, CancellationToken cancellationToken)
+    public static async ValueTask<IGuestDisk> OpenBackingAsync(string name, string? format, string? imagePath, Qcow2OpenOptions options, ChainContext chain, bool async, CancellationToken cancellationToken)
     {
         var storage = OpenImplicitFile(new FileReference(name, FileReferenceKind.BackingFile, imagePath, Writable: false), options);
         try
@@ -340,7 +310,7 @@ public sealed partial class Qcow2Image
             switch (format)
             {
                 case "qcow2":
-                    return await OpenCoreAsync(storage, InheritedOptions(options), ownsStorage: true, chain, async, cancellationToken).ConfigureAwait(false);
+                    return await OpenAsync(storage, InheritedOptions(options), ownsStorage: true, chain, async, cancellationToken).ConfigureAwait(false);
                 case "raw":
                     storage.Lock(FileLockRequest.RawFile(writable: false), options.Locking);
                     chain.Enter(storage);
@@ -356,59 +326,10 @@ public sealed partial class Qcow2Image
         }
     }
 
-    internal static async ValueTask<string> ProbeFormatAsync(IStorage storage, bool async, CancellationToken cancellationToken)
+    public static async ValueTask<string> ProbeFormatAsync(IStorage storage, bool async, CancellationToken cancellationToken)
     {
         var magic = new byte[4];
         var read = await storage.ReadAsync(0, magic, async, cancellationToken).ConfigureAwait(false);
         return read == 4 && BinaryPrimitives.ReadUInt32BigEndian(magic) == Qcow2Layout.Magic ? "qcow2" : "raw";
     }
-}
-
-/// <summary>
-/// The files already opened along a backing chain, by identity (device and inode) where the
-/// system tells it, so that a loop through a symbolic or hard link is found like a plain one.
-/// </summary>
-internal sealed class ChainContext
-{
-    /// <summary>
-    /// Most backing files below one image. QEMU sets no limit (it opens 800-deep chains), but a
-    /// hostile chain must end in a clear error, not in running out of file descriptors.
-    /// </summary>
-    public const int MaxDepth = 1024;
-
-    private readonly List<(string Name, FileIdentity? Identity)> _files = [];
-
-    public void Enter(IStorage storage) => _files.Add((storage.Path ?? "(stream)", (storage as FileStorage)?.Identity));
-
-    /// <summary>Refuses a file that is already in the chain, or a chain grown past <see cref="MaxDepth"/>.</summary>
-    public void CheckCanEnter(IStorage storage, string name)
-    {
-        var key = (storage.Path ?? name, (storage as FileStorage)?.Identity);
-        if (_files.Any(f => key.Item2 is { } identity ? f.Identity == identity : string.Equals(f.Name, key.Item1, StringComparison.Ordinal)))
-        {
-            throw Qcow2Corruption.Create("backing chain", $"loop: {Describe()} -> {key.Item1}");
-        }
-
-        if (_files.Count > MaxDepth)
-        {
-            throw new NotSupportedException($"The backing chain of {_files[0].Name} is deeper than {MaxDepth} backing files.");
-        }
-
-        EnsureStack();
-    }
-
-    /// <summary>
-    /// Opening, reading and mapping recurse once per layer of the chain. A thread without stack
-    /// for one more layer gets a clear error instead of a stack overflow, which no caller could catch.
-    /// </summary>
-    /// <exception cref="NotSupportedException">Too little stack is left.</exception>
-    public static void EnsureStack()
-    {
-        if (!System.Runtime.CompilerServices.RuntimeHelpers.TryEnsureSufficientExecutionStack())
-        {
-            throw new NotSupportedException("The backing chain is too deep for this thread's stack; use a thread with a larger stack.");
-        }
-    }
-
-    public string Describe() => string.Join(" -> ", _files.Select(f => f.Name));
 }
