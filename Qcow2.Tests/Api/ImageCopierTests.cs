@@ -43,6 +43,33 @@ public class ImageCopierTests : TempDirectoryFixture
     }
 
     [Test]
+    public void An_async_compressed_copy_stores_compressed_clusters([Values] bool async)
+    {
+        var from = PathOf("text.raw");
+        var text = System.Text.Encoding.ASCII.GetBytes(string.Concat(Enumerable.Repeat("qcow2 compresses text well. ", 80_000)));
+        File.WriteAllBytes(from, text.AsSpan(0, 2 * MiB).ToArray());
+        var to = PathOf("compressed.qcow2");
+
+        using (var source = DiskSource.Open(from, "raw"))
+        using (var target = Qcow2Image.Create(to, new Qcow2CreateOptions { Size = source.Size }))
+        {
+            var options = new ImageCopyOptions { Compress = true };
+            if (async)
+            {
+                ImageCopier.CopyAsync(source, target, options).AsTask().GetAwaiter().GetResult();
+            }
+            else
+            {
+                ImageCopier.Copy(source, target, options);
+            }
+        }
+
+        Qemu.AssertClean(to);
+        Qemu.Compare(from, to, "raw", "qcow2").ExitCode.ShouldBe(0);
+        new FileInfo(to).Length.ShouldBeLessThan(MiB / 2, "2 MiB of repeated text is stored compressed");
+    }
+
+    [Test]
     public void A_stream_of_raw_bytes_converts_into_a_new_image()
     {
         var bytes = new byte[3 * MiB];

@@ -221,9 +221,12 @@ public static class ImageCopier
 
         public override ValueTask WriteAsync(long offset, ReadOnlyMemory<byte> data, bool compress, bool async, CancellationToken cancellationToken)
         {
-            if (compress)
+            if (compress && async)
             {
-                // Compressed writes have no async form: each is one cluster, done in memory then written.
+                return image.WriteCompressedAsync(offset, data, cancellationToken);
+            }
+            else if (compress)
+            {
                 image.WriteCompressed(offset, data.Span);
             }
             else if (async)

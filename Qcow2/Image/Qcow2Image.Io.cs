@@ -140,6 +140,13 @@ public sealed partial class Qcow2Image
         }
     }
 
+    /// <inheritdoc cref="WriteCompressed"/>
+    public ValueTask WriteCompressedAsync(long offset, ReadOnlyMemory<byte> cluster, CancellationToken cancellationToken = default)
+    {
+        ThrowIfNotWritable(offset, cluster.Length);
+        return Guard(WriteCompressedCoreAsync(offset, cluster, async: true, cancellationToken));
+    }
+
     /// <summary>
     /// How each guest byte of [offset, offset + length) is backed in this image, without looking into
     /// backing files: allocated data (with host offsets), zeros, backing, or nothing. Adjacent runs of
