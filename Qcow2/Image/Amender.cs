@@ -35,28 +35,7 @@ internal sealed class Amender(ImageSession session, WritableState writable, Gues
         {
             var header = image.Header.Header;
             var targetVersion = options.Version ?? header.Version;
-            var targetBits = options.RefcountBits ?? (1 << header.RefcountOrder);
-            var targetLazy = options.LazyRefcounts ?? (header.Compatible & CompatibleFeatures.LazyRefcounts) != 0;
-            if (targetVersion < 3 && targetBits != 16)
-            {
-                throw new NotSupportedException("compat=0.10 requires refcount_bits=16");
-            }
-
-            if (targetVersion < 3 && targetLazy && options.LazyRefcounts == true)
-            {
-                throw new NotSupportedException("Lazy refcounts only supported with compatibility level 1.1 and above (use compat=1.1 or greater)");
-            }
-
-            if (targetVersion < 3 && (header.Incompatible & ~IncompatibleFeatures.Dirty) != 0)
-            {
-                throw new NotSupportedException($"Cannot downgrade an image with incompatible features 0x{(ulong)(header.Incompatible & ~IncompatibleFeatures.Dirty):x} set");
-            }
-
-            if (targetVersion < 3 && image.Bitmaps.Count > 0)
-            {
-                throw new NotSupportedException("Cannot downgrade an image with persistent bitmaps (v2 has no bitmaps extension).");
-            }
-
+            RefuseWhatTheTargetCannotExpress(options, header, targetVersion, image.Bitmaps.Count);
             if (header.Version < 3 && targetVersion >= 3)
             {
                 RunLocked(image, (amender, async, cancellationToken) => amender.UpgradeToV3Async(async, cancellationToken));
@@ -97,6 +76,32 @@ internal sealed class Amender(ImageSession session, WritableState writable, Gues
             {
                 RunLocked(image, (amender, async, cancellationToken) => amender.DowngradeToV2Async(async, cancellationToken));
             }
+        }
+    }
+
+    /// <summary>What version 2 cannot hold, refused before anything changes (qcow2_amend_options' checks).</summary>
+    private static void RefuseWhatTheTargetCannotExpress(Qcow2AmendOptions options, Qcow2Header header, int targetVersion, int bitmaps)
+    {
+        var targetBits = options.RefcountBits ?? (1 << header.RefcountOrder);
+        var targetLazy = options.LazyRefcounts ?? (header.Compatible & CompatibleFeatures.LazyRefcounts) != 0;
+        if (targetVersion < 3 && targetBits != 16)
+        {
+            throw new NotSupportedException("compat=0.10 requires refcount_bits=16");
+        }
+
+        if (targetVersion < 3 && targetLazy && options.LazyRefcounts == true)
+        {
+            throw new NotSupportedException("Lazy refcounts only supported with compatibility level 1.1 and above (use compat=1.1 or greater)");
+        }
+
+        if (targetVersion < 3 && (header.Incompatible & ~IncompatibleFeatures.Dirty) != 0)
+        {
+            throw new NotSupportedException($"Cannot downgrade an image with incompatible features 0x{(ulong)(header.Incompatible & ~IncompatibleFeatures.Dirty):x} set");
+        }
+
+        if (targetVersion < 3 && bitmaps > 0)
+        {
+            throw new NotSupportedException("Cannot downgrade an image with persistent bitmaps (v2 has no bitmaps extension).");
         }
     }
 
@@ -188,44 +193,10 @@ internal sealed class Amender(ImageSession session, WritableState writable, Gues
                 for (var index = 0; index < geometry.L2Entries; index++)
                 {
                     var entry = L2Table.ReadEntry(table.Span, index, geometry.ExtendedL2);
-                    var type = entry.GetClusterType(geometry.ExtendedL2, geometry.ExternalDataFile);
-                    L2Entry replacement;
-                    var hostRefcount = type == ClusterType.ZeroAllocated
-                        ? (long)await refcounts.GetAsync(entry.HostOffset >> geometry.ClusterBits, async, cancellationToken).ConfigureAwait(false)
-                        : 0;
-                    // Only this entry reaches the host cluster (and, in a table of its own, says so with COPIED):
-                    // it stays, its bytes become the zeros the guest saw. Otherwise zeros go to a fresh cluster.
-                    if (type == ClusterType.ZeroAllocated && hostRefcount == sharers && (sharers > 1 || entry.IsCopied))
+                    if (await WithoutZeroFlagAsync(entry, sharers, hasBacking, zeros, async, cancellationToken).ConfigureAwait(false) is { } replacement)
                     {
-                        await _writer.WriteDataAsync(entry.HostOffset, zeros, async, cancellationToken).ConfigureAwait(false);
-                        replacement = L2Entry.Normal(entry.HostOffset, copied: entry.IsCopied);
+                        tables.SetEntryAt(table, index, replacement);
                     }
-                    else if (type == ClusterType.ZeroPlain && !hasBacking)
-                    {
-                        replacement = L2Entry.Unallocated;
-                    }
-                    else if (type is ClusterType.ZeroPlain or ClusterType.ZeroAllocated)
-                    {
-                        // Zeros in a cluster of their own (the old host, if any, holds other entries' data).
-                        var host = await refcounts.AllocateClustersAsync(1, async, cancellationToken).ConfigureAwait(false);
-                        if (sharers > 1)
-                        {
-                            await refcounts.ChangeAsync(host >> geometry.ClusterBits, sharers - 1, ClusterUse.Data, async, cancellationToken).ConfigureAwait(false);
-                        }
-
-                        await _writer.WriteDataAsync(host, zeros, async, cancellationToken).ConfigureAwait(false);
-                        replacement = L2Entry.Normal(host, copied: sharers == 1);
-                        if (type == ClusterType.ZeroAllocated)
-                        {
-                            await refcounts.ChangeAsync(entry.HostOffset >> geometry.ClusterBits, -sharers, ClusterUse.Data, async, cancellationToken).ConfigureAwait(false);
-                        }
-                    }
-                    else
-                    {
-                        continue;
-                    }
-
-                    tables.SetEntryAt(table, index, replacement);
                 }
             }
         }
@@ -245,5 +216,52 @@ internal sealed class Amender(ImageSession session, WritableState writable, Gues
         };
         await _metadata.RewriteHeaderAsync(header with { Header = v2, FeatureNames = [] }, async, cancellationToken).ConfigureAwait(false);
         _writable.Metadata.DisarmDirtyBit();
+    }
+
+    /// <summary>
+    /// What a v2 image says instead of a zero cluster entry (null: the entry stays): nothing without
+    /// a backing file, else zero-filled data, in place when only this entry reaches the host cluster.
+    /// </summary>
+    private async ValueTask<L2Entry?> WithoutZeroFlagAsync(L2Entry entry, long sharers, bool hasBacking, byte[] zeros, bool async, CancellationToken cancellationToken)
+    {
+        var geometry = _metadata.Geometry;
+        var refcounts = _writable.Refcounts;
+        var type = entry.GetClusterType(geometry.ExtendedL2, geometry.ExternalDataFile);
+        var hostRefcount = type == ClusterType.ZeroAllocated
+            ? (long)await refcounts.GetAsync(entry.HostOffset >> geometry.ClusterBits, async, cancellationToken).ConfigureAwait(false)
+            : 0;
+
+        // Only this entry reaches the host cluster (and, in a table of its own, says so with COPIED):
+        // it stays, its bytes become the zeros the guest saw. Otherwise zeros go to a fresh cluster.
+        if (type == ClusterType.ZeroAllocated && hostRefcount == sharers && (sharers > 1 || entry.IsCopied))
+        {
+            await _writer.WriteDataAsync(entry.HostOffset, zeros, async, cancellationToken).ConfigureAwait(false);
+            return L2Entry.Normal(entry.HostOffset, copied: entry.IsCopied);
+        }
+
+        if (type == ClusterType.ZeroPlain && !hasBacking)
+        {
+            return L2Entry.Unallocated;
+        }
+
+        if (type is not (ClusterType.ZeroPlain or ClusterType.ZeroAllocated))
+        {
+            return null;
+        }
+
+        // Zeros in a cluster of their own (the old host, if any, holds other entries' data).
+        var host = await refcounts.AllocateClustersAsync(1, async, cancellationToken).ConfigureAwait(false);
+        if (sharers > 1)
+        {
+            await refcounts.ChangeAsync(host >> geometry.ClusterBits, sharers - 1, ClusterUse.Data, async, cancellationToken).ConfigureAwait(false);
+        }
+
+        await _writer.WriteDataAsync(host, zeros, async, cancellationToken).ConfigureAwait(false);
+        if (type == ClusterType.ZeroAllocated)
+        {
+            await refcounts.ChangeAsync(entry.HostOffset >> geometry.ClusterBits, -sharers, ClusterUse.Data, async, cancellationToken).ConfigureAwait(false);
+        }
+
+        return L2Entry.Normal(host, copied: sharers == 1);
     }
 }

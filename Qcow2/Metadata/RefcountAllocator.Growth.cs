@@ -1,3 +1,4 @@
+using System.Buffers.Binary;
 using QcowDedup.Qcow2.Format;
 using QcowDedup.Qcow2.Storage;
 
@@ -93,5 +94,105 @@ internal sealed partial class RefcountAllocator
             tableClusters = Math.Max(tableClusters, neededClusters);
             target = neededTarget;
         }
+    }
+
+    /// <summary>
+    /// Makes sure refcount blocks exist for clusters [start, start + count). Returns true when it
+    /// had to allocate metadata (the caller then searches for free space again).
+    /// </summary>
+    private async ValueTask<bool> EnsureBlocksAsync(long start, long count, bool async, CancellationToken cancellationToken)
+    {
+        var firstBlock = start >> _geometry.RefcountBlockBits;
+        var lastBlock = (start + count - 1) >> _geometry.RefcountBlockBits;
+        for (var blockIndex = firstBlock; blockIndex <= lastBlock; blockIndex++)
+        {
+            if (blockIndex >= Table.Size)
+            {
+                await GrowTableAsync(lastBlock + 1, start, count, async, cancellationToken).ConfigureAwait(false);
+                return true;
+            }
+
+            if (Table[blockIndex].BlockOffset == 0)
+            {
+                await AllocateBlockAsync(blockIndex, start, count, async, cancellationToken).ConfigureAwait(false);
+                return true;
+            }
+        }
+
+        return false;
+    }
+
+    /// <summary>
+    /// Allocates the refcount block with table index <paramref name="blockIndex"/>, inside the range
+    /// it describes when possible so that it counts itself (as QEMU places them).
+    /// </summary>
+    private async ValueTask AllocateBlockAsync(long blockIndex, long avoidStart, long avoidCount, bool async, CancellationToken cancellationToken)
+    {
+        var rangeStart = blockIndex << _geometry.RefcountBlockBits;
+        var rangeEnd = rangeStart + _geometry.RefcountBlockEntries;
+        var cluster = rangeStart;
+        while (cluster < rangeEnd)
+        {
+            if (cluster >= avoidStart && cluster < avoidStart + avoidCount)
+            {
+                cluster = avoidStart + avoidCount;
+            }
+            else if (_reservations.FirstOverlapEnd(cluster, 1) is long after)
+            {
+                cluster = after;
+            }
+            else if (_metadata.Published?.FirstOverlapEnd(cluster, 1) is long metadataEnd)
+            {
+                cluster = metadataEnd;
+            }
+            else
+            {
+                break;
+            }
+        }
+
+        long offset;
+        if (cluster < rangeEnd)
+        {
+            offset = cluster << _geometry.ClusterBits;
+            _onAllocated(offset + _geometry.ClusterSize);
+            using var block = await _blocks.CreateAsync(offset, async, cancellationToken).ConfigureAwait(false);
+            RefcountBlock.Set(block.Span, (int)(cluster - rangeStart), _geometry.RefcountOrder, 1);
+        }
+        else
+        {
+            // Every cluster of the range is reserved or wanted: store the block elsewhere.
+            offset = await AllocateClustersAsync(1, async, cancellationToken).ConfigureAwait(false);
+            using var block = await _blocks.CreateAsync(offset, async, cancellationToken).ConfigureAwait(false);
+        }
+
+        // The block must be on disk before the table points at it.
+        await _blocks.FlushAsync(async, cancellationToken).ConfigureAwait(false);
+        Table.SetInMemory(blockIndex, offset);
+        _unwrittenTableEntries.Add(blockIndex);
+        await WriteTableEntriesAsync(async, cancellationToken).ConfigureAwait(false);
+    }
+
+    /// <summary>
+    /// Writes the refcount table entries of new blocks. The block stays in use in memory when its
+    /// entry's write fails (it already counts allocated clusters); the entry is written again at
+    /// the next flush, and until then the session's dirty bit covers the gap.
+    /// </summary>
+    public async ValueTask WriteTableEntriesAsync(bool async, CancellationToken cancellationToken)
+    {
+        if (_unwrittenTableEntries.Count == 0)
+        {
+            return;
+        }
+
+        var entry = new byte[Qcow2Layout.RefcountTableEntrySize];
+        foreach (var blockIndex in _unwrittenTableEntries.ToList())
+        {
+            BinaryPrimitives.WriteUInt64BigEndian(entry, (ulong)Table[blockIndex].BlockOffset);
+            await _file.WriteAsync(Table.Offset + (blockIndex * Qcow2Layout.RefcountTableEntrySize), entry, async, cancellationToken).ConfigureAwait(false);
+        }
+
+        await _file.FlushAsync(async, cancellationToken).ConfigureAwait(false);
+        _unwrittenTableEntries.Clear();
     }
 }

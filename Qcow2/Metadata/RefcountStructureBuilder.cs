@@ -30,49 +30,13 @@ internal static class RefcountStructureBuilder
         var blockEntries = 1 << blockBits;
         var maxRefcount = RefcountBlock.MaxRefcount(refcountOrder);
         var entriesPerTableCluster = clusterSize / Qcow2Layout.RefcountTableEntrySize;
-        var dataBlocks = new SortedSet<long>();
-        for (long cluster = 0; cluster < references.Count; cluster++)
-        {
-            if (references[(int)cluster] == 0)
-            {
-                continue;
-            }
-
-            if (references[(int)cluster] > maxRefcount)
-            {
-                throw new InvalidOperationException($"Cannot decrease refcount entry width to {1 << refcountOrder} bits: Cluster at offset 0x{cluster << clusterBits:x} has a refcount of {references[(int)cluster]}");
-            }
-
-            dataBlocks.Add(cluster >> blockBits);
-        }
-
-        // The table and blocks live in [areaStart, areaStart + table + blocks) and count themselves:
-        // grow the estimate until the blocks needed to describe the area are all in it.
-        long tableClusters = 1, blockCount = 0;
-        SortedSet<long> blocks;
-        while (true)
-        {
-            blocks = new SortedSet<long>(dataBlocks);
-            for (var b = areaStart >> blockBits; b <= (areaStart + tableClusters + blockCount - 1) >> blockBits; b++)
-            {
-                blocks.Add(b);
-            }
-
-            var neededTable = (blocks.Max + 1 + entriesPerTableCluster - 1) / entriesPerTableCluster;
-            if (blocks.Count == blockCount && neededTable <= tableClusters)
-            {
-                break;
-            }
-
-            blockCount = blocks.Count;
-            tableClusters = Math.Max(tableClusters, neededTable);
-        }
-
+        var (tableClusters, blocks) = LayOut(BlocksInUse(references, blockBits, refcountOrder, clusterBits), areaStart, blockBits, entriesPerTableCluster);
         if (tableClusters * clusterSize > Qcow2Layout.MaxRefcountTableBytes)
         {
             throw new InvalidOperationException($"The refcount table would exceed QEMU's {Qcow2Layout.MaxRefcountTableBytes >> 20} MiB limit.");
         }
 
+        var blockCount = blocks.Count;
         var areaEnd = areaStart + tableClusters + blockCount;
         var entries = new ulong[tableClusters * entriesPerTableCluster];
         var next = areaStart + tableClusters;
@@ -111,5 +75,54 @@ internal static class RefcountStructureBuilder
         await file.WriteAsync(tableOffset, table, async, cancellationToken).ConfigureAwait(false);
         await file.FlushAsync(async, cancellationToken).ConfigureAwait(false);
         return new Placement(tableOffset, (int)tableClusters, entries, areaEnd);
+    }
+
+    /// <summary>The refcount blocks the counted clusters need, refusing a refcount the width cannot hold.</summary>
+    private static SortedSet<long> BlocksInUse(IReadOnlyList<ulong> references, int blockBits, int refcountOrder, int clusterBits)
+    {
+        var maxRefcount = RefcountBlock.MaxRefcount(refcountOrder);
+        var blocks = new SortedSet<long>();
+        for (long cluster = 0; cluster < references.Count; cluster++)
+        {
+            if (references[(int)cluster] == 0)
+            {
+                continue;
+            }
+
+            if (references[(int)cluster] > maxRefcount)
+            {
+                throw new InvalidOperationException($"Cannot decrease refcount entry width to {1 << refcountOrder} bits: Cluster at offset 0x{cluster << clusterBits:x} has a refcount of {references[(int)cluster]}");
+            }
+
+            blocks.Add(cluster >> blockBits);
+        }
+
+        return blocks;
+    }
+
+    /// <summary>
+    /// The table and blocks live in [areaStart, areaStart + table + blocks) and count themselves:
+    /// the estimate grows until the blocks needed to describe the area are all in it.
+    /// </summary>
+    private static (long TableClusters, SortedSet<long> Blocks) LayOut(SortedSet<long> dataBlocks, long areaStart, int blockBits, int entriesPerTableCluster)
+    {
+        long tableClusters = 1, blockCount = 0;
+        while (true)
+        {
+            var blocks = new SortedSet<long>(dataBlocks);
+            for (var b = areaStart >> blockBits; b <= (areaStart + tableClusters + blockCount - 1) >> blockBits; b++)
+            {
+                blocks.Add(b);
+            }
+
+            var neededTable = (blocks.Max + 1 + entriesPerTableCluster - 1) / entriesPerTableCluster;
+            if (blocks.Count == blockCount && neededTable <= tableClusters)
+            {
+                return (tableClusters, blocks);
+            }
+
+            blockCount = blocks.Count;
+            tableClusters = Math.Max(tableClusters, neededTable);
+        }
     }
 }
