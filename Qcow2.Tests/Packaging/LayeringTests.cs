@@ -49,6 +49,32 @@ public class LayeringTests
         owners.ShouldContain("QcowDedup.Qcow2.Metadata.ImageMetadata");
     }
 
+    [Test]
+    public void No_Check_type_takes_an_Image_layer_type()
+    {
+        // Check/repair takes the Metadata layer's inputs (the image's metadata, its refcount
+        // allocator, the repair writer), never the engine's state: no Check type, nested and
+        // compiler-generated ones included, has a field, constructor or method parameter or a
+        // return value whose type (or a type argument of it) lives in the Image layer.
+        var checkTypes = typeof(Qcow2Image).Assembly.GetTypes().Where(t => t.Namespace == "QcowDedup.Qcow2.Check").ToList();
+        checkTypes.ShouldNotBeEmpty();
+        const BindingFlags all = BindingFlags.Public | BindingFlags.NonPublic | BindingFlags.Instance | BindingFlags.Static | BindingFlags.DeclaredOnly;
+        var offenders = (
+            from type in checkTypes
+            from used in type.GetFields(all).Select(f => (Member: f.Name, f.FieldType))
+                .Concat(type.GetMethods(all).Cast<MethodBase>().Concat(type.GetConstructors(all))
+                    .SelectMany(m => m.GetParameters().Select(p => (Member: m.Name, p.ParameterType))
+                        .Concat(m is MethodInfo method ? [(Member: m.Name, method.ReturnType)] : [])))
+            where Mentions(used.Item2, "QcowDedup.Qcow2.Image")
+            select $"{type.FullName}.{used.Member}: {used.Item2}").Distinct().ToList();
+        offenders.ShouldBeEmpty();
+    }
+
+    private static bool Mentions(Type type, string ns) =>
+        type.Namespace == ns
+        || (type.HasElementType && Mentions(type.GetElementType()!, ns))
+        || (type.IsGenericType && type.GetGenericArguments().Any(a => Mentions(a, ns)));
+
     private static IEnumerable<(Type Owner, string Caller, string Callee)> StorageWrites() =>
         IlCalls.Of(typeof(Qcow2Image).Assembly)
             .Where(call => IsStorageWrite(call.Callee))

@@ -1,5 +1,5 @@
 using QcowDedup.Qcow2.Format;
-using QcowDedup.Qcow2.Image;
+using QcowDedup.Qcow2.Metadata;
 
 namespace QcowDedup.Qcow2.Check;
 
@@ -8,7 +8,7 @@ namespace QcowDedup.Qcow2.Check;
 /// image marks the image corrupt (incompatible bit 1) and says so; on a read-only image it is only
 /// reported, once. Later events are not repeated.
 /// </summary>
-internal sealed class CorruptionSignal(ImageCore core, CheckReport report)
+internal sealed class CorruptionSignal(ImageMetadata metadata, CheckReport report)
 {
     private bool _signalled;
 
@@ -20,17 +20,17 @@ internal sealed class CorruptionSignal(ImageCore core, CheckReport report)
         }
 
         _signalled = true;
-        if (!core.Writable)
+        if (!metadata.Writable)
         {
             report.Note($"Image is corrupt: {message}; further non-fatal corruption events will be suppressed");
             return;
         }
 
         report.Note($"Marking image as corrupt: {message}; further corruption events will be suppressed");
-        var header = core.Header.Header;
+        var header = metadata.Header.Header;
         if (header.Version >= 3 && (header.Incompatible & IncompatibleFeatures.Corrupt) == 0)
         {
-            await core.WriteHeaderFieldsAsync(header with { Incompatible = header.Incompatible | IncompatibleFeatures.Corrupt }, Qcow2Header.IncompatibleFeaturesOffset, 8, async, cancellationToken).ConfigureAwait(false);
+            await metadata.WriteHeaderFieldsAsync(header with { Incompatible = header.Incompatible | IncompatibleFeatures.Corrupt }, Qcow2Header.IncompatibleFeaturesOffset, 8, async, cancellationToken).ConfigureAwait(false);
         }
     }
 }

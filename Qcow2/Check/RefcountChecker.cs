@@ -1,5 +1,4 @@
 using QcowDedup.Qcow2.Format;
-using QcowDedup.Qcow2.Image;
 using QcowDedup.Qcow2.Metadata;
 
 namespace QcowDedup.Qcow2.Check;
@@ -12,26 +11,29 @@ namespace QcowDedup.Qcow2.Check;
 /// </summary>
 internal sealed class RefcountChecker
 {
-    private readonly ImageCore _core;
+    private readonly ImageMetadata _metadata;
+    private readonly RefcountAllocator? _allocator;
     private readonly Geometry _geometry;
     private readonly CheckReport _report = new();
     private readonly CorruptionSignal _signal;
     private readonly StoredRefcounts _stored;
     private readonly bool _beyondQemu;
 
-    /// <summary>A checker for one run over <paramref name="core"/>.</summary>
-    /// <param name="core">The image.</param>
+    /// <summary>A checker for one run over the image whose metadata is <paramref name="metadata"/>.</summary>
+    /// <param name="metadata">The image's metadata.</param>
+    /// <param name="allocator">Its refcount allocator when it is open for writing (repairs change refcounts through it).</param>
     /// <param name="beyondQemu">
     /// A rebuild places its blocks around those of the old table instead of failing QEMU's overlap
     /// check on them (the pass after <see cref="SalvageRepair"/>: the old structure is what is broken).
     /// </param>
-    public RefcountChecker(ImageCore core, bool beyondQemu = false)
+    public RefcountChecker(ImageMetadata metadata, RefcountAllocator? allocator, bool beyondQemu = false)
     {
-        _core = core;
+        _metadata = metadata;
+        _allocator = allocator;
         _beyondQemu = beyondQemu;
-        _geometry = core.Geometry;
-        _signal = new CorruptionSignal(core, _report);
-        _stored = new StoredRefcounts(core, _signal);
+        _geometry = metadata.Geometry;
+        _signal = new CorruptionSignal(metadata, _report);
+        _stored = new StoredRefcounts(metadata, _signal);
     }
 
     public async ValueTask<CheckResult> RunAsync(CheckRepair fix, bool async, CancellationToken cancellationToken)
@@ -55,7 +57,7 @@ internal sealed class RefcountChecker
             CorruptionsFixed = report.CorruptionsFixed,
             LeaksFixed = report.LeaksFixed,
             ImageEndOffset = (highest + 1) << _geometry.ClusterBits,
-            TotalClusters = _geometry.ClustersFor(_core.Header.Header.Size),
+            TotalClusters = _geometry.ClustersFor(_metadata.Header.Header.Size),
             AllocatedClusters = report.Allocated,
             FragmentedClusters = report.Fragmented,
             CompressedClusters = report.Compressed,
@@ -67,16 +69,16 @@ internal sealed class RefcountChecker
     /// <summary>The whole check; returns the highest cluster in use.</summary>
     private async ValueTask<long> CheckAsync(CheckRepair fix, bool async, CancellationToken cancellationToken)
     {
-        await _core.GetRefcountsLockedAsync(async, cancellationToken).ConfigureAwait(false);
+        await _metadata.GetRefcountsLockedAsync(async, cancellationToken).ConfigureAwait(false);
         var report = _report;
-        if (ReferenceCounter.IsTooLarge(_geometry, _core.File.Length))
+        if (ReferenceCounter.IsTooLarge(_geometry, _metadata.File.Length))
         {
             report.CheckErrors++; // QEMU: nb_clusters > INT_MAX -> -EFBIG
             throw report.Abort(reason: "File too large");
         }
 
         var stored = _stored;
-        var counter = new ReferenceCounter(_core, report, _signal);
+        var counter = new ReferenceCounter(_metadata, report, _signal);
         await counter.CalculateAsync(stored.Table, (fix & CheckRepair.Errors) != 0, async, cancellationToken).ConfigureAwait(false);
         var beforeCompare = report.Counters;
         var (highest, rebuild) = await CompareAsync(counter.References, CheckRepair.None, async, cancellationToken).ConfigureAwait(false);
@@ -86,10 +88,10 @@ internal sealed class RefcountChecker
         {
             var old = report.Counters;
             report.Note(_beyondQemu ? "Rebuilding refcount structure around the old one (its clusters are freed afterwards)" : "Rebuilding refcount structure");
-            await new RefcountRebuilder(_core, report, _signal, _beyondQemu).RebuildAsync(counter.References.ToArray(), async, cancellationToken).ConfigureAwait(false);
+            await new RefcountRebuilder(_metadata, _allocator, report, _signal, _beyondQemu).RebuildAsync(counter.References.ToArray(), async, cancellationToken).ConfigureAwait(false);
             report.Corruptions = 0;
             report.Leaks = 0;
-            counter = new ReferenceCounter(_core, report, _signal);
+            counter = new ReferenceCounter(_metadata, report, _signal);
             await counter.CalculateAsync(stored.Table, fixErrors: false, async, cancellationToken).ConfigureAwait(false);
             var freshLeaks = 0;
             if ((fix & CheckRepair.Leaks) != 0)
@@ -227,7 +229,7 @@ internal sealed class RefcountChecker
     private bool IsEmptyRange(ReferenceCounts references, long first, long end)
     {
         var blockOffset = _stored.Table[first >> _geometry.RefcountBlockBits].BlockOffset;
-        var storesNothing = blockOffset == 0 || (_geometry.IsClusterAligned(blockOffset) && blockOffset >= _core.File.Length);
+        var storesNothing = blockOffset == 0 || (_geometry.IsClusterAligned(blockOffset) && blockOffset >= _metadata.File.Length);
         return storesNothing && references.NoneIn(first, end);
     }
 
@@ -242,7 +244,7 @@ internal sealed class RefcountChecker
     private async ValueTask FreeLeaksBeyondEndAsync(ReferenceCounter counter, bool async, CancellationToken cancellationToken)
     {
         var table = _stored.Table;
-        var fileLength = _core.File.Length;
+        var fileLength = _metadata.File.Length;
         for (long cluster = counter.References.Length; cluster < table.CoveredClusters; cluster++)
         {
             var entry = table[cluster >> _geometry.RefcountBlockBits];
@@ -271,7 +273,7 @@ internal sealed class RefcountChecker
         while (from != to)
         {
             var step = from > to ? -(long)Math.Min(from - to, long.MaxValue) : (long)Math.Min(to - from, long.MaxValue);
-            await _core.RefcountAllocator!.ChangeAsync(cluster, step, ClusterUse.Data, async, cancellationToken).ConfigureAwait(false);
+            await (_allocator ?? throw new InvalidOperationException("Repairing refcounts needs the image open for writing.")).ChangeAsync(cluster, step, ClusterUse.Data, async, cancellationToken).ConfigureAwait(false);
             from = step < 0 ? from - (ulong)(-step) : from + (ulong)step;
         }
     }
@@ -282,7 +284,7 @@ internal sealed class RefcountChecker
         var report = _report;
         var repair = (fix & CheckRepair.Errors) != 0
             || ((fix & CheckRepair.Leaks) != 0 && report.CheckErrors == 0 && report.Corruptions == 0 && report.Leaks == 0);
-        var l1 = _core.ActiveL1;
+        var l1 = _metadata.ActiveL1;
         for (var i = 0; i < l1.Size; i++)
         {
             var l1Entry = l1[i];
@@ -298,13 +300,13 @@ internal sealed class RefcountChecker
                 report.Note($"{(repair ? "Repairing" : "ERROR")} OFLAG_COPIED L2 cluster: l1_index={i} l1_entry={l1Entry.Raw:x} refcount={tableRefcount}");
                 if (repair)
                 {
-                    await l1.SetAsync(_core.File, i, l1Entry.WithCopied(tableRefcount == 1), async, cancellationToken).ConfigureAwait(false);
+                    await l1.SetAsync(_metadata.File, i, l1Entry.WithCopied(tableRefcount == 1), async, cancellationToken).ConfigureAwait(false);
                     report.Corruptions--;
                     report.CorruptionsFixed++;
                 }
             }
 
-            if (l2Offset >= _core.File.Length)
+            if (l2Offset >= _metadata.File.Length)
             {
                 continue; // reads as zeros in QEMU: no entries to check
             }
@@ -316,7 +318,7 @@ internal sealed class RefcountChecker
     private async ValueTask CheckCopiedInTableAsync(long l2Offset, bool repair, bool async, CancellationToken cancellationToken)
     {
         var report = _report;
-        using var l2 = await _core.L2Cache.GetAsync(l2Offset, async, cancellationToken).ConfigureAwait(false);
+        using var l2 = await _metadata.L2Cache.GetAsync(l2Offset, async, cancellationToken).ConfigureAwait(false);
         var fixes = new List<(int Index, L2Entry Entry)>();
         for (var j = 0; j < _geometry.L2Entries; j++)
         {
@@ -354,7 +356,7 @@ internal sealed class RefcountChecker
             return;
         }
 
-        if (MetadataOverlap.Find(_core, l2Offset, _geometry.ClusterSize, MetadataKind.ActiveL2) is { } overlapped)
+        if (_metadata.FindOverlap(l2Offset, _geometry.ClusterSize, MetadataKind.ActiveL2) is { } overlapped)
         {
             await _signal.RaiseAsync($"Preventing invalid write on metadata (overlaps with {overlapped})", async, cancellationToken).ConfigureAwait(false);
             report.CheckErrors++;

@@ -1,7 +1,5 @@
 using QcowDedup.Qcow2.Format;
-using QcowDedup.Qcow2.Image;
 using QcowDedup.Qcow2.Metadata;
-using QcowDedup.Qcow2.Storage;
 
 namespace QcowDedup.Qcow2.Check;
 
@@ -14,13 +12,14 @@ namespace QcowDedup.Qcow2.Check;
 /// the old table still names) fail the check as in QEMU — unless <paramref name="avoidOldBlocks"/>
 /// says to place the new blocks around every cluster the old table names (repairs past qemu-img's).
 /// </summary>
-internal sealed class RefcountRebuilder(ImageCore core, CheckReport report, CorruptionSignal signal, bool avoidOldBlocks = false)
+internal sealed class RefcountRebuilder(ImageMetadata metadata, RefcountAllocator? allocator, CheckReport report, CorruptionSignal signal, bool avoidOldBlocks = false)
 {
-    private readonly Geometry _geometry = core.Geometry;
+    private readonly Geometry _geometry = metadata.Geometry;
+    private readonly RepairWriter _repairs = new(metadata);
     private HashSet<long>? _oldBlocks;
 
     /// <summary>Host clusters (as offsets) of the refcount blocks the old table names (left in place until the new structure is live).</summary>
-    private HashSet<long> OldBlocks => _oldBlocks ??= OldBlockOffsets(core.RefcountAllocator!.Table);
+    private HashSet<long> OldBlocks => _oldBlocks ??= OldBlockOffsets(metadata.Refcounts ?? throw new InvalidOperationException("The refcount table is read before the check starts."));
     private uint[] _references = [];
     private long _count;
     private ulong[] _table = [];
@@ -31,8 +30,7 @@ internal sealed class RefcountRebuilder(ImageCore core, CheckReport report, Corr
     {
         _references = (uint[])references.Clone();
         _count = references.Length;
-        await core.RefcountCache.FlushAsync(async, cancellationToken).ConfigureAwait(false);
-        core.RefcountCache.Clear();
+        await _repairs.ForgetRefcountBlocksAsync(async, cancellationToken).ConfigureAwait(false);
 
         await WriteBlocksAsync(0, _count, async, cancellationToken).ConfigureAwait(false);
         long tableOffset, tableClusters;
@@ -54,17 +52,9 @@ internal sealed class RefcountRebuilder(ImageCore core, CheckReport report, Corr
             throw report.Abort($"ERROR allocating reftable: {tableClusters} clusters exceed QEMU's {Qcow2Layout.MaxRefcountTableBytes >> 20} MiB limit", "File too large");
         }
 
-        var replacement = new RefcountTable(_geometry, core.RefcountCache, tableOffset, (int)tableClusters, _table);
-        var encoded = replacement.Encode();
-        await RefuseOverlapAsync(tableOffset, encoded.Length, "reftable", countsAsCheckError: false, async, cancellationToken).ConfigureAwait(false);
-        await core.File.WriteAsync(tableOffset, encoded, async, cancellationToken).ConfigureAwait(false);
-        await core.File.FlushAsync(async, cancellationToken).ConfigureAwait(false);
-        core.NoteFileEnd(_count << _geometry.ClusterBits);
-
-        var header = core.Header.Header with { RefcountTableOffset = tableOffset, RefcountTableClusters = (int)tableClusters };
-        await core.WriteHeaderFieldsAsync(header, Qcow2Header.RefcountTableOffsetOffset, 12, async, cancellationToken).ConfigureAwait(false);
-        core.RefcountAllocator!.Table.Replace(tableOffset, (int)tableClusters, _table);
-        core.RefcountAllocator.ResetAllocationHints();
+        var encoded = RefcountTable.Encode(_table, (int)tableClusters, _geometry);
+        await WriteOrRefuseAsync(tableOffset, encoded, "reftable", countsAsCheckError: false, async, cancellationToken).ConfigureAwait(false);
+        await _repairs.SwitchRefcountTableAsync(tableOffset, (int)tableClusters, _table, _count << _geometry.ClusterBits, allocator, async, cancellationToken).ConfigureAwait(false);
     }
 
     /// <summary>
@@ -115,8 +105,7 @@ internal sealed class RefcountRebuilder(ImageCore core, CheckReport report, Corr
                 }
             }
 
-            await RefuseOverlapAsync(blockOffset, block.Length, "refblock", countsAsCheckError: true, async, cancellationToken).ConfigureAwait(false);
-            await core.File.WriteAsync(blockOffset, block, async, cancellationToken).ConfigureAwait(false);
+            await WriteOrRefuseAsync(blockOffset, block, "refblock", countsAsCheckError: true, async, cancellationToken).ConfigureAwait(false);
             cluster = blockStart + _geometry.RefcountBlockEntries - 1;
         }
 
@@ -135,7 +124,7 @@ internal sealed class RefcountRebuilder(ImageCore core, CheckReport report, Corr
         var firstGap = true;
         for (; cluster < _count && contiguous < count; cluster++)
         {
-            if (_references[cluster] == 0 && !core.Reservations.Overlaps(cluster, 1) && !(avoidOldBlocks && OldBlocks.Contains(cluster << _geometry.ClusterBits)))
+            if (_references[cluster] == 0 && !metadata.Reservations.Overlaps(cluster, 1) && !(avoidOldBlocks && OldBlocks.Contains(cluster << _geometry.ClusterBits)))
             {
                 contiguous++;
                 if (firstGap)
@@ -154,7 +143,7 @@ internal sealed class RefcountRebuilder(ImageCore core, CheckReport report, Corr
         {
             // Past the end nothing is referenced, but an extension may still have reserved space there.
             var start = cluster - contiguous;
-            while (core.Reservations.FirstOverlapEnd(start, count) is { } after)
+            while (metadata.Reservations.FirstOverlapEnd(start, count) is { } after)
             {
                 start = after;
             }
@@ -186,9 +175,10 @@ internal sealed class RefcountRebuilder(ImageCore core, CheckReport report, Corr
         }
     }
 
-    private async ValueTask RefuseOverlapAsync(long offset, long size, string what, bool countsAsCheckError, bool async, CancellationToken cancellationToken)
+    /// <summary>Writes a new block or table, unless it would land on live metadata: that fails the check, as in QEMU.</summary>
+    private async ValueTask WriteOrRefuseAsync(long offset, byte[] bytes, string what, bool countsAsCheckError, bool async, CancellationToken cancellationToken)
     {
-        if (MetadataOverlap.Find(core, offset, size) is { } overlapped)
+        if (await _repairs.RewriteAsync(offset, bytes, MetadataKind.None, async, cancellationToken).ConfigureAwait(false) is { } overlapped)
         {
             await signal.RaiseAsync($"Preventing invalid write on metadata (overlaps with {overlapped})", async, cancellationToken).ConfigureAwait(false);
             if (countsAsCheckError)

@@ -1,6 +1,5 @@
 using System.Buffers.Binary;
 using QcowDedup.Qcow2.Format;
-using QcowDedup.Qcow2.Image;
 using QcowDedup.Qcow2.Metadata;
 using QcowDedup.Qcow2.Storage;
 
@@ -26,7 +25,8 @@ internal sealed class ReferenceCounter
     /// </summary>
     public const long MaxRepairGrowth = 64L << 20;
 
-    private readonly ImageCore _core;
+    private readonly ImageMetadata _metadata;
+    private readonly RepairWriter _repairs;
     private readonly Geometry _geometry;
     private readonly CheckReport _report;
     private readonly CorruptionSignal _signal;
@@ -37,14 +37,15 @@ internal sealed class ReferenceCounter
     private (long First, long End)[]? _pastEndSorted;
     private byte[]? _l2Buffer;
 
-    public ReferenceCounter(ImageCore core, CheckReport report, CorruptionSignal signal)
+    public ReferenceCounter(ImageMetadata metadata, CheckReport report, CorruptionSignal signal)
     {
-        _core = core;
-        _geometry = core.Geometry;
+        _metadata = metadata;
+        _repairs = new RepairWriter(metadata);
+        _geometry = metadata.Geometry;
         _report = report;
         _signal = signal;
         _max = Math.Min(_geometry.MaxRefcount, uint.MaxValue);
-        _fileLength = core.File.Length;
+        _fileLength = metadata.File.Length;
         References = new ReferenceCounts(_geometry.ClustersFor(_fileLength));
     }
 
@@ -64,18 +65,18 @@ internal sealed class ReferenceCounter
     /// <exception cref="CheckAbortedException">A repair write was refused by the overlap check.</exception>
     public async ValueTask CalculateAsync(RefcountTable refcounts, bool fixErrors, bool async, CancellationToken cancellationToken)
     {
-        _fixErrors = fixErrors && _core.Writable;
-        var header = _core.Header.Header;
+        _fixErrors = fixErrors && _metadata.Writable;
+        var header = _metadata.Header.Header;
         Add(0, _geometry.ClusterSize);
         await CountL1Async(header.L1TableOffset, header.L1Size, active: true, async, cancellationToken).ConfigureAwait(false);
 
-        if (_geometry.ExternalDataFile && _core.Snapshots.Count > 0)
+        if (_geometry.ExternalDataFile && _metadata.Snapshots.Count > 0)
         {
-            _report.Error($"ERROR {_core.Snapshots.Count} snapshots in image with data file");
+            _report.Error($"ERROR {_metadata.Snapshots.Count} snapshots in image with data file");
         }
 
         long snapshotTableSize = 0;
-        foreach (var snapshot in _core.Snapshots)
+        foreach (var snapshot in _metadata.Snapshots)
         {
             snapshotTableSize += snapshot.StoredLength;
             if (!_geometry.IsClusterAligned(snapshot.L1TableOffset))
@@ -95,7 +96,7 @@ internal sealed class ReferenceCounter
 
         Add(header.SnapshotsOffset, snapshotTableSize);
         Add(refcounts.Offset, (long)refcounts.Size * Qcow2Layout.RefcountTableEntrySize);
-        if (_core.Header.EncryptionHeader is { } luks)
+        if (_metadata.Header.EncryptionHeader is { } luks)
         {
             Add(luks.Offset, luks.Length);
         }
@@ -186,7 +187,7 @@ internal sealed class ReferenceCounter
 
         Add(offset, (long)size * Qcow2Layout.L1EntrySize);
         var bytes = new byte[(long)size * Qcow2Layout.L1EntrySize];
-        await _core.File.ReadZeroFilledAsync(offset, bytes, async, cancellationToken).ConfigureAwait(false);
+        await _metadata.File.ReadZeroFilledAsync(offset, bytes, async, cancellationToken).ConfigureAwait(false);
 
         for (var i = 0; i < size; i++)
         {
@@ -216,7 +217,7 @@ internal sealed class ReferenceCounter
     {
         var fragmentation = active ? new FragmentationTracker() : null;
         var table = _l2Buffer ??= new byte[_geometry.ClusterSize]; // one buffer: an L1 may name thousands of tables
-        await _core.File.ReadZeroFilledAsync(l2Offset, table, async, cancellationToken).ConfigureAwait(false);
+        await _metadata.File.ReadZeroFilledAsync(l2Offset, table, async, cancellationToken).ConfigureAwait(false);
 
         for (var i = 0; i < _geometry.L2Entries; i++)
         {
@@ -298,16 +299,15 @@ internal sealed class ReferenceCounter
         }
 
         var entryOffset = l2Offset + ((long)index * _geometry.L2EntrySize);
-        if (MetadataOverlap.Find(_core, entryOffset, _geometry.L2EntrySize, active ? MetadataKind.ActiveL2 : MetadataKind.None) is { } overlapped)
+        var entryBytes = table.AsMemory(index * _geometry.L2EntrySize, _geometry.L2EntrySize);
+        if (await _repairs.RewriteAsync(entryOffset, entryBytes, active ? MetadataKind.ActiveL2 : MetadataKind.None, async, cancellationToken).ConfigureAwait(false) is { } overlapped)
         {
             await _signal.RaiseAsync($"Preventing invalid write on metadata (overlaps with {overlapped})", async, cancellationToken).ConfigureAwait(false);
             _report.CheckErrors++;
             throw _report.Abort("ERROR: Overlap check failed");
         }
 
-        await _core.File.WriteAsync(entryOffset, table.AsMemory(index * _geometry.L2EntrySize, _geometry.L2EntrySize), async, cancellationToken).ConfigureAwait(false);
-        await _core.File.FlushAsync(async, cancellationToken).ConfigureAwait(false);
-        _core.L2Cache.Forget(l2Offset); // written around the cache, which was flushed before the check
+        await _repairs.FlushAsync(async, cancellationToken).ConfigureAwait(false);
         _report.Corruptions--;
         _report.CorruptionsFixed++;
     }
@@ -342,13 +342,13 @@ internal sealed class ReferenceCounter
 
     private async ValueTask CountBitmapsAsync(bool async, CancellationToken cancellationToken)
     {
-        if (_core.Bitmaps.Count == 0 || _core.Header.Bitmaps is not { } extension)
+        if (_metadata.Bitmaps.Count == 0 || _metadata.Header.Bitmaps is not { } extension)
         {
             return;
         }
 
         Add(extension.DirectoryOffset, extension.DirectorySize);
-        foreach (var bitmap in _core.Bitmaps)
+        foreach (var bitmap in _metadata.Bitmaps)
         {
             if ((long)bitmap.TableSize * _geometry.ClusterSize > BitmapDirectoryEntry.MaxPhysicalSize)
             {
@@ -359,7 +359,7 @@ internal sealed class ReferenceCounter
 
             Add(bitmap.TableOffset, (long)bitmap.TableSize * 8);
             var table = new byte[(long)bitmap.TableSize * 8];
-            await _core.File.ReadZeroFilledAsync(bitmap.TableOffset, table, async, cancellationToken).ConfigureAwait(false);
+            await _metadata.File.ReadZeroFilledAsync(bitmap.TableOffset, table, async, cancellationToken).ConfigureAwait(false);
 
             for (var i = 0; i < bitmap.TableSize; i++)
             {
@@ -425,9 +425,8 @@ internal sealed class ReferenceCounter
                 {
                     // QEMU extends the file to cover the block and counts that as fixed.
                     _report.Note($"Repairing refcount block {i} is outside image");
-                    _core.File.SetLength(offset + _geometry.ClusterSize);
-                    _fileLength = _core.File.Length;
-                    _core.NoteFileEnd(_fileLength);
+                    _repairs.ExtendFile(offset + _geometry.ClusterSize);
+                    _fileLength = _repairs.FileLength;
                     _report.CorruptionsFixed++;
                 }
                 else

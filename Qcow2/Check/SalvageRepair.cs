@@ -1,7 +1,6 @@
 using System.Buffers.Binary;
 using System.Globalization;
 using QcowDedup.Qcow2.Format;
-using QcowDedup.Qcow2.Image;
 using QcowDedup.Qcow2.Metadata;
 using QcowDedup.Qcow2.Storage;
 
@@ -24,9 +23,10 @@ namespace QcowDedup.Qcow2.Check;
 /// cluster instead; v2 has no zero clusters, there it reads from the backing file and the report
 /// says so.
 /// </remarks>
-internal sealed class SalvageRepair(ImageCore core, CheckReport report)
+internal sealed class SalvageRepair(ImageMetadata metadata, CheckReport report)
 {
-    private readonly Geometry _geometry = core.Geometry;
+    private readonly Geometry _geometry = metadata.Geometry;
+    private readonly RepairWriter _repairs = new(metadata);
     private const int MaxLines = 1000;
     private const string AndAfter = ", and the clusters after it";
     private readonly HashSet<long> _mendedTables = [];
@@ -39,9 +39,9 @@ internal sealed class SalvageRepair(ImageCore core, CheckReport report)
     /// <summary>Number of changes made.</summary>
     public int Changes { get; private set; }
 
-    private bool HasBacking => core.Header.BackingFileName is not null;
+    private bool HasBacking => metadata.Header.BackingFileName is not null;
 
-    private bool DropsToZeroCluster => HasBacking && core.Header.Header.Version >= 3;
+    private bool DropsToZeroCluster => HasBacking && metadata.Header.Header.Version >= 3;
 
     private string DroppedReads => !HasBacking ? "reads as zeros now (unallocated)"
         : DropsToZeroCluster ? "reads as zeros now (a zero cluster, not the backing file's data)"
@@ -58,37 +58,37 @@ internal sealed class SalvageRepair(ImageCore core, CheckReport report)
 
     private async ValueTask MendAsync(bool async, CancellationToken cancellationToken)
     {
-        _fileLength = core.File.Length;
+        _fileLength = _repairs.FileLength;
         await ExtendOverHeaderStructuresAsync(async, cancellationToken).ConfigureAwait(false);
         _dataEnd = _fileLength; // what lies past it was never written; what this pass allocates goes there
         await DropBrokenSnapshotsAsync(async, cancellationToken).ConfigureAwait(false);
 
-        var l1 = core.ActiveL1;
+        var l1 = metadata.ActiveL1;
         var entries = new ulong[l1.Size];
         for (var i = 0; i < entries.Length; i++)
         {
             entries[i] = l1[i].Raw;
         }
 
-        if (await MendL1Async(entries, null, core.Header.Header.Size, async, cancellationToken).ConfigureAwait(false) is { } changed)
+        if (await MendL1Async(entries, null, metadata.Header.Header.Size, async, cancellationToken).ConfigureAwait(false) is { } changed)
         {
             foreach (var index in changed)
             {
-                await l1.SetAsync(core.File, index, new L1Entry(entries[index]), async, cancellationToken).ConfigureAwait(false);
+                await l1.SetAsync(metadata.File, index, new L1Entry(entries[index]), async, cancellationToken).ConfigureAwait(false);
             }
         }
 
-        foreach (var snapshot in core.Snapshots)
+        foreach (var snapshot in metadata.Snapshots)
         {
             var bytes = new byte[(long)snapshot.L1Size * Qcow2Layout.L1EntrySize];
-            await core.File.ReadZeroFilledAsync(snapshot.L1TableOffset, bytes, async, cancellationToken).ConfigureAwait(false);
+            await metadata.File.ReadZeroFilledAsync(snapshot.L1TableOffset, bytes, async, cancellationToken).ConfigureAwait(false);
             var snapshotEntries = new ulong[snapshot.L1Size];
             for (var i = 0; i < snapshotEntries.Length; i++)
             {
                 snapshotEntries[i] = BinaryPrimitives.ReadUInt64BigEndian(bytes.AsSpan(i * 8));
             }
 
-            if (await MendL1Async(snapshotEntries, snapshot, snapshot.DiskSize ?? core.Header.Header.Size, async, cancellationToken).ConfigureAwait(false) is not null)
+            if (await MendL1Async(snapshotEntries, snapshot, snapshot.DiskSize ?? metadata.Header.Header.Size, async, cancellationToken).ConfigureAwait(false) is not null)
             {
                 for (var i = 0; i < snapshotEntries.Length; i++)
                 {
@@ -99,9 +99,8 @@ internal sealed class SalvageRepair(ImageCore core, CheckReport report)
             }
         }
 
-        await core.File.FlushAsync(async, cancellationToken).ConfigureAwait(false);
-        core.L2Cache.Clear(); // tables were written around it
-        core.NoteFileEnd(_fileLength);
+        await _repairs.FlushAsync(async, cancellationToken).ConfigureAwait(false);
+        _repairs.ForgetL2Tables();
     }
 
     /// <summary>
@@ -111,13 +110,13 @@ internal sealed class SalvageRepair(ImageCore core, CheckReport report)
     /// </summary>
     private async ValueTask ExtendOverHeaderStructuresAsync(bool async, CancellationToken cancellationToken)
     {
-        var header = core.Header.Header;
+        var header = metadata.Header.Header;
         var needed = new (string What, long Offset, long Bytes)[]
         {
             ("header cluster", 0, _geometry.ClusterSize),
             ("refcount table", header.RefcountTableOffset, (long)header.RefcountTableClusters << _geometry.ClusterBits),
             ("active L1 table", header.L1TableOffset, (long)header.L1Size * Qcow2Layout.L1EntrySize),
-            ("snapshot table", header.SnapshotsOffset, core.SnapshotTableBytes),
+            ("snapshot table", header.SnapshotsOffset, metadata.SnapshotTableBytes),
         };
 
         foreach (var (what, offset, bytes) in needed)
@@ -140,14 +139,14 @@ internal sealed class SalvageRepair(ImageCore core, CheckReport report)
                 LoseMissingL1Entries(offset, header.L1Size, header.Size);
             }
 
-            core.File.SetLength(end);
+            _repairs.ExtendFile(end);
             var missing = what == "active L1 table" ? "its missing entries stay unallocated, as QEMU read them: whatever they mapped is lost" : "the missing part reads as zeros, as QEMU read it";
             report.Note(Invariant($"Extended the file to {end} bytes to hold the {what} at 0x{offset:x}, which reached past its end ({missing})"));
             _fileLength = end;
             Changes++;
         }
 
-        await core.File.FlushAsync(async, cancellationToken).ConfigureAwait(false);
+        await _repairs.FlushAsync(async, cancellationToken).ConfigureAwait(false);
     }
 
     /// <summary>The L1 entries the file no longer holds read as unallocated: what they mapped is lost.</summary>
@@ -167,7 +166,7 @@ internal sealed class SalvageRepair(ImageCore core, CheckReport report)
     private async ValueTask DropBrokenSnapshotsAsync(bool async, CancellationToken cancellationToken)
     {
         var kept = new List<SnapshotTableEntry>();
-        foreach (var snapshot in core.Snapshots)
+        foreach (var snapshot in metadata.Snapshots)
         {
             var problem = !_geometry.IsClusterAligned(snapshot.L1TableOffset) ? "its L1 table offset is not cluster aligned"
                 : (long)snapshot.L1Size * Qcow2Layout.L1EntrySize > Qcow2Layout.MaxL1TableBytes ? "its L1 table is too large"
@@ -180,11 +179,11 @@ internal sealed class SalvageRepair(ImageCore core, CheckReport report)
             }
 
             report.Note(Invariant($"Dropped snapshot {Shown(snapshot.Id)} ({Shown(snapshot.Name)}): {problem} (L1 table offset 0x{snapshot.L1TableOffset:x}); the clusters only it used are freed"));
-            report.Losses.Add(new DataLoss(snapshot.Id, 0, snapshot.DiskSize ?? core.Header.Header.Size, Invariant($"the snapshot was dropped: {problem} (L1 table offset 0x{snapshot.L1TableOffset:x})")));
+            report.Losses.Add(new DataLoss(snapshot.Id, 0, snapshot.DiskSize ?? metadata.Header.Header.Size, Invariant($"the snapshot was dropped: {problem} (L1 table offset 0x{snapshot.L1TableOffset:x})")));
             Changes++;
         }
 
-        if (kept.Count == core.Snapshots.Count)
+        if (kept.Count == metadata.Snapshots.Count)
         {
             return;
         }
@@ -201,12 +200,11 @@ internal sealed class SalvageRepair(ImageCore core, CheckReport report)
         if (bytes.Length > 0)
         {
             offset = AllocateAtEnd(_geometry.ClustersFor(bytes.Length));
-            await core.File.WriteAsync(offset, bytes, async, cancellationToken).ConfigureAwait(false);
-            await core.File.FlushAsync(async, cancellationToken).ConfigureAwait(false);
+            await _repairs.WriteAppendedAsync(offset, bytes, async, cancellationToken).ConfigureAwait(false);
+            await _repairs.FlushAsync(async, cancellationToken).ConfigureAwait(false);
         }
 
-        await core.WriteHeaderFieldsAsync(core.Header.Header with { SnapshotCount = kept.Count, SnapshotsOffset = offset }, Qcow2Header.SnapshotCountOffset, 12, async, cancellationToken).ConfigureAwait(false);
-        core.Snapshots = kept;
+        await _repairs.SwitchSnapshotTableAsync(offset, kept, async, cancellationToken).ConfigureAwait(false);
     }
 
     /// <summary>Mends one L1 table in <paramref name="entries"/>; returns the indexes changed, or null.</summary>
@@ -282,7 +280,7 @@ internal sealed class SalvageRepair(ImageCore core, CheckReport report)
         }
 
         var offset = AllocateAtEnd(1);
-        await core.File.WriteAsync(offset, table, async, cancellationToken).ConfigureAwait(false);
+        await _repairs.WriteAppendedAsync(offset, table, async, cancellationToken).ConfigureAwait(false);
         _mendedTables.Add(offset);
         return L1Entry.ForTable(offset, copied: true).Raw;
     }
@@ -290,7 +288,7 @@ internal sealed class SalvageRepair(ImageCore core, CheckReport report)
     private async ValueTask MendL2Async(long tableOffset, long firstGuestOffset, string? snapshotId, long diskSize, string where, bool async, CancellationToken cancellationToken)
     {
         var table = new byte[_geometry.ClusterSize];
-        await core.File.ReadZeroFilledAsync(tableOffset, table, async, cancellationToken).ConfigureAwait(false);
+        await metadata.File.ReadZeroFilledAsync(tableOffset, table, async, cancellationToken).ConfigureAwait(false);
         var firstVisit = _mendedTables.Add(tableOffset);
         var changed = false;
         for (var j = 0; j < _geometry.L2Entries; j++)
@@ -420,8 +418,8 @@ internal sealed class SalvageRepair(ImageCore core, CheckReport report)
 
         var copy = AllocateAtEnd(1);
         var data = new byte[_geometry.ClusterSize];
-        await core.File.ReadZeroFilledAsync(entry.HostOffset, data, async, cancellationToken).ConfigureAwait(false);
-        await core.File.WriteAsync(copy, data, async, cancellationToken).ConfigureAwait(false);
+        await metadata.File.ReadZeroFilledAsync(entry.HostOffset, data, async, cancellationToken).ConfigureAwait(false);
+        await _repairs.WriteAppendedAsync(copy, data, async, cancellationToken).ConfigureAwait(false);
         L2Table.WriteEntry(table, index, extended, new L2Entry((entry.Raw & ~L2Entry.OffsetMask) | (ulong)copy | L2Entry.CopiedFlag));
         _dataReferences[copy >> _geometry.ClusterBits] = 1;
         Say($"Copied the host cluster at 0x{entry.HostOffset:x} to 0x{copy:x} for {guest}: one more reference would overflow the refcount maximum of {_geometry.MaxRefcount}; the data is kept");
@@ -459,7 +457,7 @@ internal sealed class SalvageRepair(ImageCore core, CheckReport report)
     {
         var offset = _geometry.RoundUpToCluster(_fileLength);
         _fileLength = offset + (clusters << _geometry.ClusterBits);
-        core.File.SetLength(_fileLength);
+        _repairs.ExtendFile(_fileLength);
         return offset;
     }
 
@@ -469,13 +467,10 @@ internal sealed class SalvageRepair(ImageCore core, CheckReport report)
     /// </summary>
     private async ValueTask WriteTableAsync(long offset, byte[] bytes, MetadataKind own, string what, bool async, CancellationToken cancellationToken)
     {
-        if (MetadataOverlap.Find(core, offset, bytes.Length, ignore: own) is { } overlapped)
+        if (await _repairs.RewriteAsync(offset, bytes, own, async, cancellationToken).ConfigureAwait(false) is { } overlapped)
         {
             report.Note(Invariant($"Left the {what} at 0x{offset:x} as it was: it overlaps the {overlapped}, which mending it would overwrite"));
-            return;
         }
-
-        await core.File.WriteAsync(offset, bytes, async, cancellationToken).ConfigureAwait(false);
     }
 
     private void Say(string message)

@@ -1,5 +1,4 @@
 using QcowDedup.Qcow2.Format;
-using QcowDedup.Qcow2.Image;
 using QcowDedup.Qcow2.Metadata;
 
 namespace QcowDedup.Qcow2.Check;
@@ -10,12 +9,12 @@ namespace QcowDedup.Qcow2.Check;
 /// zeros, and only a block offset that is not cluster aligned fails — signalling corruption, which
 /// marks a writable image corrupt. The strict reader of the write path would refuse all three.
 /// </summary>
-internal sealed class StoredRefcounts(ImageCore core, CorruptionSignal signal)
+internal sealed class StoredRefcounts(ImageMetadata metadata, CorruptionSignal signal)
 {
-    private readonly Geometry _geometry = core.Geometry;
+    private readonly Geometry _geometry = metadata.Geometry;
 
     /// <summary>The current refcount table (a rebuild replaces its contents in place).</summary>
-    public RefcountTable Table => core.RefcountAllocator?.Table ?? core.Refcounts!;
+    public RefcountTable Table => metadata.Refcounts ?? throw new InvalidOperationException("The refcount table is read before the check starts.");
 
     /// <summary>The stored refcount of <paramref name="cluster"/>, or null when its block offset is misaligned.</summary>
     public async ValueTask<ulong?> GetAsync(long cluster, bool async, CancellationToken cancellationToken)
@@ -33,12 +32,12 @@ internal sealed class StoredRefcounts(ImageCore core, CorruptionSignal signal)
             return null;
         }
 
-        if (blockOffset >= core.File.Length)
+        if (blockOffset >= metadata.File.Length)
         {
             return 0;
         }
 
-        using var block = await core.RefcountCache.GetAsync(blockOffset, async, cancellationToken).ConfigureAwait(false);
+        using var block = await metadata.RefcountCache.GetAsync(blockOffset, async, cancellationToken).ConfigureAwait(false);
         return RefcountBlock.Get(block.Span, (int)(cluster & (_geometry.RefcountBlockEntries - 1)), _geometry.RefcountOrder);
     }
 }

@@ -23,7 +23,7 @@ internal sealed class ImageChecker(ImageSession session, WritableState? writable
             await writable.FlushAsync(async, cancellationToken).ConfigureAwait(false);
         }
 
-        var result = await new RefcountChecker(Inputs).RunAsync(repair, async, cancellationToken).ConfigureAwait(false);
+        var result = await new RefcountChecker(_metadata, writable?.Refcounts).RunAsync(repair, async, cancellationToken).ConfigureAwait(false);
         if (writable is null || repair == CheckRepair.None)
         {
             return result;
@@ -47,13 +47,10 @@ internal sealed class ImageChecker(ImageSession session, WritableState? writable
     public async ValueTask<ulong[]> CountReferencesLockedAsync(bool async, CancellationToken cancellationToken)
     {
         var report = new CheckReport();
-        var inputs = Inputs;
-        var counter = new ReferenceCounter(inputs, report, new CorruptionSignal(inputs, report));
+        var counter = new ReferenceCounter(_metadata, report, new CorruptionSignal(_metadata, report));
         await counter.CalculateAsync(await _metadata.GetRefcountsLockedAsync(async, cancellationToken).ConfigureAwait(false), fixErrors: false, async, cancellationToken).ConfigureAwait(false);
         return [.. counter.References.ToArray().Select(r => (ulong)r)];
     }
-
-    private ImageCore Inputs => new(_metadata, writable?.Refcounts);
 
     private static bool IsClean(CheckResult result) => result.Failure is null && result.CheckErrors == 0 && result.Corruptions == 0;
 
@@ -68,10 +65,10 @@ internal sealed class ImageChecker(ImageSession session, WritableState? writable
         _metadata.RefcountCache.Clear();
         var report = new CheckReport();
         report.Note("Repairing what qemu-img check -r all leaves behind:");
-        await new SalvageRepair(Inputs, report).RunAsync(async, cancellationToken).ConfigureAwait(false);
-        var repaired = await new RefcountChecker(Inputs, beyondQemu: true).RunAsync(CheckRepair.All, async, cancellationToken).ConfigureAwait(false);
+        await new SalvageRepair(_metadata, report).RunAsync(async, cancellationToken).ConfigureAwait(false);
+        var repaired = await new RefcountChecker(_metadata, writable?.Refcounts, beyondQemu: true).RunAsync(CheckRepair.All, async, cancellationToken).ConfigureAwait(false);
         await state.FlushAsync(async, cancellationToken).ConfigureAwait(false);
-        var final = await new RefcountChecker(Inputs).RunAsync(CheckRepair.None, async, cancellationToken).ConfigureAwait(false);
+        var final = await new RefcountChecker(_metadata, writable?.Refcounts).RunAsync(CheckRepair.None, async, cancellationToken).ConfigureAwait(false);
         return final with
         {
             CorruptionsFixed = first.CorruptionsFixed + Math.Max(0, first.Corruptions - final.Corruptions),

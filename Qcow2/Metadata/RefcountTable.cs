@@ -127,12 +127,15 @@ internal sealed class RefcountTable
     public ReadOnlySpan<ulong> Entries => _entries;
 
     /// <summary>Encodes the table for writing.</summary>
-    public byte[] Encode()
+    public byte[] Encode() => Encode(_entries, Clusters, _geometry);
+
+    /// <summary>Encodes <paramref name="entries"/> as a table of <paramref name="clusters"/> clusters.</summary>
+    public static byte[] Encode(ReadOnlySpan<ulong> entries, int clusters, Geometry geometry)
     {
-        var buffer = new byte[(long)Clusters * _geometry.ClusterSize];
-        for (var i = 0; i < _entries.Length; i++)
+        var buffer = new byte[(long)clusters * geometry.ClusterSize];
+        for (var i = 0; i < entries.Length; i++)
         {
-            BinaryPrimitives.WriteUInt64BigEndian(buffer.AsSpan(i * 8), _entries[i]);
+            BinaryPrimitives.WriteUInt64BigEndian(buffer.AsSpan(i * 8), entries[i]);
         }
 
         return buffer;
