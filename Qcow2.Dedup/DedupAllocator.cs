@@ -10,25 +10,23 @@ namespace QcowDedup.Qcow2.Dedup;
 /// </summary>
 internal sealed class DedupAllocator(DedupExtension owner) : IClusterAllocator
 {
-    private (ClusterHash Hash, IndexEntry Entry, bool Refresh)? _lastHit;
+    /// <summary>The <see cref="ClusterPlacement.Tag"/> of a hit to copy into the log store once shared.</summary>
+    private const int RefreshTag = 1;
 
     public bool SharesClusters => true;
 
-    public void Attach(IClusterAllocatorContext context)
-    {
-    }
-
     /// <summary>All-zero clusters are never hashed: the image stores them as zero clusters.</summary>
-    public object? Describe(ReadOnlySpan<byte> cluster) =>
-        cluster.ContainsAnyExcept((byte)0) ? ClusterHash.Compute(cluster) : null;
+    public ClusterFingerprint? Fingerprint(ReadOnlySpan<byte> cluster) =>
+        cluster.ContainsAnyExcept((byte)0) ? ClusterHash.Compute(cluster).Fingerprint : null;
 
     public ClusterPlacement Place(in ClusterPlacementRequest request)
     {
-        _lastHit = null;
-        if (owner.Index is not { } index || request.Fingerprint is not ClusterHash hash)
+        if (owner.Index is not { } index || request.Fingerprint is not { } fingerprint)
         {
             return ClusterPlacement.Fresh;
         }
+
+        var hash = ClusterHash.FromFingerprint(fingerprint);
 
         index.ClustersWritten++;
         if (index.FindUsable(hash, request.Data.Span, out var fromLogStore) is not { } entry)
@@ -38,8 +36,8 @@ internal sealed class DedupAllocator(DedupExtension owner) : IClusterAllocator
 
         // Hits from older incarnations, or on entries checked byte for byte, are copied into the log
         // store so that hot contents stay young (and trusted) instead of aging out.
-        _lastHit = (hash, entry, !fromLogStore || entry.Epoch < index.Epoch);
-        return ClusterPlacement.Existing(entry.HostOffset, entry.GuestOffset);
+        var refresh = !fromLogStore || entry.Epoch < index.Epoch;
+        return ClusterPlacement.Existing(entry.HostOffset, entry.GuestOffset, refresh ? RefreshTag : 0);
     }
 
     public void OnPlacementResolved(in ClusterPlacementRequest request, ClusterPlacement placement, bool shared)
@@ -50,17 +48,17 @@ internal sealed class DedupAllocator(DedupExtension owner) : IClusterAllocator
         }
 
         index.ClustersDeduplicated++;
-        if (_lastHit is { Refresh: true } hit && hit.Entry.HostOffset == placement.ExistingHostOffset)
+        if (placement.Tag == RefreshTag && request.Fingerprint is { } fingerprint)
         {
-            index.Insert(hit.Hash, hit.Entry.HostOffset, hit.Entry.GuestOffset);
+            index.Insert(ClusterHash.FromFingerprint(fingerprint), placement.ExistingHostOffset, placement.ReferrerGuestOffset);
         }
     }
 
     public void OnStored(in ClusterPlacementRequest request, long hostOffset)
     {
-        if (owner.Index is { } index && request.Fingerprint is ClusterHash hash)
+        if (owner.Index is { } index && request.Fingerprint is { } fingerprint)
         {
-            index.Insert(hash, hostOffset, request.GuestOffset);
+            index.Insert(ClusterHash.FromFingerprint(fingerprint), hostOffset, request.GuestOffset);
         }
     }
 

@@ -10,7 +10,7 @@ namespace QcowDedup.Qcow2.Tests.Infrastructure;
 /// </summary>
 public sealed class SharingTestAllocator : IClusterAllocator
 {
-    private readonly Dictionary<string, (long Host, long Guest)> _byContent = [];
+    private readonly Dictionary<ClusterFingerprint, (long Host, long Guest)> _byContent = [];
 
     /// <summary>Whether in-place overwrites are allowed (false: the image must place rewrites elsewhere).</summary>
     public bool AllowInPlace { get; set; } = true;
@@ -24,13 +24,12 @@ public sealed class SharingTestAllocator : IClusterAllocator
 
     public List<(ClusterPlacement Placement, bool Shared)> Resolutions { get; } = [];
 
-    public IClusterAllocatorContext? Context { get; private set; }
+    /// <summary>The tag every hit carries, which the image must hand back unchanged.</summary>
+    public const int HitTag = 7;
 
     public bool SharesClusters => true;
 
-    public void Attach(IClusterAllocatorContext context) => Context = context;
-
-    public object? Describe(ReadOnlySpan<byte> cluster) => Convert.ToHexString(SHA256.HashData(cluster));
+    public ClusterFingerprint? Fingerprint(ReadOnlySpan<byte> cluster) => new ClusterFingerprint(SHA256.HashData(cluster));
 
     public ClusterPlacement Place(in ClusterPlacementRequest request)
     {
@@ -39,14 +38,14 @@ public sealed class SharingTestAllocator : IClusterAllocator
             return forced;
         }
 
-        return request.Fingerprint is string hash && _byContent.TryGetValue(hash, out var known)
-            ? ClusterPlacement.Existing(known.Host, known.Guest)
+        return request.Fingerprint is { } hash && _byContent.TryGetValue(hash, out var known)
+            ? ClusterPlacement.Existing(known.Host, known.Guest, HitTag)
             : ClusterPlacement.Fresh;
     }
 
     public void OnStored(in ClusterPlacementRequest request, long hostOffset)
     {
-        if (request.Fingerprint is string hash)
+        if (request.Fingerprint is { } hash)
         {
             _byContent[hash] = (hostOffset, request.GuestOffset);
         }

@@ -33,8 +33,12 @@ public class AllocatorSeamTests : TempDirectoryFixture
 
             var hosts = image.GetExtents(0, 3L * Cluster).Select(e => e.HostOffset).Distinct().ToList();
             hosts.Count.ShouldBe(1);
-            _allocator.Context!.GetRefcount(hosts[0]!.Value).ShouldBe(3UL);
+            using (image.Session.Metadata.MetadataLock.AcquireAsync(async: false, CancellationToken.None).AsTask().Result)
+            {
+                image.Session.Metadata.GetRefcountLocked(hosts[0]!.Value).ShouldBe(3UL);
+            }
             _allocator.Resolutions.Count(r => r.Shared).ShouldBe(2);
+            _allocator.Resolutions.ShouldAllBe(r => r.Placement.Tag == SharingTestAllocator.HitTag); // handed back as answered
         }
 
         Qemu.AssertClean(_path);

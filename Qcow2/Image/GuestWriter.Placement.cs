@@ -11,13 +11,13 @@ internal sealed partial class GuestWriter
     /// rewrite the allocator kept out of place): builds the cluster's new content, asks the
     /// allocator where it goes, writes it, links it, then releases the old cluster.
     /// </summary>
-    private async ValueTask WriteToNewClusterAsync(ClusterState state, int from, ReadOnlyMemory<byte> data, object? fingerprint, bool async, CancellationToken cancellationToken)
+    private async ValueTask WriteToNewClusterAsync(ClusterState state, int from, ReadOnlyMemory<byte> data, ClusterFingerprint? fingerprint, bool async, CancellationToken cancellationToken)
     {
         var geometry = _metadata.Geometry;
         var clusterSize = geometry.ClusterSize;
         var to = from + data.Length;
         var buffer = ArrayPool<byte>.Shared.Rent(clusterSize);
-        object? inFlight = null;
+        ClusterFingerprint? inFlight = null;
         try
         {
             // With extended L2 a cluster without a host cluster only needs the written subclusters.
@@ -34,11 +34,11 @@ internal sealed partial class GuestWriter
             var request = new ClusterPlacementRequest(state.ClusterStart, content, fingerprint);
             if (whole && fingerprint is null && _writable.Allocator.SharesClusters && !geometry.ExternalDataFile)
             {
-                request = request with { Fingerprint = _writable.Allocator.Describe(content.Span) };
+                request = request with { Fingerprint = _writable.Allocator.Fingerprint(content.Span) };
             }
 
             var (host, outcome) = await PlaceAsync(state, request, whole, async, cancellationToken).ConfigureAwait(false);
-            inFlight = outcome == PlacementOutcome.Fresh && IsTrackedInFlight(request) ? request.Fingerprint : null;
+            inFlight = outcome == PlacementOutcome.Fresh ? InFlightKey(request) : null;
             if (outcome == PlacementOutcome.Unchanged)
             {
                 return; // the guest cluster already maps a host cluster holding exactly these bytes
@@ -73,7 +73,7 @@ internal sealed partial class GuestWriter
         }
         finally
         {
-            if (inFlight is not null && _writable.PlacementsInFlight.TryRemove(inFlight, out var done))
+            if (inFlight is { } key && _writable.PlacementsInFlight.TryRemove(key, out var done))
             {
                 done.TrySetResult(); // stored (the index knows it now) or failed: waiting writers ask again
             }
@@ -100,9 +100,9 @@ internal sealed partial class GuestWriter
         }
     }
 
-    /// <summary>Whether a fresh placement of this request is announced to writers of the same bytes.</summary>
-    private bool IsTrackedInFlight(in ClusterPlacementRequest request) =>
-        request.Fingerprint is not null && _writable.Allocator.SharesClusters && !_metadata.Geometry.ExternalDataFile;
+    /// <summary>The key under which a fresh placement of this request is announced to writers of the same bytes, or null when it is not.</summary>
+    private ClusterFingerprint? InFlightKey(in ClusterPlacementRequest request) =>
+        _writable.Allocator.SharesClusters && !_metadata.Geometry.ExternalDataFile ? request.Fingerprint : null;
 
     /// <summary>Clusters freed since the last flush (unusable until it) beyond which a data allocation flushes first: 64 MiB, at least 256 clusters.</summary>
     private int QuarantineFlushClusters => Math.Max(256, (64 << 20) >> _metadata.Geometry.ClusterBits);
@@ -175,8 +175,8 @@ internal sealed partial class GuestWriter
     {
         using (await _metadata.MetadataLock.AcquireAsync(async, cancellationToken).ConfigureAwait(false))
         {
-            var tracked = whole && IsTrackedInFlight(request);
-            if (tracked && _writable.PlacementsInFlight.TryGetValue(request.Fingerprint!, out var other))
+            var tracked = whole ? InFlightKey(request) : null;
+            if (tracked is { } key && _writable.PlacementsInFlight.TryGetValue(key, out var other))
             {
                 return (default, other.Task);
             }
@@ -209,10 +209,10 @@ internal sealed partial class GuestWriter
             }
 
             var host = await _writable.Refcounts.AllocateClustersAsync(1, async, cancellationToken).ConfigureAwait(false);
-            if (tracked)
+            if (tracked is { } fresh)
             {
                 // Removed (and completed) by the writer once the cluster is linked, or when it fails.
-                _writable.PlacementsInFlight[request.Fingerprint!] = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+                _writable.PlacementsInFlight[fresh] = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
             }
 
             return ((host, PlacementOutcome.Fresh), null);

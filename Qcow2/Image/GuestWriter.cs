@@ -39,7 +39,7 @@ internal sealed partial class GuestWriter
         var geometry = _metadata.Geometry;
         var end = offset + data.Length;
         using var range = await LockClustersAsync(offset, end, async, cancellationToken).ConfigureAwait(false);
-        var fingerprints = DescribeFullClusters(offset, data);
+        var fingerprints = FingerprintFullClusters(offset, data);
         var done = 0;
         var clusterNumber = 0;
         while (done < data.Length)
@@ -58,10 +58,10 @@ internal sealed partial class GuestWriter
         _session.GuestLock.AcquireAsync(_metadata.Geometry.StartOfCluster(start), _metadata.Geometry.RoundUpToCluster(end), exclusive: true, async, cancellationToken);
 
     /// <summary>
-    /// Hashes (or otherwise describes) every whole cluster of a large write in parallel before the
+    /// Fingerprints (typically hashes) every whole cluster of a large write in parallel before the
     /// per-cluster work, when the allocator wants it. Index i belongs to the i-th cluster touched.
     /// </summary>
-    private object?[]? DescribeFullClusters(long offset, ReadOnlyMemory<byte> data)
+    private ClusterFingerprint?[]? FingerprintFullClusters(long offset, ReadOnlyMemory<byte> data)
     {
         var allocator = _writable.Allocator;
         var geometry = _metadata.Geometry;
@@ -72,20 +72,20 @@ internal sealed partial class GuestWriter
 
         var first = geometry.ClusterIndex(offset);
         var last = geometry.ClusterIndex(offset + data.Length - 1);
-        var fingerprints = new object?[last - first + 1];
+        var fingerprints = new ClusterFingerprint?[last - first + 1];
         Parallel.For(0, fingerprints.Length, i =>
         {
             var clusterStart = (first + i) << geometry.ClusterBits;
             if (clusterStart >= offset && clusterStart + geometry.ClusterSize <= offset + data.Length)
             {
-                fingerprints[i] = allocator.Describe(data.Span.Slice((int)(clusterStart - offset), geometry.ClusterSize));
+                fingerprints[i] = allocator.Fingerprint(data.Span.Slice((int)(clusterStart - offset), geometry.ClusterSize));
             }
         });
         return fingerprints;
     }
 
     /// <summary>Writes <paramref name="data"/> at byte <paramref name="from"/> of the guest cluster at <paramref name="clusterStart"/>.</summary>
-    private async ValueTask WriteClusterAsync(long clusterStart, int from, ReadOnlyMemory<byte> data, object? fingerprint, bool async, CancellationToken cancellationToken)
+    private async ValueTask WriteClusterAsync(long clusterStart, int from, ReadOnlyMemory<byte> data, ClusterFingerprint? fingerprint, bool async, CancellationToken cancellationToken)
     {
         if (from == 0 && data.Length == ClusterBytesAt(clusterStart) && !data.Span.ContainsAnyExcept((byte)0)
             && await ZeroDetectedClusterAsync(clusterStart, async, cancellationToken).ConfigureAwait(false))

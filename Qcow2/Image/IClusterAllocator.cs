@@ -9,7 +9,7 @@ namespace QcowDedup.Qcow2.Image;
 /// refcount, clears COPIED on its referrers, points the L2 entry at it and skips the data write.
 /// </summary>
 /// <remarks>
-/// <para>Threading: <see cref="Describe"/> runs outside the image's metadata lock and may run on
+/// <para>Threading: <see cref="Fingerprint"/> runs outside the image's metadata lock and may run on
 /// several threads at once. Every other member runs under the metadata lock, one call at a time.</para>
 /// <para>Safety: the image verifies every "existing cluster" answer before using it. The cluster
 /// must be allocated, below the refcount maximum, and mapped by a guest cluster the image can
@@ -17,7 +17,9 @@ namespace QcowDedup.Qcow2.Image;
 /// is ignored and a fresh cluster is used. The allocator must itself guarantee that the cluster
 /// still holds the bytes: <see cref="OnFreed"/> and <see cref="AllowOverwriteInPlace"/> tell it
 /// when that could stop being true.</para>
-/// <para>One allocator instance serves one image.</para>
+/// <para>One allocator instance serves one image. An allocator that needs to read the image or
+/// its refcounts comes with an <see cref="IImageExtension"/>, which receives the
+/// <see cref="IImageExtensionHost"/> when the image opens.</para>
 /// </remarks>
 public interface IClusterAllocator
 {
@@ -28,14 +30,12 @@ public interface IClusterAllocator
     /// </summary>
     bool SharesClusters { get; }
 
-    /// <summary>Called once when the image opens with this allocator.</summary>
-    void Attach(IClusterAllocatorContext context);
-
     /// <summary>
     /// Computes what <see cref="Place"/> needs to know about a cluster's bytes (typically a hash),
-    /// outside the metadata lock. Return null when nothing is needed.
+    /// outside the metadata lock. Return null when nothing is needed (the cluster is then placed
+    /// fresh without asking <see cref="Place"/> to share it, e.g. an all-zero cluster).
     /// </summary>
-    object? Describe(ReadOnlySpan<byte> cluster);
+    ClusterFingerprint? Fingerprint(ReadOnlySpan<byte> cluster);
 
     /// <summary>Decides where one full guest cluster of data goes.</summary>
     ClusterPlacement Place(in ClusterPlacementRequest request);
@@ -67,13 +67,18 @@ public interface IClusterAllocator
 /// <summary>One full guest cluster of data waiting for a host cluster.</summary>
 /// <param name="GuestOffset">Guest offset of the cluster (cluster aligned).</param>
 /// <param name="Data">The cluster's bytes.</param>
-/// <param name="Fingerprint">What <see cref="IClusterAllocator.Describe"/> returned for the bytes.</param>
-public readonly record struct ClusterPlacementRequest(long GuestOffset, ReadOnlyMemory<byte> Data, object? Fingerprint);
+/// <param name="Fingerprint">What <see cref="IClusterAllocator.Fingerprint"/> returned for the bytes.</param>
+public readonly record struct ClusterPlacementRequest(long GuestOffset, ReadOnlyMemory<byte> Data, ClusterFingerprint? Fingerprint);
 
 /// <summary>The allocator's answer: a fresh cluster, or an existing one holding the same bytes.</summary>
 /// <param name="ExistingHostOffset">Host offset of an existing cluster, or 0 for a fresh one.</param>
 /// <param name="ReferrerGuestOffset">A guest cluster that maps <paramref name="ExistingHostOffset"/>, for verification.</param>
-public readonly record struct ClusterPlacement(long ExistingHostOffset, long ReferrerGuestOffset)
+/// <param name="Tag">
+/// The allocator's own note about this answer (e.g. where it found the cluster), handed back
+/// unchanged to <see cref="IClusterAllocator.OnPlacementResolved"/>, so the allocator keeps no
+/// state between the two calls. The image ignores it.
+/// </param>
+public readonly record struct ClusterPlacement(long ExistingHostOffset, long ReferrerGuestOffset, int Tag = 0)
 {
     /// <summary>Allocate a fresh cluster.</summary>
     public static ClusterPlacement Fresh => default;
@@ -81,24 +86,8 @@ public readonly record struct ClusterPlacement(long ExistingHostOffset, long Ref
     /// <summary>Whether the answer names an existing cluster.</summary>
     public bool IsExisting => ExistingHostOffset != 0;
 
-    /// <summary>Share an existing cluster that <paramref name="referrerGuestOffset"/> maps.</summary>
-    public static ClusterPlacement Existing(long hostOffset, long referrerGuestOffset) => new(hostOffset, referrerGuestOffset);
-}
-
-/// <summary>What an allocator may ask of its image (every call under the metadata lock).</summary>
-public interface IClusterAllocatorContext
-{
-    /// <summary>Cluster size in bytes.</summary>
-    int ClusterSize { get; }
-
-    /// <summary>Largest refcount the image's refcount width holds.</summary>
-    ulong MaxRefcount { get; }
-
-    /// <summary>The refcount of the host cluster at <paramref name="hostOffset"/>.</summary>
-    ulong GetRefcount(long hostOffset);
-
-    /// <summary>Reads bytes of the image file (for a byte-for-byte check before sharing).</summary>
-    void ReadHost(long hostOffset, Span<byte> buffer);
+    /// <summary>Share an existing cluster that <paramref name="referrerGuestOffset"/> maps (see <see cref="Tag"/>).</summary>
+    public static ClusterPlacement Existing(long hostOffset, long referrerGuestOffset, int tag = 0) => new(hostOffset, referrerGuestOffset, tag);
 }
 
 /// <summary>The default allocator: every cluster gets a fresh host cluster.</summary>
@@ -111,12 +100,7 @@ public sealed class FreshClusterAllocator : IClusterAllocator
     public bool SharesClusters => false;
 
     /// <inheritdoc />
-    public void Attach(IClusterAllocatorContext context)
-    {
-    }
-
-    /// <inheritdoc />
-    public object? Describe(ReadOnlySpan<byte> cluster) => null;
+    public ClusterFingerprint? Fingerprint(ReadOnlySpan<byte> cluster) => null;
 
     /// <inheritdoc />
     public ClusterPlacement Place(in ClusterPlacementRequest request) => ClusterPlacement.Fresh;

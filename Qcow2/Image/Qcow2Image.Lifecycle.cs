@@ -114,13 +114,12 @@ public sealed partial class Qcow2Image
         }
     }
 
-    /// <summary>Opens the extensions, then attaches the allocator (the option's, else an extension's, else fresh clusters). Caller holds the metadata lock.</summary>
+    /// <summary>Opens the extensions, then picks the allocator (the option's, else an extension's, else fresh clusters). Caller holds the metadata lock.</summary>
     internal void OpenExtensionsAndAllocator()
     {
         OpenExtensions();
         var state = Writes.State;
         state.Allocator = _session.Options.Allocator ?? _session.Extensions.Select(e => e.Allocator).FirstOrDefault(a => a is not null) ?? FreshClusterAllocator.Instance;
-        state.Allocator.Attach(new AllocatorContext(_session));
     }
 
     /// <summary>Hands every extension its header extension payload and whether its auto-clear bit survived.</summary>
@@ -132,22 +131,6 @@ public sealed partial class Qcow2Image
             var stored = header.OtherExtensions.FirstOrDefault(e => e.Type == extension.HeaderExtensionType);
             var bitSet = ((ulong)header.Header.Autoclear & (1UL << extension.AutoclearBit)) != 0;
             extension.Open(new ExtensionHost(this, extension), stored?.Data, bitSet);
-        }
-    }
-
-    /// <summary>What the allocator may ask of this image.</summary>
-    private sealed class AllocatorContext(ImageSession session) : IClusterAllocatorContext
-    {
-        public int ClusterSize => session.Metadata.Geometry.ClusterSize;
-
-        public ulong MaxRefcount => session.Metadata.Geometry.MaxRefcount;
-
-        public ulong GetRefcount(long hostOffset) => session.Metadata.GetRefcountLocked(hostOffset);
-
-        public void ReadHost(long hostOffset, Span<byte> buffer)
-        {
-            var read = session.GuestDataFile.Read(hostOffset, buffer);
-            buffer[read..].Clear();
         }
     }
 }

@@ -44,7 +44,7 @@ internal sealed class WritableState
     /// Contents (allocator fingerprints) being stored in fresh clusters right now, added under the
     /// metadata lock at allocation and removed once linked: writers of the same bytes wait for them.
     /// </summary>
-    public ConcurrentDictionary<object, TaskCompletionSource> PlacementsInFlight { get; } = new();
+    public ConcurrentDictionary<ClusterFingerprint, TaskCompletionSource> PlacementsInFlight { get; } = new();
 
     /// <summary>Host clusters that dropped to one referrer which could not be found yet (COPIED to set).</summary>
     public HashSet<long> PendingCopiedFixups { get; } = [];
