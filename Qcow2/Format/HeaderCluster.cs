@@ -106,23 +106,7 @@ public sealed record HeaderCluster
             }
         }
 
-        string? backingName = null;
-        if (header.BackingFileOffset != 0)
-        {
-            if (header.BackingFileSize > Qcow2Layout.MaxBackingFileNameLength)
-            {
-                throw Qcow2Corruption.Create("header", $"backing_file_size {header.BackingFileSize} exceeds {Qcow2Layout.MaxBackingFileNameLength} bytes", Qcow2Header.BackingFileSizeOffset);
-            }
-
-            if (header.BackingFileOffset + header.BackingFileSize > clusterSize)
-            {
-                throw Qcow2Corruption.Create("header", "backing file name extends past cluster 0", header.BackingFileOffset);
-            }
-
-            // QEMU reads a name of length 0 as "" and opens no backing file for it, so it is no backing file.
-            backingName = header.BackingFileSize == 0 ? null : Encoding.UTF8.GetString(cluster0.Slice((int)header.BackingFileOffset, header.BackingFileSize));
-        }
-
+        var backingName = ReadBackingFileName(cluster0, header);
         return new HeaderCluster
         {
             Header = header,
@@ -134,6 +118,28 @@ public sealed record HeaderCluster
             FeatureNames = featureNames,
             OtherExtensions = others,
         };
+    }
+
+    /// <summary>The backing file name stored in cluster 0, or null for none.</summary>
+    private static string? ReadBackingFileName(ReadOnlySpan<byte> cluster0, Qcow2Header header)
+    {
+        if (header.BackingFileOffset == 0)
+        {
+            return null;
+        }
+
+        if (header.BackingFileSize > Qcow2Layout.MaxBackingFileNameLength)
+        {
+            throw Qcow2Corruption.Create("header", $"backing_file_size {header.BackingFileSize} exceeds {Qcow2Layout.MaxBackingFileNameLength} bytes", Qcow2Header.BackingFileSizeOffset);
+        }
+
+        if (header.BackingFileOffset + header.BackingFileSize > cluster0.Length)
+        {
+            throw Qcow2Corruption.Create("header", "backing file name extends past cluster 0", header.BackingFileOffset);
+        }
+
+        // QEMU reads a name of length 0 as "" and opens no backing file for it, so it is no backing file.
+        return header.BackingFileSize == 0 ? null : Encoding.UTF8.GetString(cluster0.Slice((int)header.BackingFileOffset, header.BackingFileSize));
     }
 
     /// <summary>
