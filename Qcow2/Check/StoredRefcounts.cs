@@ -12,6 +12,7 @@ namespace QcowDedup.Qcow2.Check;
 internal sealed class StoredRefcounts(ImageMetadata metadata, CorruptionSignal signal)
 {
     private readonly Geometry _geometry = metadata.Geometry;
+    private long _knownLength;
 
     /// <summary>The current refcount table (a rebuild replaces its contents in place).</summary>
     public RefcountTable Table => metadata.Refcounts ?? throw new InvalidOperationException("The refcount table is read before the check starts.");
@@ -32,7 +33,10 @@ internal sealed class StoredRefcounts(ImageMetadata metadata, CorruptionSignal s
             return null;
         }
 
-        if (blockOffset >= metadata.File.Length)
+        // The file only grows during a check (repairs extend it), so a block inside the length
+        // seen last is inside the file; only one past it needs a fresh look (an fstat per cluster
+        // was most of a check's time).
+        if (blockOffset >= _knownLength && blockOffset >= (_knownLength = metadata.File.Length))
         {
             return 0;
         }
