@@ -29,8 +29,25 @@ internal static class ByteRanges
         return merged;
     }
 
-    public static bool Overlaps(List<(long Start, long End)> ranges, long start, long end) =>
-        ranges.Any(r => r.Start < end && start < r.End);
+    public static bool Overlaps(List<(long Start, long End)> ranges, long start, long end)
+    {
+        // Sorted and disjoint: the first range ending after start is the only candidate.
+        int low = 0, high = ranges.Count;
+        while (low < high)
+        {
+            var middle = (low + high) >>> 1;
+            if (ranges[middle].End <= start)
+            {
+                low = middle + 1;
+            }
+            else
+            {
+                high = middle;
+            }
+        }
+
+        return low < ranges.Count && ranges[low].Start < end;
+    }
 
     private static void Append(List<(long Start, long End)> ranges, long start, long end)
     {

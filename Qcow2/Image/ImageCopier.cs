@@ -102,32 +102,32 @@ public static class ImageCopier
         var granularity = target.Granularity;
         var map = async ? await source.GetMapAsync(0, source.Size, cancellationToken).ConfigureAwait(false) : source.GetMap(0, source.Size);
         var shown = await target.ShownRangesAsync(async, cancellationToken).ConfigureAwait(false);
-        var ranges = ByteRanges.Union(ByteRanges.Granules(map, source.Size, granularity), shown);
-        var chunk = ArrayPool<byte>.Shared.Rent(ChunkSize);
+        var chunks = Chunks(ByteRanges.Union(ByteRanges.Granules(map, source.Size, granularity), shown)).ToList();
+        var current = ArrayPool<byte>.Shared.Rent(ChunkSize);
+        var next = ArrayPool<byte>.Shared.Rent(ChunkSize);
         var before = ArrayPool<byte>.Shared.Rent(ChunkSize);
+        Task? reading = null;
         try
         {
-            foreach (var (start, end) in ranges)
+            // The next chunk is read while the current one is written (the source and the target
+            // are different files): reading and writing overlap, as qemu-img's parallel requests do.
+            reading = chunks.Count > 0 ? ReadChunkAsync(source, chunks[0], current, async, cancellationToken) : null;
+            for (var i = 0; i < chunks.Count; i++)
             {
-                for (var position = start; position < end;)
+                cancellationToken.ThrowIfCancellationRequested();
+                await reading!.ConfigureAwait(false);
+                (current, next) = (next, current);
+                reading = i + 1 < chunks.Count ? ReadChunkAsync(source, chunks[i + 1], current, async, cancellationToken) : null;
+                var (position, length) = chunks[i];
+                ReadOnlyMemory<byte>? targetReads = null;
+                if (ByteRanges.Overlaps(shown, position, position + length))
                 {
-                    cancellationToken.ThrowIfCancellationRequested();
-                    var next = Math.Min(end, (position / ChunkSize * ChunkSize) + ChunkSize);
-                    var length = (int)(next - position);
-                    await source.ReadAsync(position, chunk.AsMemory(0, length), async, cancellationToken).ConfigureAwait(false);
-                    if (ByteRanges.Overlaps(shown, position, next))
-                    {
-                        await target.ReadAsync(position, before.AsMemory(0, length), async, cancellationToken).ConfigureAwait(false);
-                    }
-                    else
-                    {
-                        before.AsSpan(0, length).Clear();
-                    }
-
-                    await WriteDifferencesAsync(target, position, chunk.AsMemory(0, length), before.AsMemory(0, length), options.Compress, async, cancellationToken).ConfigureAwait(false);
-                    position = next;
-                    options.Progress?.Report((double)position / Math.Max(1, source.Size));
+                    await target.ReadAsync(position, before.AsMemory(0, length), async, cancellationToken).ConfigureAwait(false);
+                    targetReads = before.AsMemory(0, length);
                 }
+
+                await WriteDifferencesAsync(target, position, next.AsMemory(0, length), targetReads, options.Compress, async, cancellationToken).ConfigureAwait(false);
+                options.Progress?.Report((double)(position + length) / Math.Max(1, source.Size));
             }
 
             await target.FlushAsync(async, cancellationToken).ConfigureAwait(false);
@@ -135,35 +135,114 @@ public static class ImageCopier
         }
         finally
         {
-            ArrayPool<byte>.Shared.Return(chunk);
+            if (reading is not null)
+            {
+                await reading.ContinueWith(static _ => { }, CancellationToken.None, TaskContinuationOptions.ExecuteSynchronously, TaskScheduler.Default).ConfigureAwait(false);
+            }
+
+            ArrayPool<byte>.Shared.Return(current);
+            ArrayPool<byte>.Shared.Return(next);
             ArrayPool<byte>.Shared.Return(before);
         }
     }
 
-    /// <summary>Writes each granule of <paramref name="chunk"/> that differs from what the target reads there (<paramref name="before"/>).</summary>
-    private static async ValueTask WriteDifferencesAsync(CopyTarget target, long position, ReadOnlyMemory<byte> chunk, ReadOnlyMemory<byte> before, bool compress, bool async, CancellationToken cancellationToken)
+    /// <summary>The ranges cut at <see cref="ChunkSize"/> boundaries.</summary>
+    private static IEnumerable<(long Position, int Length)> Chunks(List<(long Start, long End)> ranges)
+    {
+        foreach (var (start, end) in ranges)
+        {
+            for (var position = start; position < end;)
+            {
+                var next = Math.Min(end, (position / ChunkSize * ChunkSize) + ChunkSize);
+                yield return (position, (int)(next - position));
+                position = next;
+            }
+        }
+    }
+
+    /// <summary>Starts reading one chunk of the source: on the thread pool for a synchronous copy, so that it overlaps the writes.</summary>
+    private static Task ReadChunkAsync(DiskSource source, (long Position, int Length) chunk, byte[] buffer, bool async, CancellationToken cancellationToken) =>
+        async
+            ? source.ReadAsync(chunk.Position, buffer.AsMemory(0, chunk.Length), async: true, cancellationToken).AsTask()
+            : Task.Run(() => source.ReadAsync(chunk.Position, buffer.AsMemory(0, chunk.Length), async: false, cancellationToken).AsTask(), cancellationToken);
+
+    /// <summary>
+    /// Writes each granule of <paramref name="chunk"/> that differs from what the target reads
+    /// there (<paramref name="targetReads"/>; null: zeros). Consecutive granules of data go out as
+    /// one write (one lock round and, with dedup, their hashes computed in parallel); whole
+    /// clusters to compress are compressed on every core, then linked.
+    /// </summary>
+    private static async ValueTask WriteDifferencesAsync(CopyTarget target, long position, ReadOnlyMemory<byte> chunk, ReadOnlyMemory<byte>? targetReads, bool compress, bool async, CancellationToken cancellationToken)
     {
         var granularity = target.Granularity;
+        var runStart = 0;
+        var runLength = 0;
+        List<(long Offset, ReadOnlyMemory<byte> Data)>? toCompress = null;
         for (var done = 0; done < chunk.Length;)
         {
             var offset = position + done;
             var inGranule = (int)(offset % granularity);
             var count = Math.Min(granularity - inGranule, chunk.Length - done);
             var piece = chunk.Slice(done, count);
-            if (!piece.Span.SequenceEqual(before.Span.Slice(done, count)))
+            var hasData = piece.Span.ContainsAnyExcept((byte)0);
+            var differs = targetReads is { } reads ? !piece.Span.SequenceEqual(reads.Span.Slice(done, count)) : hasData;
+            var wholeCluster = inGranule == 0 && (count == granularity || offset + count == target.Size);
+            if (!differs || !hasData || (compress && wholeCluster))
             {
-                if (!piece.Span.ContainsAnyExcept((byte)0))
+                await WriteRunAsync().ConfigureAwait(false);
+                if (!differs)
+                {
+                    // the target reads these bytes already
+                }
+                else if (!hasData)
                 {
                     await target.WriteZeroesAsync(offset, count, async, cancellationToken).ConfigureAwait(false);
                 }
                 else
                 {
-                    var wholeCluster = inGranule == 0 && (count == granularity || offset + count == target.Size);
-                    await target.WriteAsync(offset, piece, compress && wholeCluster, async, cancellationToken).ConfigureAwait(false);
+                    (toCompress ??= []).Add((offset, piece));
                 }
+            }
+            else
+            {
+                if (runLength == 0)
+                {
+                    runStart = done;
+                }
+
+                runLength += count;
             }
 
             done += count;
+        }
+
+        await WriteRunAsync().ConfigureAwait(false);
+        if (toCompress is not null)
+        {
+            await WriteCompressedAsync(target, toCompress, async, cancellationToken).ConfigureAwait(false);
+        }
+
+        async ValueTask WriteRunAsync()
+        {
+            if (runLength > 0)
+            {
+                await target.WriteAsync(position + runStart, chunk.Slice(runStart, runLength), compress: false, async, cancellationToken).ConfigureAwait(false);
+                runLength = 0;
+            }
+        }
+    }
+
+    /// <summary>Compresses and writes whole clusters on every core (each is placed and linked under the image's own locks).</summary>
+    private static async ValueTask WriteCompressedAsync(CopyTarget target, List<(long Offset, ReadOnlyMemory<byte> Data)> clusters, bool async, CancellationToken cancellationToken)
+    {
+        var parallel = new ParallelOptions { MaxDegreeOfParallelism = Environment.ProcessorCount, CancellationToken = cancellationToken };
+        if (async)
+        {
+            await Parallel.ForEachAsync(clusters, parallel, (cluster, token) => target.WriteAsync(cluster.Offset, cluster.Data, compress: true, async: true, token)).ConfigureAwait(false);
+        }
+        else
+        {
+            Parallel.ForEach(clusters, parallel, cluster => SyncOver.Run(target.WriteAsync(cluster.Offset, cluster.Data, compress: true, async: false, cancellationToken)));
         }
     }
 
