@@ -21,6 +21,7 @@ internal static class Program
         ["commit"] = (CommitCommand.Run, CommitCommand.Usage),
         ["rebase"] = (RebaseCommand.Run, RebaseCommand.Usage),
         ["amend"] = (AmendCommand.Run, AmendCommand.Usage),
+        ["bench"] = (BenchCommand.Run, BenchCommand.Usage),
     };
 
     public static int Main(string[] args)
