@@ -35,8 +35,12 @@ public sealed class DedupExtension : IImageExtension
     /// <inheritdoc />
     public string FeatureName => DedupHeader.FeatureName;
 
-    /// <inheritdoc />
-    public IClusterAllocator? Allocator => _allocator;
+    /// <summary>
+    /// The dedup allocator while the index is active, else null: an image without an index
+    /// (or with a stale one, on a read-only open) keeps the core's fresh-cluster allocator, so its
+    /// writes are not hashed for nothing.
+    /// </summary>
+    public IClusterAllocator? Allocator => State == DedupIndexState.Active ? _allocator : null;
 
     /// <summary>The state the image's index was found in.</summary>
     public DedupIndexState State => Index?.State ?? DedupIndexState.Absent;

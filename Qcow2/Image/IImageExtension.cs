@@ -24,7 +24,7 @@ public interface IImageExtension
     /// <summary>Name written to the feature name table for <see cref="AutoclearBit"/>.</summary>
     string FeatureName { get; }
 
-    /// <summary>The allocator the image should use, or null to keep the default.</summary>
+    /// <summary>The allocator the image should use, or null to keep the default (read once, after <see cref="Open"/>).</summary>
     IClusterAllocator? Allocator { get; }
 
     /// <summary>
