@@ -16,19 +16,29 @@ internal sealed partial class GuestWriter
         var geometry = _metadata.Geometry;
         var clusterSize = geometry.ClusterSize;
         var to = from + data.Length;
-        var buffer = ArrayPool<byte>.Shared.Rent(clusterSize);
+        // A whole cluster is written from the caller's memory, unless it is hashed for sharing: then
+        // the bytes hashed and the bytes stored must be one copy a caller cannot change in between.
+        // A part is merged into a copy first.
+        var direct = from == 0 && data.Length == clusterSize && !_writable.Allocator.SharesClusters;
+        var buffer = direct ? null : ArrayPool<byte>.Shared.Rent(clusterSize);
         ClusterFingerprint? inFlight = null;
         try
         {
             // With extended L2 a cluster without a host cluster only needs the written subclusters.
             var (writeStart, writeEnd) = geometry.ExtendedL2 && state.Type == ClusterType.Unallocated ? SubclusterSpan(from, to) : (0, clusterSize);
-            var content = buffer.AsMemory(0, clusterSize);
-            if (from != writeStart || to != writeEnd)
+            var content = data;
+            if (buffer is not null)
             {
-                await ReadWithinDiskAsync(state.ClusterStart + writeStart, content[writeStart..writeEnd], async, cancellationToken).ConfigureAwait(false);
+                var merged = buffer.AsMemory(0, clusterSize);
+                if (from != writeStart || to != writeEnd)
+                {
+                    await ReadWithinDiskAsync(state.ClusterStart + writeStart, merged[writeStart..writeEnd], async, cancellationToken).ConfigureAwait(false);
+                }
+
+                data.Span.CopyTo(merged.Span[from..]);
+                content = merged;
             }
 
-            data.Span.CopyTo(content.Span[from..]);
             var bitmap = NewBitmap(state, writeStart, writeEnd, from, to);
             var whole = writeStart == 0 && writeEnd == clusterSize && (!geometry.ExtendedL2 || (bitmap.Raw & SubclusterBitmap.AllAllocatedMask) == SubclusterBitmap.AllAllocatedMask);
             var request = new ClusterPlacementRequest(state.ClusterStart, content, fingerprint);
@@ -78,7 +88,10 @@ internal sealed partial class GuestWriter
                 done.TrySetResult(); // stored (the index knows it now) or failed: waiting writers ask again
             }
 
-            ArrayPool<byte>.Shared.Return(buffer);
+            if (buffer is not null)
+            {
+                ArrayPool<byte>.Shared.Return(buffer);
+            }
         }
     }
 
