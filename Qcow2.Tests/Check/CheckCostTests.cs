@@ -27,7 +27,7 @@ public class CheckCostTests : TempDirectoryFixture
             }
         }
 
-        var counting = new LengthCountingStorage(FileStorage.Open(path, writable: false));
+        var counting = new CountingStorage(FileStorage.Open(path, writable: false));
         using (var image = Qcow2Image.Open(counting))
         {
             var before = counting.LengthReads;
@@ -36,39 +36,5 @@ public class CheckCostTests : TempDirectoryFixture
             result.AllocatedClusters.ShouldBe(clusters);
             (counting.LengthReads - before).ShouldBeLessThan(64);
         }
-    }
-
-    private sealed class LengthCountingStorage(IStorage inner) : IStorage
-    {
-        public int LengthReads { get; private set; }
-
-        public long Length
-        {
-            get
-            {
-                LengthReads++;
-                return inner.Length;
-            }
-        }
-
-        public bool CanWrite => inner.CanWrite;
-
-        public string? Path => inner.Path;
-
-        public int Read(long offset, Span<byte> buffer) => inner.Read(offset, buffer);
-
-        public ValueTask<int> ReadAsync(long offset, Memory<byte> buffer, CancellationToken cancellationToken) => inner.ReadAsync(offset, buffer, cancellationToken);
-
-        public void Write(long offset, ReadOnlySpan<byte> buffer) => inner.Write(offset, buffer);
-
-        public ValueTask WriteAsync(long offset, ReadOnlyMemory<byte> buffer, CancellationToken cancellationToken) => inner.WriteAsync(offset, buffer, cancellationToken);
-
-        public void SetLength(long length) => inner.SetLength(length);
-
-        public void Flush() => inner.Flush();
-
-        public ValueTask FlushAsync(CancellationToken cancellationToken) => inner.FlushAsync(cancellationToken);
-
-        public void Dispose() => inner.Dispose();
     }
 }

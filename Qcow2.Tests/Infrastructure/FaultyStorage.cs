@@ -125,6 +125,22 @@ public sealed class FaultyStorage(IStorage durable) : IStorage
         return ValueTask.CompletedTask;
     }
 
+    /// <summary>
+    /// A hole punched in a file with a volatile cache reaches the disk like any write, in any order
+    /// with the others until a flush: modelled as a volatile write of zeros, so crash enumeration
+    /// catches a hole punched before the metadata that unmapped it is durable.
+    /// </summary>
+    public bool TryPunchHole(long offset, long length)
+    {
+        if (length > int.MaxValue || offset + length > _length)
+        {
+            return false;
+        }
+
+        Write(offset, new byte[length]);
+        return true;
+    }
+
     public void SetLength(long length)
     {
         lock (_sync)

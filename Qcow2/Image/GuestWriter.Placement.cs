@@ -335,7 +335,11 @@ internal sealed partial class GuestWriter
                 var host = oldEntry.HostOffset;
                 var remaining = await refcounts.ChangeAsync(host >> geometry.ClusterBits, -1, ClusterUse.Data, async, cancellationToken).ConfigureAwait(false);
                 _writable.Referrers.RemoveGuest(host, guestOffset);
-                if (remaining == 1)
+                if (remaining == 0 && oldEntry.IsCopied)
+                {
+                    _writable.Metadata.ReturnWhenDurable(host >> geometry.ClusterBits);
+                }
+                else if (remaining == 1)
                 {
                     await RestoreCopiedAsync(host, async, cancellationToken).ConfigureAwait(false);
                 }

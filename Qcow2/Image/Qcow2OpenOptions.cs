@@ -70,6 +70,15 @@ public sealed record Qcow2OpenOptions
     /// </summary>
     public IReadOnlyList<IImageExtension> Extensions { get; init; } = [];
 
+    /// <summary>
+    /// Gives data clusters this session frees (discard, rewrites that share or move a cluster) back
+    /// to the file system, as QEMU does with <c>discard=unmap</c>: once the flush that makes their
+    /// freeing durable is done, their ranges are punched as holes where the file system supports it.
+    /// Only clusters freed by an entry that owned them alone (COPIED) are punched, so a damaged
+    /// image whose refcounts undercount never loses data to it. Default true; false keeps the file's blocks.
+    /// </summary>
+    public bool ReturnFreedSpace { get; init; } = true;
+
     /// <summary>For images opened from a stream: leave the stream open when the image is disposed.</summary>
     public bool LeaveOpen { get; init; }
 

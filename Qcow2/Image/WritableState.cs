@@ -18,7 +18,7 @@ internal sealed class WritableState
     public WritableState(ImageSession session, RefcountTable refcountTable)
     {
         _session = session;
-        Metadata = new WritableMetadata(session.Metadata, refcountTable, session.GuestDataFile, OnDataFreed);
+        Metadata = new WritableMetadata(session.Metadata, refcountTable, session.GuestDataFile, OnDataFreed, session.Options.ReturnFreedSpace);
     }
 
     /// <summary>Refcounts, tables, the dirty window and the ordered flush.</summary>

@@ -15,17 +15,24 @@ internal sealed partial class WritableMetadata
 {
     private readonly ImageMetadata _metadata;
     private readonly IStorage _dataFile;
+    private readonly FreedSpace? _freedSpace;
     private volatile bool _ioErrorSeen;
 
     /// <param name="metadata">The image's metadata.</param>
     /// <param name="refcountTable">The refcount table, loaded.</param>
     /// <param name="dataFile">Where guest data lives (flushed before any table that may point at it).</param>
     /// <param name="onDataFreed">Told about every data or compressed cluster whose refcount reaches zero.</param>
-    public WritableMetadata(ImageMetadata metadata, RefcountTable refcountTable, IStorage dataFile, Action<long, ClusterUse> onDataFreed)
+    /// <param name="returnFreedSpace">Punch the data clusters given back through <see cref="ReturnWhenDurable"/>.</param>
+    public WritableMetadata(ImageMetadata metadata, RefcountTable refcountTable, IStorage dataFile, Action<long, ClusterUse> onDataFreed, bool returnFreedSpace)
     {
         _metadata = metadata;
         _dataFile = dataFile;
         var geometry = metadata.Geometry;
+        if (returnFreedSpace && ReferenceEquals(dataFile, metadata.File))
+        {
+            _freedSpace = new FreedSpace(metadata.File, geometry.ClusterBits);
+        }
+
         Refcounts = new RefcountAllocator(metadata.File, geometry, refcountTable, metadata.RefcountCache, metadata.L2Cache, metadata.Reservations, metadata.Overlap,
             metadata.CommitRefcountTableAsync, OnFreed, metadata.NoteFileEnd);
         Tables = new ActiveTables(metadata.File, geometry, metadata.ActiveL1, metadata.L2Cache, metadata.RefcountCache, Refcounts, () => !metadata.LazyRefcounts);
@@ -41,6 +48,12 @@ internal sealed partial class WritableMetadata
             }
         }
     }
+
+    /// <summary>
+    /// A data cluster in the image file was freed by the entry that owned it alone (COPIED): its
+    /// blocks go back to the file system after the next flush, unless the session keeps them.
+    /// </summary>
+    public void ReturnWhenDurable(long cluster) => _freedSpace?.Add(cluster);
 
     /// <summary>Refcounts and host cluster allocation.</summary>
     public RefcountAllocator Refcounts { get; }
@@ -130,6 +143,11 @@ internal sealed partial class WritableMetadata
         {
             await l1.WriteDirtyAsync(file, async, cancellationToken).ConfigureAwait(false);
             await file.FlushAsync(async, cancellationToken).ConfigureAwait(false);
+        }
+
+        if (_freedSpace is not null)
+        {
+            await _freedSpace.PunchAsync(Refcounts, async, cancellationToken).ConfigureAwait(false);
         }
 
         Refcounts.ReleaseQuarantine();

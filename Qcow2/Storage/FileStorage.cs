@@ -11,6 +11,7 @@ public sealed class FileStorage : IStorage
 {
     private readonly SafeFileHandle _handle;
     private readonly PermissionLock _lock;
+    private bool _punchUnsupported;
 
     private FileStorage(SafeFileHandle handle, string path, bool writable, FileStatus? status, FileLocking locking)
     {
@@ -191,6 +192,19 @@ public sealed class FileStorage : IStorage
         {
             SetLength(offset + length);
         }
+    }
+
+    /// <inheritdoc />
+    public bool TryPunchHole(long offset, long length)
+    {
+        if (_punchUnsupported || !CanWrite)
+        {
+            return false;
+        }
+
+        // A file system without hole punching says so on every call: ask once.
+        _punchUnsupported = !SparseFile.TryPunchHole(_handle, offset, length);
+        return !_punchUnsupported;
     }
 
     /// <inheritdoc />

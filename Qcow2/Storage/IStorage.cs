@@ -50,6 +50,12 @@ public interface IStorage : IDisposable
     }
 
     /// <summary>
+    /// Gives the disk space of [offset, offset + length) back to the file system (a hole that reads
+    /// as zeros; the length stays). Returns false when the storage cannot, and then nothing changed.
+    /// </summary>
+    bool TryPunchHole(long offset, long length) => false;
+
+    /// <summary>
     /// Finds where the file's allocated data starts and ends around <paramref name="offset"/>
     /// (SEEK_DATA/SEEK_HOLE). Returns false when the storage cannot tell; then every byte counts as data.
     /// </summary>

@@ -12,6 +12,7 @@ internal static partial class SparseFile
     private const int SeekData = 3;
     private const int SeekHole = 4;
     private const int NoSuchDeviceOrAddress = 6; // ENXIO: offset is in a trailing hole
+    private const int PunchHoleKeepSize = 0x03; // FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE
 
     public static bool TryGetDataExtent(SafeFileHandle handle, long offset, long length, out bool isData, out long extentEnd)
     {
@@ -47,6 +48,13 @@ internal static partial class SparseFile
     public static bool TryAllocate(SafeFileHandle handle, long offset, long length) =>
         OperatingSystem.IsLinux() && length > 0 && WithDescriptor(handle, fd => (PosixFallocate(fd, offset, length) == 0, false, 0L)).Known;
 
+    /// <summary>
+    /// fallocate(FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE): gives the blocks of a range back to the
+    /// file system; the range reads as zeros and the length stays. False when unsupported.
+    /// </summary>
+    public static bool TryPunchHole(SafeFileHandle handle, long offset, long length) =>
+        OperatingSystem.IsLinux() && length > 0 && WithDescriptor(handle, fd => (Fallocate(fd, PunchHoleKeepSize, offset, length) == 0, false, 0L)).Known;
+
     /// <summary>Runs <paramref name="call"/> with the raw descriptor, kept alive; missing libc means "unknown".</summary>
     private static (bool Known, bool IsData, long End) WithDescriptor(SafeFileHandle handle, Func<int, (bool Known, bool IsData, long End)> call)
     {
@@ -71,6 +79,9 @@ internal static partial class SparseFile
 
     [LibraryImport("libc", EntryPoint = "posix_fallocate")]
     private static partial int PosixFallocate(int fd, long offset, long length);
+
+    [LibraryImport("libc", EntryPoint = "fallocate")]
+    private static partial int Fallocate(int fd, int mode, long offset, long length);
 
     [LibraryImport("libc", EntryPoint = "lseek", SetLastError = true)]
     private static partial long LSeek(int fd, long offset, int whence);
