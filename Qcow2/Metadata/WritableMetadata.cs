@@ -133,9 +133,12 @@ internal sealed partial class WritableMetadata
             await _dataFile.FlushAsync(async, cancellationToken).ConfigureAwait(false);
         }
 
-        await file.FlushAsync(async, cancellationToken).ConfigureAwait(false);
-        _metadata.L2Cache.FlushStorageBeforeWrite = false;
+        // The refcount cache's flush ends with the fsync that makes the guest data durable too:
+        // refcount blocks may reach the disk before the data (an increment early only leaks), and an
+        // L2 table that points at new data flushes first if it is written earlier (an eviction, or
+        // the dependency on it that frees clusters).
         await _metadata.RefcountCache.FlushAsync(async, cancellationToken).ConfigureAwait(false);
+        _metadata.L2Cache.FlushStorageBeforeWrite = false;
         await Refcounts.WriteTableEntriesAsync(async, cancellationToken).ConfigureAwait(false); // after a failed write
         await _metadata.L2Cache.FlushAsync(async, cancellationToken).ConfigureAwait(false);
         var l1 = _metadata.ActiveL1;

@@ -4,7 +4,8 @@ namespace QcowDedup.Qcow2.Storage;
 
 /// <summary>
 /// A file opened with <see cref="RandomAccess"/>: positional reads and writes with no shared file
-/// position, so concurrent requests never interfere; <see cref="Flush"/> is fsync. The file is
+/// position, so concurrent requests never interfere; <see cref="Flush"/> is fsync, skipped when no
+/// change completed since the last one (the metadata's ordered flush asks for several in a row). The file is
 /// locked as QEMU locks it (see <see cref="FileLockRequest"/>) for as long as it is open.
 /// </summary>
 public sealed class FileStorage : IStorage
@@ -12,6 +13,8 @@ public sealed class FileStorage : IStorage
     private readonly SafeFileHandle _handle;
     private readonly PermissionLock _lock;
     private bool _punchUnsupported;
+    private int _unflushed = 1; // 1 when a change completed since the last fsync (unknown at open)
+    private long _diskFlushes;
 
     private FileStorage(SafeFileHandle handle, string path, bool writable, FileStatus? status, FileLocking locking)
     {
@@ -33,6 +36,9 @@ public sealed class FileStorage : IStorage
 
     /// <summary>The permissions this open holds and forbids others.</summary>
     public FileLockRequest Permissions => _lock.Current;
+
+    /// <summary>fsync calls made so far (flushes with nothing to make durable are not made).</summary>
+    public long DiskFlushes => Interlocked.Read(ref _diskFlushes);
 
     /// <summary>Device and inode, where the system tells them.</summary>
     internal FileIdentity? Identity { get; }
@@ -165,23 +171,56 @@ public sealed class FileStorage : IStorage
     }
 
     /// <inheritdoc />
-    public void Write(long offset, ReadOnlySpan<byte> buffer) => RandomAccess.Write(_handle, buffer, offset);
+    public void Write(long offset, ReadOnlySpan<byte> buffer)
+    {
+        try
+        {
+            RandomAccess.Write(_handle, buffer, offset);
+        }
+        finally
+        {
+            Changed(); // a failed write may have changed part of the range
+        }
+    }
 
     /// <inheritdoc />
     public ValueTask WriteAsync(long offset, ReadOnlyMemory<byte> buffer, CancellationToken cancellationToken) =>
-        RandomAccess.WriteAsync(_handle, buffer, offset, cancellationToken);
+        Changed(RandomAccess.WriteAsync(_handle, buffer, offset, cancellationToken));
 
     /// <inheritdoc />
-    public void SetLength(long length) => RandomAccess.SetLength(_handle, length);
+    public void SetLength(long length)
+    {
+        RandomAccess.SetLength(_handle, length);
+        Changed();
+    }
 
     /// <inheritdoc />
-    public void Flush() => RandomAccess.FlushToDisk(_handle);
+    public void Flush()
+    {
+        // Cleared before the fsync: a change completing meanwhile marks the file again, so the next
+        // flush covers it even if this one started before it landed.
+        if (Interlocked.Exchange(ref _unflushed, 0) == 0)
+        {
+            return;
+        }
+
+        try
+        {
+            Interlocked.Increment(ref _diskFlushes);
+            RandomAccess.FlushToDisk(_handle);
+        }
+        catch
+        {
+            Changed();
+            throw;
+        }
+    }
 
     /// <inheritdoc />
     public ValueTask FlushAsync(CancellationToken cancellationToken)
     {
         cancellationToken.ThrowIfCancellationRequested();
-        RandomAccess.FlushToDisk(_handle);
+        Flush();
         return ValueTask.CompletedTask;
     }
 
@@ -192,6 +231,8 @@ public sealed class FileStorage : IStorage
         {
             SetLength(offset + length);
         }
+
+        Changed();
     }
 
     /// <inheritdoc />
@@ -204,12 +245,39 @@ public sealed class FileStorage : IStorage
 
         // A file system without hole punching says so on every call: ask once.
         _punchUnsupported = !SparseFile.TryPunchHole(_handle, offset, length);
+        Changed();
         return !_punchUnsupported;
     }
 
     /// <inheritdoc />
     public bool TryGetDataExtent(long offset, out bool isData, out long extentEnd) =>
         SparseFile.TryGetDataExtent(_handle, offset, Length, out isData, out extentEnd);
+
+    /// <summary>A change to the file completed: the next flush must reach the disk.</summary>
+    private void Changed() => Volatile.Write(ref _unflushed, 1);
+
+    private ValueTask Changed(ValueTask write)
+    {
+        if (write.IsCompleted)
+        {
+            Changed(); // a failed write may have changed part of the range
+            return write;
+        }
+
+        return AwaitChanged(write);
+
+        async ValueTask AwaitChanged(ValueTask pending)
+        {
+            try
+            {
+                await pending.ConfigureAwait(false);
+            }
+            finally
+            {
+                Changed();
+            }
+        }
+    }
 
     /// <summary>Closes the file; its locks go with the descriptor.</summary>
     public void Dispose() => _handle.Dispose();
