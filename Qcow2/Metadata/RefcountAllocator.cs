@@ -23,8 +23,10 @@ internal enum ClusterUse
 /// Refcounts and cluster allocation (QEMU's qcow2-refcount.c): reading and changing refcounts,
 /// finding free clusters (freed space is reused first), allocating refcount blocks and growing
 /// the refcount table, byte-granular allocation for compressed clusters. Callers hold the
-/// metadata lock. Decrements make the refcount cache depend on the L2 cache, so an L2 entry is
-/// always written before the refcount that frees its cluster.
+/// metadata lock. An L2 entry always reaches the disk before the refcount that frees its cluster:
+/// the last reference of a data cluster is dropped from the blocks only by the flush, after the L2
+/// tables (<see cref="ApplyDeferredFreesAsync"/>); other decrements make the refcount cache depend
+/// on the L2 cache. Until then the cluster reads as free here and stays quarantined.
 /// </summary>
 internal sealed partial class RefcountAllocator
 {
@@ -38,6 +40,7 @@ internal sealed partial class RefcountAllocator
     private readonly Action<long, ClusterUse> _onFreed;
     private readonly Action<long> _onAllocated;
     private readonly HashSet<long> _quarantined = [];
+    private readonly Dictionary<long, ulong> _deferredFrees = [];
     private readonly SortedSet<long> _unwrittenTableEntries = [];
     private long _freeClusterHint;
     private long _freeByteOffset;
@@ -72,9 +75,15 @@ internal sealed partial class RefcountAllocator
     /// <summary>Called once before the first refcount change since it was armed (the image sets the dirty bit here).</summary>
     public Func<bool, CancellationToken, ValueTask>? BeforeFirstChange { get; set; }
 
-    /// <summary>The refcount of host cluster <paramref name="cluster"/>.</summary>
+    /// <summary>The refcount of host cluster <paramref name="cluster"/> (net of deferred frees).</summary>
     public ValueTask<ulong> GetAsync(long cluster, bool async, CancellationToken cancellationToken) =>
-        Table.GetAsync(cluster, long.MaxValue, async, cancellationToken);
+        _deferredFrees.Count == 0 ? Table.GetAsync(cluster, long.MaxValue, async, cancellationToken) : GetNetAsync(cluster, async, cancellationToken);
+
+    private async ValueTask<ulong> GetNetAsync(long cluster, bool async, CancellationToken cancellationToken) =>
+        await Table.GetAsync(cluster, long.MaxValue, async, cancellationToken).ConfigureAwait(false) - _deferredFrees.GetValueOrDefault(cluster);
+
+    /// <summary>Data clusters freed since the last flush whose refcount blocks still count them.</summary>
+    public int DeferredFrees => _deferredFrees.Count;
 
     /// <summary>Allocates <paramref name="count"/> contiguous clusters with refcount 1 and returns the host offset of the first.</summary>
     public async ValueTask<long> AllocateClustersAsync(int count, bool async, CancellationToken cancellationToken)
@@ -171,16 +180,12 @@ internal sealed partial class RefcountAllocator
             blockOffset = Table.BlockOffsetFor(cluster, long.MaxValue);
         }
 
-        if (delta < 0)
-        {
-            await _blocks.SetDependencyAsync(_l2Cache, async, cancellationToken).ConfigureAwait(false);
-        }
-
         ulong updated;
         using (var block = await _blocks.GetAsync(blockOffset, async, cancellationToken).ConfigureAwait(false))
         {
             var index = (int)(cluster & (_geometry.RefcountBlockEntries - 1));
-            var current = RefcountBlock.Get(block.Span, index, _geometry.RefcountOrder);
+            var deferred = _deferredFrees.GetValueOrDefault(cluster);
+            var current = RefcountBlock.Get(block.Span, index, _geometry.RefcountOrder) - deferred;
             if (delta < 0 && current < (ulong)-delta)
             {
                 throw Qcow2Corruption.Create("refcount block", $"the refcount of cluster {cluster} is {current} and cannot drop by {-delta}", blockOffset);
@@ -192,8 +197,24 @@ internal sealed partial class RefcountAllocator
                 throw new InvalidOperationException($"The refcount of cluster {cluster} would exceed the {1 << _geometry.RefcountOrder}-bit maximum {_geometry.MaxRefcount}.");
             }
 
-            RefcountBlock.Set(block.Span, index, _geometry.RefcountOrder, updated);
-            TableCache.MarkDirty(block);
+            if (updated == 0 && use == ClusterUse.Data)
+            {
+                // A data cluster's last reference: the block keeps counting it until the flush has
+                // made the L2 entry that dropped it durable (ApplyDeferredFreesAsync). Decrementing
+                // now would order the refcount cache after the L2 cache, and the next increment the
+                // other way round: an fsync per cluster for a stream of out-of-place rewrites.
+                _deferredFrees[cluster] = deferred + (ulong)-delta;
+            }
+            else
+            {
+                if (delta < 0)
+                {
+                    await _blocks.SetDependencyAsync(_l2Cache, async, cancellationToken).ConfigureAwait(false);
+                }
+
+                RefcountBlock.Set(block.Span, index, _geometry.RefcountOrder, updated + deferred);
+                TableCache.MarkDirty(block);
+            }
         }
 
         if (updated == 0)
@@ -218,6 +239,25 @@ internal sealed partial class RefcountAllocator
         for (var cluster = start >> _geometry.ClusterBits; cluster <= last; cluster++)
         {
             await ChangeAsync(cluster, delta, ClusterUse.Compressed, async, cancellationToken).ConfigureAwait(false);
+        }
+    }
+
+    /// <summary>
+    /// Writes the deferred frees into the refcount blocks (cached; the caller flushes them). Call
+    /// once every L2 table that dropped those clusters is durable. Caller holds the metadata lock.
+    /// </summary>
+    public async ValueTask ApplyDeferredFreesAsync(bool async, CancellationToken cancellationToken)
+    {
+        foreach (var (cluster, amount) in _deferredFrees.OrderBy(f => f.Key).ToList())
+        {
+            using (var block = await _blocks.GetAsync(Table.BlockOffsetFor(cluster, long.MaxValue), async, cancellationToken).ConfigureAwait(false))
+            {
+                var index = (int)(cluster & (_geometry.RefcountBlockEntries - 1));
+                RefcountBlock.Set(block.Span, index, _geometry.RefcountOrder, RefcountBlock.Get(block.Span, index, _geometry.RefcountOrder) - amount);
+                TableCache.MarkDirty(block);
+            }
+
+            _deferredFrees.Remove(cluster); // one by one: after an I/O error the rest is still deferred
         }
     }
 

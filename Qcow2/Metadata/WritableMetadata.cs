@@ -148,6 +148,13 @@ internal sealed partial class WritableMetadata
             await file.FlushAsync(async, cancellationToken).ConfigureAwait(false);
         }
 
+        if (Refcounts.DeferredFrees > 0)
+        {
+            // Every entry that dropped them is durable now: the blocks may stop counting them.
+            await Refcounts.ApplyDeferredFreesAsync(async, cancellationToken).ConfigureAwait(false);
+            await _metadata.RefcountCache.FlushAsync(async, cancellationToken).ConfigureAwait(false);
+        }
+
         if (_freedSpace is not null)
         {
             await _freedSpace.PunchAsync(Refcounts, async, cancellationToken).ConfigureAwait(false);
