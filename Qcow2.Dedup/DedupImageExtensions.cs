@@ -55,6 +55,8 @@ public static class DedupImageExtensions
             IncarnationEntries = [.. index.HashStore.Live.Select(i => i.Entries)],
             LimboIncarnations = index.HashStore.Limbo.Count,
             IndexMemoryBytes = index.MemoryBytes,
+            LogStoreMemoryBytes = index.LogStore.MemoryBytes,
+            IncarnationMemoryBytes = index.HashStore.FilterMemoryBytes,
             Invalidations = index.Invalidations,
             MaxSharesPerCluster = index.ShareCap,
             Freezes = index.Freezes,

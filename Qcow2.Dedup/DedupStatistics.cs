@@ -57,6 +57,15 @@ public sealed record DedupStatistics
     /// <summary>RAM the index uses.</summary>
     public long IndexMemoryBytes { get; init; }
 
+    /// <summary>RAM of the log store's table (its budget: fixed by the log store's size, however full).</summary>
+    public long LogStoreMemoryBytes { get; init; }
+
+    /// <summary>RAM of the frozen incarnations (their in-memory filters; the entries stay on disk).</summary>
+    public long IncarnationMemoryBytes { get; init; }
+
+    /// <summary>RAM per entry of the frozen incarnations.</summary>
+    public double IncarnationBytesPerEntry => IncarnationEntries.Sum() is var entries and > 0 ? (double)IncarnationMemoryBytes / entries : 0;
+
     /// <summary>RAM per indexed cluster.</summary>
     public double IndexBytesPerIndexedCluster => IndexedClusters == 0 ? 0 : (double)IndexMemoryBytes / IndexedClusters;
 

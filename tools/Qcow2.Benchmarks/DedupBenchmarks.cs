@@ -113,6 +113,8 @@ internal static class DedupBenchmarks
             Tools.Report("dedup-index", "  indexed entries (log store + incarnations)", stats.IndexedClusters.ToString(CultureInfo.InvariantCulture));
             Tools.Report("dedup-index", "  incarnations, fill rate at freeze", string.Create(CultureInfo.InvariantCulture, $"{stats.IncarnationEntries.Count}, {stats.IncarnationFillRate:P1}"));
             Tools.Report("dedup-index", "  index RAM (KiB), bytes per indexed cluster", string.Create(CultureInfo.InvariantCulture, $"{stats.IndexMemoryBytes / 1024}, {stats.IndexBytesPerIndexedCluster:0.0}"));
+            Tools.Report("dedup-index", "  frozen incarnations: RAM (KiB), bytes per entry", string.Create(CultureInfo.InvariantCulture, $"{stats.IncarnationMemoryBytes / 1024}, {stats.IncarnationBytesPerEntry:0.00}"));
+            Tools.Report("dedup-index", "  log store: RAM budget (KiB), entries, capacity", string.Create(CultureInfo.InvariantCulture, $"{stats.LogStoreMemoryBytes / 1024}, {stats.LogStoreEntries}, {stats.LogStoreCapacity}"));
 
             const int Again = 65536;
             timer.Restart();
