@@ -121,6 +121,7 @@ doc="$root/docs/PERFORMANCE.md"
   cat "$table"
   echo
   echo "Inputs: random = 1 GiB from /dev/urandom; mixed = per 10 clusters of 64 KiB, 3 of zeros, 3 of text, 4 random; half repeat = 512 MiB of random clusters written twice. The bench rows use a non-zero pattern (\`--pattern=165\`) so that neither tool can skip the data as zeros."
+  [ -f "$root/docs/PERFORMANCE.scaling.md" ] && { echo; cat "$root/docs/PERFORMANCE.scaling.md"; }
   [ -f "$root/docs/PERFORMANCE.notes.md" ] && { echo; cat "$root/docs/PERFORMANCE.notes.md"; }
 } >"$doc"
 cat "$table"
