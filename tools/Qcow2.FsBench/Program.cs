@@ -10,7 +10,7 @@ using QcowDedup.Qcow2.Storage;
 // Copies a generated tree twice through a FAT32 file system (DiscUtils) onto a fresh qcow2 image,
 // once without and once with dedup, and prints one line per run: time, fsyncs, fsyncs per GiB
 // written, host clusters stored, and whether every file read back equal. Usage:
-//   dotnet run -c Release --project tools/Qcow2.FsBench -- DIR [FILES] [CLUSTER_SIZE] [ROUNDS]
+//   dotnet run -c Release --project tools/Qcow2.FsBench -- DIR [FILES] [CLUSTER_SIZE] [ROUNDS] [plain|dedup]
 if (args.Length < 1)
 {
     Console.Error.WriteLine("usage: Qcow2.FsBench DIR [FILES=1500] [CLUSTER_SIZE=4096] [ROUNDS=3]");
@@ -21,13 +21,14 @@ var work = args[0];
 var files = args.Length > 1 ? int.Parse(args[1], System.Globalization.CultureInfo.InvariantCulture) : 1500;
 var clusterSize = args.Length > 2 ? int.Parse(args[2], System.Globalization.CultureInfo.InvariantCulture) : 4096;
 var rounds = args.Length > 3 ? int.Parse(args[3], System.Globalization.CultureInfo.InvariantCulture) : 3;
+bool[] modes = args.Length > 4 ? [args[4] == "dedup"] : [false, true]; // "plain" or "dedup" runs one side only (for a profiler)
 Directory.CreateDirectory(work);
 var tree = Tree.Generate(files, seed: 11);
 Console.WriteLine($"tree: {files} files, {tree.Sum(f => (long)f.Length) / 1048576.0:F1} MiB, written twice; {clusterSize}-byte clusters");
 var failed = false;
 for (var round = 0; round < rounds; round++)
 {
-    foreach (var dedup in new[] { false, true })
+    foreach (var dedup in modes)
     {
         var result = FsRun.Run(Path.Combine(work, dedup ? "dedup.qcow2" : "plain.qcow2"), tree, clusterSize, dedup);
         failed |= !result.Verified;
@@ -96,7 +97,7 @@ internal static class FsRun
             if (dedup)
             {
                 var stats = image.GetDedupStatistics();
-                summary = $" ({stats.ClustersDeduplicated} of {stats.ClustersWritten} whole-cluster writes shared)";
+                summary = $" ({stats.ClustersDeduplicated} of {stats.ClustersWritten} whole-cluster writes shared; freezes {stats.Freezes}, packs {stats.Packs}, invalidations {stats.Invalidations})";
             }
         }
 
