@@ -158,6 +158,58 @@ public class ImageCopierTests : TempDirectoryFixture
     }
 
     [Test]
+    public void A_dedup_target_shares_repeats_with_fingerprints_computed_while_the_previous_chunk_is_written([Values] bool async, [Values] bool withBacking)
+    {
+        // Fingerprints are computed for a whole chunk as it is read and sliced per run of written
+        // clusters: runs that start mid-chunk, after unchanged or zero clusters, and a source whose
+        // size is not a multiple of the cluster size must each get their own clusters' hashes.
+        const int cluster = 65536;
+        var size = (20L * MiB) + 12288;
+        var raw = new byte[size];
+        new Random(9).NextBytes(raw); // distinct clusters everywhere...
+        for (var at = 5L * cluster; at < size - cluster; at += 7L * cluster)
+        {
+            raw.AsSpan((int)at, cluster).Clear(); // ...cut into runs by zero clusters...
+        }
+
+        var block = raw.AsSpan(MiB, MiB).ToArray();
+        foreach (var at in new[] { (9L * MiB) + (3 * cluster), (17L * MiB) + cluster })
+        {
+            block.CopyTo(raw, at); // ...and one MiB repeated at unaligned places in later chunks
+        }
+
+        raw.AsSpan((int)(size - 5000)).Fill(0x6b); // a partial last cluster (the size is not a multiple of 64 KiB)
+        var from = PathOf("from.raw");
+        File.WriteAllBytes(from, raw);
+        var basePath = PathOf("base.qcow2");
+        if (withBacking)
+        {
+            Qemu.Img("create", "-f", "qcow2", basePath, size.ToString(System.Globalization.CultureInfo.InvariantCulture));
+            Qemu.IoFormat("qcow2", basePath, "write -P 0x44 0 2M");
+        }
+
+        var to = PathOf("to.qcow2");
+        var create = new Qcow2CreateOptions { Size = size, ClusterSize = cluster, BackingFile = withBacking ? basePath : null, BackingFormat = withBacking ? "qcow2" : null };
+        using (var source = DiskSource.Open(from))
+        using (var target = Qcow2Image.Create(to, QcowDedup.Qcow2.Dedup.DedupImageExtensions.WithDedup(create)))
+        {
+            if (async)
+            {
+                ImageCopier.CopyAsync(source, target).AsTask().GetAwaiter().GetResult();
+            }
+            else
+            {
+                ImageCopier.Copy(source, target);
+            }
+
+            QcowDedup.Qcow2.Dedup.DedupImageExtensions.GetDedupStatistics(target).ClustersDeduplicated.ShouldBeGreaterThanOrEqualTo(2 * 14, "both repeats of the block's 14 non-zero clusters are shared");
+        }
+
+        Qemu.AssertClean(to);
+        Qemu.Compare(to, from).ExitCode.ShouldBe(0);
+    }
+
+    [Test]
     public void A_target_smaller_than_the_source_is_refused()
     {
         using var source = DiskSource.FromStream(new MemoryStream(new byte[2 * MiB]));

@@ -29,7 +29,15 @@ internal sealed partial class GuestWriter
     /// <summary>Guest-visible size in bytes (the header's: a writer never serves a snapshot view).</summary>
     private long Size => _metadata.Header.Header.Size;
 
-    public async ValueTask WriteAsync(long offset, ReadOnlyMemory<byte> data, bool async, CancellationToken cancellationToken)
+    /// <param name="offset">Guest offset.</param>
+    /// <param name="data">The bytes.</param>
+    /// <param name="async">Whether to run asynchronously.</param>
+    /// <param name="cancellationToken">Cancels at I/O boundaries.</param>
+    /// <param name="fingerprints">
+    /// The allocator's fingerprints of the write's clusters, computed ahead by <see cref="Fingerprint"/>
+    /// from these same bytes (a copy pipeline hashes the next chunk while this one is written); null: computed here.
+    /// </param>
+    public async ValueTask WriteAsync(long offset, ReadOnlyMemory<byte> data, bool async, CancellationToken cancellationToken, ClusterFingerprint?[]? fingerprints = null)
     {
         if (data.IsEmpty)
         {
@@ -39,7 +47,7 @@ internal sealed partial class GuestWriter
         var geometry = _metadata.Geometry;
         var end = offset + data.Length;
         using var range = await LockClustersAsync(offset, end, async, cancellationToken).ConfigureAwait(false);
-        var fingerprints = FingerprintFullClusters(offset, data);
+        fingerprints ??= Fingerprint(offset, data);
         var done = 0;
         var clusterNumber = 0;
         while (done < data.Length)
@@ -61,7 +69,7 @@ internal sealed partial class GuestWriter
     /// Fingerprints (typically hashes) every whole cluster of a large write in parallel before the
     /// per-cluster work, when the allocator wants it. Index i belongs to the i-th cluster touched.
     /// </summary>
-    private ClusterFingerprint?[]? FingerprintFullClusters(long offset, ReadOnlyMemory<byte> data)
+    public ClusterFingerprint?[]? Fingerprint(long offset, ReadOnlyMemory<byte> data)
     {
         var allocator = _writable.Allocator;
         var geometry = _metadata.Geometry;

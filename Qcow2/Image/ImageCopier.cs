@@ -113,18 +113,19 @@ public static class ImageCopier
         var current = ArrayPool<byte>.Shared.Rent(chunkSize);
         var next = ArrayPool<byte>.Shared.Rent(chunkSize);
         var before = ArrayPool<byte>.Shared.Rent(chunkSize);
-        Task? reading = null;
+        Task<ClusterFingerprint?[]?>? reading = null;
         try
         {
             // The next chunk is read while the current one is written (the source and the target
             // are different files): reading and writing overlap, as qemu-img's parallel requests do.
-            reading = chunks.Count > 0 ? ReadChunkAsync(source, chunks[0], current, async, cancellationToken) : null;
+            var hash = !options.Compress;
+            reading = chunks.Count > 0 ? ReadChunkAsync(source, target, chunks[0], current, hash, async, cancellationToken) : null;
             for (var i = 0; i < chunks.Count; i++)
             {
                 cancellationToken.ThrowIfCancellationRequested();
-                await reading!.ConfigureAwait(false);
+                var fingerprints = await reading!.ConfigureAwait(false);
                 (current, next) = (next, current);
-                reading = i + 1 < chunks.Count ? ReadChunkAsync(source, chunks[i + 1], current, async, cancellationToken) : null;
+                reading = i + 1 < chunks.Count ? ReadChunkAsync(source, target, chunks[i + 1], current, hash, async, cancellationToken) : null;
                 var (position, length) = chunks[i];
                 ReadOnlyMemory<byte>? targetReads = null;
                 if (ByteRanges.Overlaps(shown, position, position + length))
@@ -133,7 +134,7 @@ public static class ImageCopier
                     targetReads = before.AsMemory(0, length);
                 }
 
-                await WriteDifferencesAsync(target, position, next.AsMemory(0, length), targetReads, options.Compress, async, cancellationToken).ConfigureAwait(false);
+                await WriteDifferencesAsync(target, position, next.AsMemory(0, length), targetReads, fingerprints, options.Compress, async, cancellationToken).ConfigureAwait(false);
                 options.Progress?.Report((double)(position + length) / Math.Max(1, source.Size));
             }
 
@@ -167,11 +168,28 @@ public static class ImageCopier
         }
     }
 
-    /// <summary>Starts reading one chunk of the source: on the thread pool for a synchronous copy, so that it overlaps the writes.</summary>
-    private static Task ReadChunkAsync(DiskSource source, (long Position, int Length) chunk, byte[] buffer, bool async, CancellationToken cancellationToken) =>
-        async
-            ? source.ReadAsync(chunk.Position, buffer.AsMemory(0, chunk.Length), async: true, cancellationToken).AsTask()
-            : Task.Run(() => source.ReadAsync(chunk.Position, buffer.AsMemory(0, chunk.Length), async: false, cancellationToken).AsTask(), cancellationToken);
+    /// <summary>
+    /// Starts reading one chunk of the source and, when <paramref name="hash"/>, fingerprinting its
+    /// clusters for the target's allocator (dedup's SHA-256) — on the thread pool, so that both
+    /// overlap the writes of the previous chunk. Returns the fingerprints (null: none wanted).
+    /// </summary>
+    private static Task<ClusterFingerprint?[]?> ReadChunkAsync(DiskSource source, CopyTarget target, (long Position, int Length) chunk, byte[] buffer, bool hash, bool async, CancellationToken cancellationToken)
+    {
+        var data = buffer.AsMemory(0, chunk.Length);
+        return async ? ReadAndHashAsync() : Task.Run(() => ReadAndHash(), cancellationToken);
+
+        async Task<ClusterFingerprint?[]?> ReadAndHashAsync()
+        {
+            await source.ReadAsync(chunk.Position, data, async: true, cancellationToken).ConfigureAwait(false);
+            return hash ? await Task.Run(() => target.Fingerprint(chunk.Position, data), cancellationToken).ConfigureAwait(false) : null;
+        }
+
+        ClusterFingerprint?[]? ReadAndHash()
+        {
+            SyncOver.Run(source.ReadAsync(chunk.Position, data, async: false, cancellationToken));
+            return hash ? target.Fingerprint(chunk.Position, data) : null;
+        }
+    }
 
     /// <summary>
     /// Writes each granule of <paramref name="chunk"/> that differs from what the target reads
@@ -179,7 +197,7 @@ public static class ImageCopier
     /// one write (one lock round and, with dedup, their hashes computed in parallel); whole
     /// clusters to compress are compressed on every core, then linked.
     /// </summary>
-    private static async ValueTask WriteDifferencesAsync(CopyTarget target, long position, ReadOnlyMemory<byte> chunk, ReadOnlyMemory<byte>? targetReads, bool compress, bool async, CancellationToken cancellationToken)
+    private static async ValueTask WriteDifferencesAsync(CopyTarget target, long position, ReadOnlyMemory<byte> chunk, ReadOnlyMemory<byte>? targetReads, ClusterFingerprint?[]? fingerprints, bool compress, bool async, CancellationToken cancellationToken)
     {
         var granularity = target.Granularity;
         var runStart = 0;
@@ -229,11 +247,24 @@ public static class ImageCopier
             await WriteCompressedAsync(target, toCompress, async, cancellationToken).ConfigureAwait(false);
         }
 
+        // The chunk's fingerprints belong to its i-th cluster; a run's, to the clusters it touches.
+        ClusterFingerprint?[]? RunFingerprints(int start, int length)
+        {
+            if (fingerprints is null)
+            {
+                return null;
+            }
+
+            var first = (int)(((position + start) / granularity) - (position / granularity));
+            var last = (int)(((position + start + length - 1) / granularity) - (position / granularity));
+            return fingerprints[first..(last + 1)];
+        }
+
         async ValueTask WriteRunAsync()
         {
             if (runLength > 0)
             {
-                await target.WriteAsync(position + runStart, chunk.Slice(runStart, runLength), compress: false, async, cancellationToken).ConfigureAwait(false);
+                await target.WriteAsync(position + runStart, chunk.Slice(runStart, runLength), RunFingerprints(runStart, runLength), async, cancellationToken).ConfigureAwait(false);
                 runLength = 0;
             }
         }
@@ -270,6 +301,13 @@ public static class ImageCopier
 
         public abstract ValueTask WriteAsync(long offset, ReadOnlyMemory<byte> data, bool compress, bool async, CancellationToken cancellationToken);
 
+        /// <summary>Writes uncompressed data whose clusters' fingerprints were computed ahead (null: none).</summary>
+        public virtual ValueTask WriteAsync(long offset, ReadOnlyMemory<byte> data, ClusterFingerprint?[]? fingerprints, bool async, CancellationToken cancellationToken) =>
+            WriteAsync(offset, data, compress: false, async, cancellationToken);
+
+        /// <summary>The allocator's fingerprints of <paramref name="data"/>'s whole clusters, or null when it wants none. Any thread.</summary>
+        public virtual ClusterFingerprint?[]? Fingerprint(long offset, ReadOnlyMemory<byte> data) => null;
+
         public abstract ValueTask WriteZeroesAsync(long offset, int count, bool async, CancellationToken cancellationToken);
 
         public abstract ValueTask FlushAsync(bool async, CancellationToken cancellationToken);
@@ -304,6 +342,11 @@ public static class ImageCopier
             image.Read(offset, buffer.Span);
             return ValueTask.CompletedTask;
         }
+
+        public override ValueTask WriteAsync(long offset, ReadOnlyMemory<byte> data, ClusterFingerprint?[]? fingerprints, bool async, CancellationToken cancellationToken) =>
+            fingerprints is null ? WriteAsync(offset, data, compress: false, async, cancellationToken) : image.WriteCoreAsync(offset, data, fingerprints, async, cancellationToken);
+
+        public override ClusterFingerprint?[]? Fingerprint(long offset, ReadOnlyMemory<byte> data) => image.FingerprintForWrite(offset, data);
 
         public override ValueTask WriteAsync(long offset, ReadOnlyMemory<byte> data, bool compress, bool async, CancellationToken cancellationToken)
         {

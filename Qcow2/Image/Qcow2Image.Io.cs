@@ -201,6 +201,16 @@ public sealed partial class Qcow2Image
     internal ValueTask WriteCoreAsync(long offset, ReadOnlyMemory<byte> data, bool async, CancellationToken cancellationToken) =>
         Writes.Writer.WriteAsync(offset, data, async, cancellationToken);
 
+    /// <summary>
+    /// The allocator's fingerprints of the whole clusters of a write (null when it shares no
+    /// clusters or the write is short), to hand to the write of those bytes; safe on any thread.
+    /// </summary>
+    internal ClusterFingerprint?[]? FingerprintForWrite(long offset, ReadOnlyMemory<byte> data) => Writes.Writer.Fingerprint(offset, data);
+
+    /// <summary>The write path with fingerprints computed ahead from the same bytes (range checks done by the caller).</summary>
+    internal ValueTask WriteCoreAsync(long offset, ReadOnlyMemory<byte> data, ClusterFingerprint?[]? fingerprints, bool async, CancellationToken cancellationToken) =>
+        Guard(Writes.Writer.WriteAsync(offset, data, async, cancellationToken, fingerprints));
+
     /// <summary>Zeroes a range, for the chain operations (range checks done by the caller).</summary>
     internal ValueTask WriteZeroesCoreAsync(long offset, long length, bool unmap, bool async, CancellationToken cancellationToken) =>
         Writes.Writer.WriteZeroesAsync(offset, length, unmap, async, cancellationToken);
