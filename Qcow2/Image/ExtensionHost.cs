@@ -26,7 +26,10 @@ public sealed partial class Qcow2Image
 
         public ulong MaxRefcount => Metadata.Geometry.MaxRefcount;
 
-        public ulong GetRefcount(long hostOffset) => Metadata.GetRefcountLocked(hostOffset);
+        // A writable image answers net of the frees its flush has yet to write (RefcountAllocator).
+        public ulong GetRefcount(long hostOffset) => image.WritableState is { } writable
+            ? SyncOver.Run(writable.Refcounts.GetAsync(hostOffset >> Metadata.Geometry.ClusterBits, async: false, CancellationToken.None))
+            : Metadata.GetRefcountLocked(hostOffset);
 
         public long AllocateReservedClusters(long count)
         {
