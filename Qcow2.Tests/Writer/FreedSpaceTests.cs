@@ -142,6 +142,49 @@ public class FreedSpaceTests : TempDirectoryFixture
         ReadGuest(path, 8 * Megabyte, Megabyte).ShouldBe(RandomBytes(Megabyte, seed: 12));
     }
 
+    [Test]
+    public void Extensions_see_a_freed_cluster_as_free_before_the_flush_writes_its_refcount()
+    {
+        // The last reference of a data cluster leaves the refcount blocks only at the flush; until
+        // then the allocator counts it free, and so must every other reader of refcounts.
+        var path = PathOf("probe.qcow2");
+        WriteImage(path, 4 * Megabyte, (0, RandomBytes(ClusterSize, seed: 13)));
+        var probe = new ProbeExtension();
+        using var image = Qcow2Image.Open(path, new Qcow2OpenOptions { Writable = true, Extensions = [probe] });
+        var host = image.GetExtents(0, ClusterSize).Single().HostOffset!.Value;
+        probe.Host!.RunLocked(() => probe.Host.GetRefcount(host)).ShouldBe(1UL);
+
+        image.Discard(0, ClusterSize);
+
+        probe.Host.RunLocked(() => probe.Host.GetRefcount(host)).ShouldBe(0UL, "freed, though the block still counts it until the flush");
+        image.Flush();
+        probe.Host.RunLocked(() => probe.Host.GetRefcount(host)).ShouldBe(0UL);
+    }
+
+    /// <summary>An extension that only keeps the host it is given, to ask it questions.</summary>
+    private sealed class ProbeExtension : IImageExtension
+    {
+        public IImageExtensionHost? Host { get; private set; }
+
+        public uint HeaderExtensionType => 0x70726f62;
+
+        public int AutoclearBit => 40;
+
+        public string FeatureName => "probe";
+
+        public IClusterAllocator? Allocator => null;
+
+        public void Open(IImageExtensionHost host, ReadOnlyMemory<byte>? payload, bool autoclearBitSet) => Host = host;
+
+        public void Flush(IImageExtensionHost host)
+        {
+        }
+
+        public void Close(IImageExtensionHost host)
+        {
+        }
+    }
+
     private static void WriteImage(string path, long size, params (long Offset, byte[] Data)[] writes)
     {
         using var image = Qcow2Image.Create(path, new Qcow2CreateOptions { Size = size, ClusterSize = ClusterSize });
