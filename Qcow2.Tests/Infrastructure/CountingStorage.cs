@@ -2,21 +2,13 @@ using QcowDedup.Qcow2.Storage;
 
 namespace QcowDedup.Qcow2.Tests.Infrastructure;
 
-/// <summary>Passes every call to <paramref name="inner"/> and counts the ones whose number a cost test bounds.</summary>
+/// <summary>Passes every call to <paramref name="inner"/> and counts how often the file is asked for its length (an fstat each).</summary>
 public sealed class CountingStorage(IStorage inner) : IStorage
 {
     private int _lengthReads;
-    private int _writes;
-    private int _flushes;
 
-    /// <summary>Times the file was asked for its length (an fstat each).</summary>
+    /// <summary>Times the file was asked for its length.</summary>
     public int LengthReads => _lengthReads;
-
-    /// <summary>Write calls.</summary>
-    public int Writes => _writes;
-
-    /// <summary>Flushes (an fsync each).</summary>
-    public int Flushes => _flushes;
 
     public long Length
     {
@@ -35,38 +27,15 @@ public sealed class CountingStorage(IStorage inner) : IStorage
 
     public ValueTask<int> ReadAsync(long offset, Memory<byte> buffer, CancellationToken cancellationToken) => inner.ReadAsync(offset, buffer, cancellationToken);
 
-    /// <summary>When set, every write ("W offset+length") and flush ("F") is appended here, for diagnosing an ordering.</summary>
-    public System.Text.StringBuilder? Log { get; set; }
+    public void Write(long offset, ReadOnlySpan<byte> buffer) => inner.Write(offset, buffer);
 
-    public void Write(long offset, ReadOnlySpan<byte> buffer)
-    {
-        Log?.Append($"W{offset:x}+{buffer.Length} ");
-        Interlocked.Increment(ref _writes);
-        inner.Write(offset, buffer);
-    }
-
-    public ValueTask WriteAsync(long offset, ReadOnlyMemory<byte> buffer, CancellationToken cancellationToken)
-    {
-        Log?.Append($"W{offset:x}+{buffer.Length} ");
-        Interlocked.Increment(ref _writes);
-        return inner.WriteAsync(offset, buffer, cancellationToken);
-    }
+    public ValueTask WriteAsync(long offset, ReadOnlyMemory<byte> buffer, CancellationToken cancellationToken) => inner.WriteAsync(offset, buffer, cancellationToken);
 
     public void SetLength(long length) => inner.SetLength(length);
 
-    public void Flush()
-    {
-        Log?.Append("F ");
-        Interlocked.Increment(ref _flushes);
-        inner.Flush();
-    }
+    public void Flush() => inner.Flush();
 
-    public ValueTask FlushAsync(CancellationToken cancellationToken)
-    {
-        Log?.Append("F ");
-        Interlocked.Increment(ref _flushes);
-        return inner.FlushAsync(cancellationToken);
-    }
+    public ValueTask FlushAsync(CancellationToken cancellationToken) => inner.FlushAsync(cancellationToken);
 
     public void Reserve(long offset, long length) => inner.Reserve(offset, length);
 
