@@ -15,11 +15,9 @@ work="${BENCH_DIR:-/dev/shm}/qcowdedup-bench-$$"
 mkdir -p "$work"
 trap 'rm -rf "$work"' EXIT
 
-command -v qemu-img >/dev/null || { echo "bench: qemu-img is needed (apt-get install qemu-utils)" >&2; exit 1; }
-[ -x /usr/bin/time ] || { echo "bench: GNU time (/usr/bin/time) is needed (apt-get install time)" >&2; exit 1; }
-"$root/tools/qcow2" --version >/dev/null
-ours="$(ls "$root"/tools/.build/native-*/qcow2 2>/dev/null | head -n 1)"
-[ -n "$ours" ] || ours="dotnet $root/tools/.build/cli/qcow2.dll"
+name=bench
+# shellcheck source=tools/bench-common.sh
+. "$root/tools/bench-common.sh"
 
 echo "bench: making the 1 GiB inputs in $work ..." >&2
 head -c 1G /dev/urandom >"$work/random.raw"

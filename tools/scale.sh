@@ -11,11 +11,10 @@ sizes=("$@"); [ ${#sizes[@]} -gt 0 ] || sizes=(1 4 16)
 work="${BENCH_DIR:-/var/tmp}/qcowdedup-scale-$$"
 mkdir -p "$work"
 trap 'rm -rf "$work"' EXIT
-command -v qemu-img >/dev/null || { echo "scale: qemu-img is needed (apt-get install qemu-utils)" >&2; exit 1; }
-[ -x /usr/bin/time ] || { echo "scale: GNU time (/usr/bin/time) is needed (apt-get install time)" >&2; exit 1; }
-"$root/tools/qcow2" --version >/dev/null
-ours="$(ls "$root"/tools/.build/native-*/qcow2 2>/dev/null | head -n 1)"
-[ -n "$ours" ] || { echo "scale: the native build is missing" >&2; exit 1; }
+name=scale
+# shellcheck source=tools/bench-common.sh
+. "$root/tools/bench-common.sh"
+read -r -a our <<<"$ours"
 
 # measure CMD...: prints "seconds rss_mb" of one whole-process run
 measure() {
@@ -46,22 +45,22 @@ doc="$root/docs/PERFORMANCE.scaling.md"
     rm -f "$work/in.raw"
     for ((i = 0; i < size; i++)); do cat "$work/block"; done >"$work/in.raw"
     read -r qt qm < <(measure qemu-img convert -O qcow2 "$work/in.raw" "$work/q.qcow2"); rm -f "$work/q.qcow2"
-    read -r ot om < <(measure "$ours" convert -O qcow2 "$work/in.raw" "$work/o.qcow2")
+    read -r ot om < <(measure "${our[@]}" convert -O qcow2 "$work/in.raw" "$work/o.qcow2")
     [ "$size" = "${sizes[-1]}" ] && mv "$work/o.qcow2" "$work/large.qcow2" || rm -f "$work/o.qcow2"
     awk -v s="$size" -v qt="$qt" -v ot="$ot" -v qm="$qm" -v om="$om" 'BEGIN {printf "| convert raw→qcow2, %d GiB | %.2f s | %.2f s | %.2f× | %d MB | %d MB |\n", s, qt, ot, ot / qt, qm, om}'
   done
   rm -f "$work/in.raw"
   read -r _ qm < <(measure qemu-img check "$work/large.qcow2")
-  read -r _ om < <(measure "$ours" check "$work/large.qcow2")
-  q="$(mean_ms 5 qemu-img check "$work/large.qcow2")"; o="$(mean_ms 5 "$ours" check "$work/large.qcow2")"
+  read -r _ om < <(measure "${our[@]}" check "$work/large.qcow2")
+  q="$(mean_ms 5 qemu-img check "$work/large.qcow2")"; o="$(mean_ms 5 "${our[@]}" check "$work/large.qcow2")"
   awk -v s="${sizes[-1]}" -v q="$q" -v o="$o" -v qm="$qm" -v om="$om" 'BEGIN {printf "| check, %d GiB allocated (mean of 5) | %.1f ms | %.1f ms | %.2f× | %d MB | %d MB |\n", s, q, o, o / q, qm, om}'
   rm -f "$work/large.qcow2"
   for virtual in 1G 1T; do
-    "$ours" create -f qcow2 "$work/sparse-$virtual.qcow2" "$virtual" >/dev/null
+    "${our[@]}" create -f qcow2 "$work/sparse-$virtual.qcow2" "$virtual" >/dev/null
     for verb in info check; do
       read -r _ qm < <(measure qemu-img "$verb" "$work/sparse-$virtual.qcow2")
-      read -r _ om < <(measure "$ours" "$verb" "$work/sparse-$virtual.qcow2")
-      q="$(mean_ms 20 qemu-img "$verb" "$work/sparse-$virtual.qcow2")"; o="$(mean_ms 20 "$ours" "$verb" "$work/sparse-$virtual.qcow2")"
+      read -r _ om < <(measure "${our[@]}" "$verb" "$work/sparse-$virtual.qcow2")
+      q="$(mean_ms 20 qemu-img "$verb" "$work/sparse-$virtual.qcow2")"; o="$(mean_ms 20 "${our[@]}" "$verb" "$work/sparse-$virtual.qcow2")"
       awk -v v="$virtual" -v verb="$verb" -v q="$q" -v o="$o" -v qm="$qm" -v om="$om" 'BEGIN {printf "| %s of an empty %s image (mean of 20) | %.1f ms | %.1f ms | %.2f× | %d MB | %d MB |\n", verb, v, q, o, o / q, qm, om}'
     done
   done
