@@ -26,7 +26,7 @@ public sealed class DiskSource : IDisposable, IAsyncDisposable
     /// <summary>Guest-visible size in bytes; reads past it return zeros.</summary>
     public long Size { get; }
 
-    /// <summary>"qcow2" or "raw".</summary>
+    /// <summary>"qcow2", "raw", or the format given to <see cref="FromStorage"/>.</summary>
     public string Format => _disk.Format;
 
     /// <summary>The file the disk is read from, when known.</summary>
@@ -71,6 +71,18 @@ public sealed class DiskSource : IDisposable, IAsyncDisposable
     {
         ArgumentNullException.ThrowIfNull(storage);
         return new DiskSource(new RawDisk(storage, storage.Path ?? "raw storage"), null, storage.Length, owned: !leaveOpen);
+    }
+
+    /// <summary>
+    /// Reads the guest content of a disk in another format (vmdk, vhdx…) from a storage that decodes
+    /// it: offset = guest offset, length = disk size, and <see cref="IStorage.TryGetDataExtent"/>
+    /// telling where the format stores data. <see cref="Format"/> reports <paramref name="format"/>.
+    /// </summary>
+    public static DiskSource FromStorage(IStorage storage, string format, bool leaveOpen = false)
+    {
+        ArgumentNullException.ThrowIfNull(storage);
+        ArgumentException.ThrowIfNullOrEmpty(format);
+        return new DiskSource(new RawDisk(storage, storage.Path ?? $"{format} disk", format), null, storage.Length, owned: !leaveOpen);
     }
 
     /// <summary>Reads raw bytes from a seekable, readable stream; its length is the disk's size.</summary>

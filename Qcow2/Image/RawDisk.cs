@@ -2,12 +2,15 @@ using QcowDedup.Qcow2.Storage;
 
 namespace QcowDedup.Qcow2.Image;
 
-/// <summary>A raw backing file: guest offset equals file offset; holes read as zeros.</summary>
-internal sealed class RawDisk(IStorage storage, string displayName) : IGuestDisk
+/// <summary>
+/// A raw backing file: guest offset equals file offset; holes read as zeros. Also the guest content
+/// of a disk in another format (<paramref name="format"/>), served by a storage that decodes it.
+/// </summary>
+internal sealed class RawDisk(IStorage storage, string displayName, string format = "raw") : IGuestDisk
 {
     public long Size { get; } = storage.Length;
 
-    public string Format => "raw";
+    public string Format => format;
 
     public string? FilePath => storage.Path ?? displayName;
 
