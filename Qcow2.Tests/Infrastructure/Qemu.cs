@@ -77,6 +77,12 @@ public static class Qemu
     /// </summary>
     public static AsyncLocal<string?> WorkingDirectory { get; } = new();
 
+    /// <summary>
+    /// Runs another Debian tool the tests use to build fixtures outside our code (mkfs.fat, mcopy,
+    /// mkntfs, ntfscp); throws with its output when it fails. A missing tool fails the test too.
+    /// </summary>
+    public static string Tool(string tool, params string[] args) => Checked(Find(tool), args);
+
     public static ProcessResult Run(string tool, IReadOnlyList<string> args)
     {
         var start = new ProcessStartInfo(tool) { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
@@ -110,7 +116,8 @@ public static class Qemu
 
     private static string Find(string tool)
     {
-        foreach (var directory in (Environment.GetEnvironmentVariable("PATH") ?? string.Empty).Split(Path.PathSeparator))
+        // mkfs.* and mkntfs live in sbin, which a non-root PATH may lack.
+        foreach (var directory in $"{Environment.GetEnvironmentVariable("PATH")}{Path.PathSeparator}/usr/sbin{Path.PathSeparator}/sbin".Split(Path.PathSeparator))
         {
             var candidate = Path.Combine(directory, tool);
             if (File.Exists(candidate))
@@ -119,7 +126,14 @@ public static class Qemu
             }
         }
 
-        throw new InvalidOperationException($"{tool} is not installed. The tests use QEMU as their oracle: install the Debian package qemu-utils (tools/test.sh does this).");
+        var package = tool switch
+        {
+            "mkfs.fat" => "dosfstools",
+            "mcopy" or "mmd" => "mtools",
+            "mkntfs" or "ntfscp" => "ntfs-3g",
+            _ => "qemu-utils",
+        };
+        throw new InvalidOperationException($"{tool} is not installed. The tests use it to build images outside our code: install the Debian package {package} (tools/test.sh does this).");
     }
 }
 

@@ -1,3 +1,4 @@
+using QcowDedup.Qcow2.DiscUtils;
 using QcowDedup.Qcow2.Image;
 
 namespace QcowDedup.Cli;
@@ -5,13 +6,24 @@ namespace QcowDedup.Cli;
 /// <summary>Opens the input disk of a verb (the library's <see cref="DiskSource"/>) with the command line's checks and messages.</summary>
 internal static class Disks
 {
-    /// <summary>A qcow2 image or a raw file, chosen by -f or by the magic number, locked as qemu-img locks its sources.</summary>
+    /// <summary>Every input format, by qemu-img's names.</summary>
+    public static string FormatList { get; } = string.Join(", ", ["qcow2", "raw", .. ForeignDisks.Formats]);
+
+    /// <summary>
+    /// A qcow2 image, a raw file, or a vmdk/vhdx/vpc/vdi disk (read through DiscUtils), chosen by -f
+    /// or by the file's signature; qcow2 and raw are locked as qemu-img locks its sources.
+    /// </summary>
     public static DiskSource Open(string path, string? format, Qcow2OpenOptions options)
     {
         FileArguments.CheckInput(path);
-        format ??= DiskSource.ProbeFormat(path);
+        format ??= DiskSource.ProbeFormat(path) is "qcow2" ? "qcow2" : ForeignDisks.Probe(path) ?? "raw";
+        if (ForeignDisks.IsForeign(format))
+        {
+            return ForeignDisks.Open(path, format);
+        }
+
         return format is "qcow2" or "raw"
             ? DiskSource.Open(path, format, options)
-            : throw new UsageException($"unknown or unsupported format '{format}' (use qcow2 or raw)");
+            : throw new UsageException($"unknown or unsupported format '{format}' (use {FormatList})");
     }
 }

@@ -1,4 +1,5 @@
 using QcowDedup.Qcow2.Dedup;
+using QcowDedup.Qcow2.DiscUtils;
 using QcowDedup.Qcow2.Image;
 using QcowDedup.Qcow2.Storage;
 
@@ -7,7 +8,7 @@ namespace QcowDedup.Cli.Commands;
 /// <summary>qcow2 convert [-f FMT] -O raw|qcow2 [-c] [-o OPTIONS] [-p] SRC DST</summary>
 internal static class ConvertCommand
 {
-    public const string Usage = "qcow2 convert [-f FMT] [-O raw|qcow2] [-c] [-o OPTIONS] [-p] [-q] SRC DST";
+    public const string Usage = "qcow2 convert [-f FMT] [-O qcow2|raw|vmdk|vhdx|vpc|vdi] [-c] [-o OPTIONS] [-p] [-q] SRC DST";
     public static int Run(IReadOnlyList<string> args)
     {
         var line = CommandLine.Parse(args, ["-f", "-O", "-o"], ["-p", "-c", "-q", .. ImageOptions.ForceShareFlags]);
@@ -48,12 +49,57 @@ internal static class ConvertCommand
                 }
 
                 break;
+            case var foreign when ForeignDisks.IsForeign(foreign):
+                if (line.Has("-c"))
+                {
+                    throw new UsageException($"-c is not supported for output format {foreign} (compress into qcow2)");
+                }
+
+                ToForeign(source, line.Positionals[1], foreign, KeyValues(line.Values("-o")), progress);
+                break;
             default:
-                throw new UsageException($"output format '{target}' is not supported; use raw or qcow2");
+                throw new UsageException($"output format '{target}' is not supported; use {Disks.FormatList}");
         }
 
         progress.Finish();
         return 0;
+    }
+
+    /// <summary>Copies every non-zero byte of the source into a new vmdk/vhdx/vpc/vdi disk (through DiscUtils).</summary>
+    private static void ToForeign(DiskSource source, string destination, string format, Dictionary<string, string> options, Progress progress)
+    {
+        IStorage output;
+        try
+        {
+            output = ForeignDisks.Create(destination, format, source.Size, options);
+        }
+        catch (ArgumentException error)
+        {
+            throw new UsageException(error.Message);
+        }
+
+        using (output)
+        {
+            ImageCopier.CopyToRaw(source, output, new ImageCopyOptions { Progress = progress });
+        }
+    }
+
+    /// <summary>-o key=value[,key=value…] (repeatable), for the formats whose options are not qcow2's.</summary>
+    private static Dictionary<string, string> KeyValues(IEnumerable<string> values)
+    {
+        var options = new Dictionary<string, string>(StringComparer.Ordinal);
+        foreach (var item in values.SelectMany(v => v.Split(',', StringSplitOptions.RemoveEmptyEntries)))
+        {
+            var split = item.IndexOf('=', StringComparison.Ordinal);
+            if (split <= 0)
+            {
+                throw new UsageException($"invalid option '{item}' (expected key=value)");
+            }
+
+            options[item[..split]] = item[(split + 1)..];
+        }
+
+        return options;
     }
 
     /// <summary>Copies every non-zero byte of the source into a sparse raw file.</summary>

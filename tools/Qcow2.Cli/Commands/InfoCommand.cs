@@ -44,7 +44,7 @@ internal static class InfoCommand
         }
         else
         {
-            layers.Add(LayerInfo.Raw(path, source.Size));
+            layers.Add(LayerInfo.Raw(path, source.Size) with { Format = source.Format });
         }
 
         if (problem is not null && json)
