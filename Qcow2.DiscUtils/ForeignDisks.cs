@@ -65,12 +65,43 @@ public static class ForeignDisks
         return null;
     }
 
+    /// <summary>Whether the file carries <paramref name="format"/>'s signature (for vpc, also a fixed VHD's footer at the end).</summary>
+    private static bool HasSignature(string path, string format)
+    {
+        if (Probe(path) == format)
+        {
+            return true;
+        }
+
+        if (format != "vpc")
+        {
+            return false;
+        }
+
+        using var file = new FileStream(path, FileMode.Open, FileAccess.Read, FileShare.ReadWrite);
+        if (file.Length < 512)
+        {
+            return false;
+        }
+
+        var footer = new byte[8];
+        file.Position = file.Length - 512;
+        file.ReadExactly(footer);
+        return Encoding.ASCII.GetString(footer) == "conectix";
+    }
+
     /// <summary>Opens a disk of <paramref name="format"/> to read; its extents are where the format stores data.</summary>
     /// <exception cref="ArgumentException">The format is not one of <see cref="Formats"/>.</exception>
     /// <exception cref="InvalidDataException">DiscUtils cannot read the file as that format.</exception>
     public static DiskSource Open(string path, string format)
     {
         ArgumentNullException.ThrowIfNull(path);
+        if (IsForeign(format) && !HasSignature(path, format))
+        {
+            // DiscUtils does not check every signature (its VDI reader accepts a VMDK); qemu-img refuses.
+            throw new InvalidDataException($"{path} is not in {format} format (its signature is missing).");
+        }
+
         var disk = Wrap(format, path, () => format switch
         {
             "vmdk" => new Vmdk.Disk(path, FileAccess.Read),
@@ -99,7 +130,7 @@ public static class ForeignDisks
 
         if (options.Keys.FirstOrDefault(k => !keys.Contains(k)) is { } unknown)
         {
-            throw new ArgumentException($"Invalid option '{unknown}' for format {format} (it takes: {string.Join(", ", keys)}).", nameof(options));
+            throw new ArgumentException($"Invalid option '{unknown}' for format {format} (it takes: {string.Join(", ", keys)}).");
         }
 
         options.TryGetValue("subformat", out var subformat);
@@ -112,13 +143,13 @@ public static class ForeignDisks
                 null or "dynamic" => options.TryGetValue("block_size", out var block)
                     ? Vhdx.Disk.InitializeDynamic(stream, Ownership.Dispose, size, Sizes(block, "block_size"))
                     : Vhdx.Disk.InitializeDynamic(stream, Ownership.Dispose, size),
-                "fixed" => Vhdx.Disk.InitializeFixed(stream, Ownership.Dispose, size),
+                "fixed" => throw new NotSupportedException("DiscUtils 0.16 cannot create a fixed vhdx (it reads them); use subformat=dynamic."),
                 _ => throw Invalid(format, "subformat", subformat, "dynamic or fixed"),
             }),
             "vpc" => CreateWithStream(path, out file, stream => subformat switch
             {
-                null or "dynamic" => Vhd.Disk.InitializeDynamic(stream, Ownership.Dispose, size),
-                "fixed" => Vhd.Disk.InitializeFixed(stream, Ownership.Dispose, size),
+                null or "dynamic" => Vhd.Disk.InitializeDynamic(stream, Ownership.Dispose, VhdGeometry.Capacity(size), VhdGeometry.For(size)),
+                "fixed" => Vhd.Disk.InitializeFixed(stream, Ownership.Dispose, VhdGeometry.Capacity(size), VhdGeometry.For(size)),
                 _ => throw Invalid(format, "subformat", subformat, "dynamic or fixed"),
             }),
             _ => CreateWithStream(path, out file, stream => options.GetValueOrDefault("static") switch
@@ -128,7 +159,7 @@ public static class ForeignDisks
                 var other => throw Invalid(format, "static", other, "on or off"),
             }),
         };
-        return new VirtualDiskStorage(disk, Path.GetFullPath(path), writable: true, file);
+        return new VirtualDiskStorage(disk, Path.GetFullPath(path), writable: true, file) { RequestedLength = size };
     }
 
     private static Vmdk.Disk CreateVmdk(string path, long size, string? subformat, string? adapter)

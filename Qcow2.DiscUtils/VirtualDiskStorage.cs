@@ -59,10 +59,16 @@ internal sealed class VirtualDiskStorage(VirtualDisk disk, string path, bool wri
         return ValueTask.CompletedTask;
     }
 
-    /// <summary>A disk's size is fixed when it is created; setting the same length is allowed (a copy does that first).</summary>
+    /// <summary>The size the disk was created for; a format may round its capacity up (VHD to whole cylinders).</summary>
+    public long RequestedLength { get; init; } = -1;
+
+    /// <summary>
+    /// A disk's size is fixed when it is created; setting it to that size (or to the size asked for
+    /// when the format rounded it up) is allowed, as a copy does first. The rounded-up tail reads as zeros.
+    /// </summary>
     public void SetLength(long length)
     {
-        if (length != Length)
+        if (length != Length && !(length >= RequestedLength && length <= Length))
         {
             throw new NotSupportedException($"{path} holds {Length} bytes; its size cannot change to {length}.");
         }
