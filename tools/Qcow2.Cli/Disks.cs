@@ -6,6 +6,15 @@ namespace QcowDedup.Cli;
 /// <summary>Opens the input disk of a verb (the library's <see cref="DiskSource"/>) with the command line's checks and messages.</summary>
 internal static class Disks
 {
+    /// <summary>
+    /// DiscUtils' VHDX code sizes its metadata values with Marshal.SizeOf(typeof(T)) for T = ulong, uint
+    /// and Guid; the native build keeps marshalling data only for types it sees passed to SizeOf, so
+    /// they are named here (the generic overload is what the AOT analysis accepts). Returns the sum only so the calls cannot be dropped.
+    /// </summary>
+    public static int KeepMarshallingData() =>
+        System.Runtime.InteropServices.Marshal.SizeOf<ulong>() + System.Runtime.InteropServices.Marshal.SizeOf<uint>() +
+        System.Runtime.InteropServices.Marshal.SizeOf<Guid>();
+
     /// <summary>Every input format, by qemu-img's names.</summary>
     public static string FormatList { get; } = string.Join(", ", ["qcow2", "raw", .. ForeignDisks.Formats]);
 
@@ -19,6 +28,7 @@ internal static class Disks
         format ??= DiskSource.ProbeFormat(path) is "qcow2" ? "qcow2" : ForeignDisks.Probe(path) ?? "raw";
         if (ForeignDisks.IsForeign(format))
         {
+            KeepMarshallingData();
             return ForeignDisks.Open(path, format);
         }
 

@@ -71,6 +71,7 @@ internal static class ConvertCommand
         IStorage output;
         try
         {
+            Disks.KeepMarshallingData();
             output = ForeignDisks.Create(destination, format, source.Size, options);
         }
         catch (ArgumentException error)
