@@ -218,6 +218,53 @@ public sealed class VirtualDiskAdapterTests : TempDirectoryFixture
         tree.ShouldMatch(fileSystem, "COPY2");
     }
 
+    /// <summary>The README's DiscUtils example, statement for statement.</summary>
+    [Test]
+    public void The_readme_example_runs()
+    {
+        var previous = Environment.CurrentDirectory;
+        Environment.CurrentDirectory = Directory;
+        try
+        {
+            Qemu.Img("convert", "-f", "qcow2", "-O", "vmdk", MakeSample(), "disk.vmdk");
+            using (var disk = VirtualDisk.CreateDisk("QCOW2", "dedup", "fs.qcow2", 1L << 30, null, null))
+            {
+                var partition = BiosPartitionTable.Initialize(disk).Create(WellKnownPartitionType.WindowsFat, active: true);
+                using var fat = FatFileSystem.FormatPartition(disk, partition, "DATA");
+                using var file = fat.OpenFile("README.TXT", FileMode.Create, FileAccess.Write);
+                file.Write("hello"u8);
+            }
+
+            using (var disk = VirtualDisk.OpenDisk("fs.qcow2", FileAccess.Read))
+            using (var fat = new FatFileSystem(disk.Partitions[0].Open()))
+            {
+                fat.GetFiles(string.Empty).Length.ShouldBe(1);
+            }
+
+            using (var source = ForeignDisks.Open("disk.vmdk", "vmdk"))
+            using (var target = Qcow2Image.Create("disk.qcow2", new Qcow2CreateOptions { Size = source.Size, ClusterSize = 4096 }.WithDedup()))
+            {
+                ImageCopier.Copy(source, target);
+            }
+
+            Qemu.AssertClean(PathOf("fs.qcow2"));
+            Qemu.AssertClean(PathOf("disk.qcow2"));
+            Qemu.Compare(PathOf("disk.vmdk"), PathOf("disk.qcow2"), "vmdk", "qcow2").ExitCode.ShouldBe(0);
+        }
+        finally
+        {
+            Environment.CurrentDirectory = previous;
+        }
+    }
+
+    private string MakeSample()
+    {
+        var path = PathOf("sample.qcow2");
+        Qemu.Img("create", "-f", "qcow2", path, "32M");
+        Qemu.Io(path, "write -P 0x42 0 2M", "write -P 0x42 8M 2M", "write -P 0x17 20M 64k");
+        return path;
+    }
+
     private static long Fill(string path, FileTree tree, int copies)
     {
         using (var disk = (Qcow2Disk)VirtualDisk.CreateDisk("QCOW2", "dedup", path, GiB, null, null))
