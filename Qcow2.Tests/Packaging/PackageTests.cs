@@ -21,6 +21,7 @@ public class PackageTests : TempDirectoryFixture
 {
     private const string LibraryId = "QcowDedup.Qcow2";
     private const string DedupId = "QcowDedup.Qcow2.Dedup";
+    private const string DiscUtilsId = "QcowDedup.Qcow2.DiscUtils";
     private const string ToolId = "QcowDedup.Cli";
     private static readonly TimeSpan StepTimeout = TimeSpan.FromMinutes(5);
 
@@ -35,7 +36,7 @@ public class PackageTests : TempDirectoryFixture
     private static string Sample => Path.Combine(RepositoryRoot, "testdata", "sample.qcow2");
 
     /// <summary>
-    /// Packs the three packable projects (not the solution: that would rebuild this running test
+    /// Packs the four packable projects (not the solution: that would rebuild this running test
     /// assembly) with build output under a temporary artifacts folder, leaving the work tree's
     /// bin/ and obj/ alone.
     /// </summary>
@@ -49,6 +50,7 @@ public class PackageTests : TempDirectoryFixture
         Dotnet(RepositoryRoot, null, ["pack", Path.Combine("tools", "Qcow2.Cli", "Qcow2.Cli.csproj"), .. common]);
         Dotnet(RepositoryRoot, null, ["pack", Path.Combine("Qcow2", "Qcow2.csproj"), "--no-build", .. common]);
         Dotnet(RepositoryRoot, null, ["pack", Path.Combine("Qcow2.Dedup", "Qcow2.Dedup.csproj"), "--no-build", .. common]);
+        Dotnet(RepositoryRoot, null, ["pack", Path.Combine("Qcow2.DiscUtils", "Qcow2.DiscUtils.csproj"), "--no-build", .. common]);
     }
 
     [OneTimeTearDown]
@@ -62,6 +64,7 @@ public class PackageTests : TempDirectoryFixture
 
     [TestCase(LibraryId, "lib/net10.0/QcowDedup.Qcow2.xml")]
     [TestCase(DedupId, "lib/net10.0/QcowDedup.Qcow2.Dedup.xml")]
+    [TestCase(DiscUtilsId, "lib/net10.0/QcowDedup.Qcow2.DiscUtils.xml")]
     [TestCase(ToolId, "tools/net10.0/any/DotnetToolSettings.xml")]
     public void Each_package_carries_readme_license_and_documentation(string id, string payload)
     {
@@ -95,6 +98,52 @@ public class PackageTests : TempDirectoryFixture
         info.ExitCode.ShouldBe(0, info.Error);
         info.Output.ShouldContain("file format: qcow2\n");
         info.Output.ShouldContain($"({SampleSize()} bytes)\n");
+
+        // The tool package carries DiscUtils for vmdk/vhdx/vpc/vdi.
+        Qemu.Img("convert", "-f", "qcow2", "-O", "vdi", Sample, PathOf("sample.vdi"));
+        var vdi = Run(Path.Combine(tools, "qcow2"), Directory, PathOf("packages"), ["compare", PathOf("sample.vdi"), Sample]);
+        vdi.ExitCode.ShouldBe(0, vdi.Error);
+    }
+
+    [Test]
+    public void A_new_project_restores_the_DiscUtils_package_and_opens_a_qcow2_with_VirtualDisk()
+    {
+        var project = PathOf("discutils-consumer");
+        System.IO.Directory.CreateDirectory(project);
+        foreach (var name in new[] { "Directory.Build.props", "Directory.Build.targets", "Directory.Packages.props" })
+        {
+            File.WriteAllText(Path.Combine(project, name), "<Project />\n");
+        }
+
+        // DiscUtils itself comes from the gallery elsewhere; here from the vendored copy of it.
+        WriteNuGetConfig(project, Path.Combine(RepositoryRoot, "vendor", "nuget"));
+        File.WriteAllText(Path.Combine(project, "Consumer.csproj"), $"""
+            <Project Sdk="Microsoft.NET.Sdk">
+              <PropertyGroup>
+                <OutputType>Exe</OutputType>
+                <TargetFramework>net10.0</TargetFramework>
+                <Nullable>enable</Nullable>
+                <ImplicitUsings>enable</ImplicitUsings>
+                <TreatWarningsAsErrors>true</TreatWarningsAsErrors>
+              </PropertyGroup>
+              <ItemGroup>
+                <PackageReference Include="{DiscUtilsId}" Version="{Version}" />
+              </ItemGroup>
+            </Project>
+            """);
+        File.WriteAllText(Path.Combine(project, "Program.cs"), """
+            using DiscUtils;
+            using QcowDedup.Qcow2.DiscUtils;
+
+            Qcow2DiscUtils.Register();
+            using var disk = VirtualDisk.OpenDisk(args[0], FileAccess.Read);
+            Console.WriteLine($"{disk.DiskTypeInfo.Name} {disk.Capacity}");
+            """);
+
+        var build = Dotnet(project, PathOf("packages"), ["build", "-c", "Release", "-nologo", "-p:UseSharedCompilation=false"]);
+        build.Output.ShouldNotContain(": warning ", Case.Insensitive);
+        var run = Dotnet(project, PathOf("packages"), ["run", "-c", "Release", "--no-build", "--", Sample]);
+        run.Output.ShouldBe($"QCOW2 {SampleSize()}\n");
     }
 
     [Test]
@@ -147,15 +196,17 @@ public class PackageTests : TempDirectoryFixture
     }
 
     /// <summary>A NuGet config naming only the local feed: nothing else can satisfy a restore.</summary>
-    private string WriteNuGetConfig(string directory)
+    private string WriteNuGetConfig(string directory, string? extraSource = null)
     {
         var path = Path.Combine(directory, "nuget.config");
+        var extra = extraSource is null ? string.Empty : $"""<add key="extra" value="{extraSource}" />""";
         File.WriteAllText(path, $"""
             <?xml version="1.0" encoding="utf-8"?>
             <configuration>
               <packageSources>
                 <clear />
                 <add key="local" value="{_feed}" />
+                {extra}
               </packageSources>
             </configuration>
             """);
