@@ -181,7 +181,7 @@ public static class ForeignDisks
             "legacyESX" => Vmdk.DiskAdapterType.LegacyEsx,
             _ => throw Invalid("vmdk", "adapter_type", adapter, "ide, buslogic, lsilogic or legacyESX"),
         };
-        RefuseExisting(path);
+        ReplaceExisting(path);
         try
         {
             return Vmdk.Disk.Initialize(Path.GetFullPath(path), size, type, adapterType);
@@ -194,7 +194,7 @@ public static class ForeignDisks
 
     private static VirtualDisk CreateWithStream(string path, out FileStream file, Func<Stream, VirtualDisk> initialize)
     {
-        RefuseExisting(path);
+        ReplaceExisting(path);
         var stream = file = new FileStream(path, FileMode.CreateNew, FileAccess.ReadWrite, FileShare.None);
         try
         {
@@ -208,7 +208,7 @@ public static class ForeignDisks
         }
     }
 
-    private static void RefuseExisting(string path)
+    private static void ReplaceExisting(string path)
     {
         // qemu-img replaces an existing target; DiscUtils' initialisers do not all truncate, so start from nothing.
         if (File.Exists(path))
