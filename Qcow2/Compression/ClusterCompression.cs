@@ -10,7 +10,7 @@ public static class ClusterCompression
     /// Decompresses <paramref name="compressed"/> into exactly <paramref name="cluster"/>.Length bytes.
     /// </summary>
     /// <exception cref="InvalidDataException">The compressed data is damaged.</exception>
-    /// <exception cref="NotSupportedException">zstd data and no system libzstd.</exception>
+    /// <exception cref="NotSupportedException">An unknown compression type.</exception>
     public static void Decompress(CompressionType type, ReadOnlySpan<byte> compressed, Span<byte> cluster, long hostOffset)
     {
         var ok = type switch

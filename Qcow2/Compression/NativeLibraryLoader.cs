@@ -2,21 +2,22 @@ using System.Runtime.InteropServices;
 
 namespace QcowDedup.Qcow2.Compression;
 
-/// <summary>Loads a system library by its usual names on each platform, once.</summary>
+/// <summary>Loads a native library by its usual names on each platform.</summary>
 internal static class NativeLibraryLoader
 {
-    public static nint Load(string description, string package, params string[] candidates)
+    /// <summary>Loads the first of <paramref name="candidates"/> that loads; false when none does.</summary>
+    public static bool TryLoad(out nint handle, params string[] candidates)
     {
         foreach (var name in candidates)
         {
-            if (NativeLibrary.TryLoad(name, out var handle))
+            if (NativeLibrary.TryLoad(name, out handle))
             {
-                return handle;
+                return true;
             }
         }
 
-        throw new NotSupportedException(
-            $"{description} needs the system library {candidates[0]} ({package}), which could not be loaded. Install it and try again.");
+        handle = 0;
+        return false;
     }
 
     public static nint Export(nint library, string name) => NativeLibrary.GetExport(library, name);
