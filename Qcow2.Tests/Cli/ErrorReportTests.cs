@@ -45,4 +45,18 @@ public class ErrorReportTests
         bugs.ShouldAllBe(bug => ErrorReport.Line("map", bug).StartsWith($"qcow2: internal error ({bug.GetType().Name}): first line second line", StringComparison.Ordinal));
         bugs.ShouldAllBe(bug => !ErrorReport.Line("map", bug).Contains('\n', StringComparison.Ordinal));
     }
+
+    [Test]
+    public void The_same_failure_from_every_parallel_worker_is_reported_once_as_itself()
+    {
+        var missing = new NotSupportedException("Writing deflate-compressed qcow2 clusters needs zlib.");
+        ErrorReport.Line("convert", new AggregateException(missing, new NotSupportedException(missing.Message)))
+            .ShouldBe("qcow2: Writing deflate-compressed qcow2 clusters needs zlib.");
+        ErrorReport.Line("convert", new AggregateException(new AggregateException(missing)))
+            .ShouldBe("qcow2: Writing deflate-compressed qcow2 clusters needs zlib.");
+
+        // Different failures stay an aggregate: nothing is hidden.
+        ErrorReport.Line("convert", new AggregateException(missing, new FormatException("other")))
+            .ShouldStartWith("qcow2: internal error (AggregateException)");
+    }
 }

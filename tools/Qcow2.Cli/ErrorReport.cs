@@ -8,12 +8,27 @@ namespace QcowDedup.Cli;
 /// </summary>
 internal static class ErrorReport
 {
-    public static string Line(string verb, Exception error) => OneLine(error switch
+    public static string Line(string verb, Exception error) => OneLine(Unwrap(error) switch
     {
-        UsageException => $"qcow2 {verb}: {error.Message}",
-        _ when IsImageOrFileError(error) => $"qcow2: {Describe(error)}",
-        _ => $"qcow2: internal error ({error.GetType().Name}): {error.Message.ReplaceLineEndings(" ")}",
+        UsageException usage => $"qcow2 {verb}: {usage.Message}",
+        var known when IsImageOrFileError(known) => $"qcow2: {Describe(known)}",
+        var other => $"qcow2: internal error ({other.GetType().Name}): {other.Message.ReplaceLineEndings(" ")}",
     });
+
+    /// <summary>
+    /// The failure inside an AggregateException from parallel work (compressing or hashing on every
+    /// core): each worker meets the same problem, and the user needs to hear it once.
+    /// </summary>
+    private static Exception Unwrap(Exception error)
+    {
+        while (error is AggregateException aggregate && aggregate.Flatten().InnerExceptions is [var first, ..] inner &&
+               inner.All(e => e.GetType() == first.GetType() && e.Message == first.Message))
+        {
+            error = first;
+        }
+
+        return error;
+    }
 
     /// <summary>
     /// Control characters escaped: a file name an image carries may hold a newline (or a terminal
