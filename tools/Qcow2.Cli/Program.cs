@@ -53,6 +53,11 @@ internal static class Program
 
     private static int Dispatch(IReadOnlyList<string> args)
     {
+        if (args is ["help", var asked, ..])
+        {
+            return PrintVerbHelp(asked);
+        }
+
         if (args.Count == 0 || args[0] is "-h" or "--help" or "help")
         {
             PrintHelp();
@@ -72,7 +77,20 @@ internal static class Program
             return 1;
         }
 
-        return command.Run(args.Skip(1).ToList());
+        var rest = args.Skip(1).ToList();
+        return VerbHelp.Asked(rest) ? PrintVerbHelp(verb) : command.Run(rest);
+    }
+
+    private static int PrintVerbHelp(string verb)
+    {
+        if (!Verbs.TryGetValue(verb, out var command) || VerbHelp.For(verb, command.Usage) is not { } help)
+        {
+            Console.Error.WriteLine($"qcow2: unknown command '{verb}'; run 'qcow2 --help' for the list");
+            return 1;
+        }
+
+        Console.Out.Write(help);
+        return 0;
     }
 
     private static int Fail(string line, int exitCode)
@@ -98,5 +116,8 @@ internal static class Program
         {
             Console.Out.WriteLine($"  {usage}");
         }
+
+        Console.Out.WriteLine();
+        Console.Out.WriteLine("'qcow2 help VERB' or 'qcow2 VERB --help' explains a command and each of its options.");
     }
 }

@@ -1,0 +1,77 @@
+namespace QcowDedup.Cli;
+
+/// <summary>
+/// What `qcow2 help VERB` and `qcow2 VERB --help` print: the usage line, what the verb does, and
+/// each option. Options shared by the verbs that open images are listed with each verb that takes them.
+/// </summary>
+internal static class VerbHelp
+{
+    private static readonly (string Flag, string Text) ForceShare = ("-U, --force-share", "open while another process (QEMU) writes the image; what is read may be inconsistent");
+    private static readonly (string Flag, string Text) BackingPolicy = ("--backing-policy any|none|confined[:DIR]", "which backing and data files an image may name (confined: only under DIR, default the image's directory)");
+    private static readonly (string Flag, string Text) Quiet = ("-q", "quiet: print nothing but errors");
+    private static readonly (string Flag, string Text) Progress = ("-p", "show progress while working (on a terminal)");
+    private static readonly (string Flag, string Text) Output = ("--output human|json", "output format; json keys as qemu-img's");
+    private static readonly (string Flag, string Text) InputFormat = ("-f FMT", "input format: qcow2, raw, vmdk, vhdx, vpc, vdi (default: probed from the file's signature)");
+
+    private static readonly Dictionary<string, (string Summary, (string Flag, string Text)[] Options)> Verbs = new(StringComparer.Ordinal)
+    {
+        ["info"] = ("Shows an image's format, sizes and qcow2 details (backing file, snapshots, bitmaps, dedup index).", [
+            InputFormat, Output, ("--backing-chain", "also show every backing file down the chain"), ForceShare, BackingPolicy]),
+        ["map"] = ("Shows how the guest disk is stored: data, zeros, and which file of the chain holds each range.", [
+            InputFormat, Output, ForceShare, BackingPolicy]),
+        ["check"] = ("Checks the image's metadata as qemu-img check does; exit 0 clean, 1 check errors, 2 corruptions, 3 leaks.", [
+            ("-f qcow2", "input format (only qcow2 has metadata to check)"), ("-r leaks|all", "repair leaks, or everything repairable"), Output, Quiet, Progress, ForceShare, BackingPolicy]),
+        ["convert"] = ("Copies a disk into a new image; zeros stay unallocated, and with dedup=on repeated clusters are stored once.", [
+            InputFormat, ("-O FMT", "output format: qcow2, raw, vmdk, vhdx, vpc, vdi (default raw)"), ("-c", "compress clusters (qcow2: zlib, or zstd with -o compression_type=zstd)"),
+            ("-o OPTIONS", "creation options of the output format (qcow2: as create, plus dedup=on; vmdk/vhdx/vpc: subformat=…; vdi: static=on)"), Progress, Quiet, ForceShare, BackingPolicy]),
+        ["compare"] = ("Compares two disks' contents; exit 0 identical, 1 different, 2 error. A shorter disk compares as zeros past its end.", [
+            ("-f FMT", "format of the first disk (default: probed)"), ("-F FMT", "format of the second disk (default: probed)"), ("-s", "strict: different sizes or allocation count as different"), Progress, ForceShare, BackingPolicy]),
+        ["create"] = ("Creates a qcow2 image (SIZE may be taken from the backing file).", [
+            ("-f qcow2", "format (qcow2; the default here, unlike qemu-img)"), ("-o OPTIONS", "compat, cluster_size, refcount_bits, lazy_refcounts, extended_l2, compression_type, preallocation, data_file, data_file_raw, dedup=on and dedup_*; -o help lists them"),
+            ("-b BACKING", "backing file"), ("-F FMT", "backing file format"), ("-u", "do not open the backing file (its size must then be given)"), Quiet]),
+        ["resize"] = ("Changes the virtual size: SIZE, +SIZE or -SIZE.", [
+            ("--shrink", "allow making the image smaller (data past the new end is lost)"), ("-f qcow2", "format"), Quiet]),
+        ["measure"] = ("Says how large a new or converted image needs to be (required and fully allocated), as qemu-img measure.", [
+            Output, InputFormat, ("-O raw|qcow2", "output format to measure for (default raw)"), ("-o OPTIONS", "output creation options"), ("--size SIZE", "measure a new empty image of SIZE instead of SRC"), ForceShare]),
+        ["io"] = ("Runs qemu-io style commands on an image: write, read (with pattern check), discard, flush.", [
+            ("-c CMD", "a command; repeatable: 'write [-P PATTERN] [-z] [-u] [-c] OFF LEN', 'read [-P PATTERN] OFF LEN', 'discard OFF LEN', 'flush'"), ("-f qcow2", "format"), ("-r", "open read-only"), ForceShare, BackingPolicy]),
+        ["dedup"] = ("Deduplicates an existing image in place and leaves an index so later writes deduplicate too.", [
+            ("-o OPTIONS", "dedup_log_order, dedup_max_incarnations, dedup_memory, dedup_verify=on, dedup_max_shares"), Progress, Quiet, BackingPolicy]),
+        ["snapshot"] = ("Lists, creates, applies or deletes internal snapshots.", [
+            ("-l", "list snapshots"), ("-c NAME", "create a snapshot"), ("-a NAME", "apply (revert to) a snapshot, by id or else by name"), ("-d NAME", "delete a snapshot, by name"), ("-f qcow2", "format"), Quiet, ForceShare, BackingPolicy]),
+        ["commit"] = ("Writes an overlay's data into its backing file, then empties the overlay.", [
+            ("-b BASE", "the file to commit into (the direct backing file)"), ("-d", "keep the overlay's data (do not empty it)"), ("-f qcow2", "format"), Progress, Quiet, BackingPolicy]),
+        ["rebase"] = ("Changes an image's backing file; safe mode copies what the old and new backing files disagree on.", [
+            ("-b BACKING", "the new backing file (\"\" removes it)"), ("-F FMT", "the new backing file's format"), ("-u", "unsafe: only rewrite the name"), ("-f qcow2", "format"), Progress, Quiet, BackingPolicy]),
+        ["amend"] = ("Changes format options of an existing image in place.", [
+            ("-o OPTIONS", "compat=0.10|1.1, refcount_bits=N, lazy_refcounts=on|off, size=SIZE"), ("-f qcow2", "format"), Progress, Quiet]),
+        ["bench"] = ("Measures request throughput through the library, with qemu-img bench's requests and output.", [
+            ("-c COUNT", "number of requests"), ("-d DEPTH", "requests in flight"), ("-s BUFFER_SIZE", "request size"), ("-S STEP_SIZE", "offset step between requests"), ("-o OFFSET", "first offset"),
+            ("-w", "write instead of read"), ("--pattern=PATTERN", "byte written with -w"), ("-t CACHE", "cache mode (accepted as qemu-img does)"), ("-f qcow2", "format"), Quiet, ForceShare]),
+    };
+
+    /// <summary>The verbs that have help (every verb).</summary>
+    public static IEnumerable<string> Names => Verbs.Keys;
+
+    /// <summary>Whether <paramref name="args"/> (after the verb) ask for help: -h or --help anywhere.</summary>
+    public static bool Asked(IReadOnlyList<string> args) => args.Any(a => a is "-h" or "--help");
+
+    /// <summary>The help text of <paramref name="verb"/>, or null for an unknown verb.</summary>
+    public static string? For(string verb, string usage)
+    {
+        if (!Verbs.TryGetValue(verb, out var help))
+        {
+            return null;
+        }
+
+        var width = help.Options.Max(o => o.Flag.Length) + 2;
+        var text = new System.Text.StringBuilder();
+        text.Append("usage: ").AppendLine(usage).AppendLine().AppendLine(help.Summary).AppendLine().AppendLine("Options:");
+        foreach (var (flag, description) in help.Options)
+        {
+            text.Append("  ").Append(flag.PadRight(width)).AppendLine(description);
+        }
+
+        return text.ToString();
+    }
+}
