@@ -39,11 +39,16 @@ internal static class Program
     {
         var verb = args.Count > 0 ? args[0] : string.Empty;
 
-        // compare reports errors with 2 (1 means "different"), like qemu-img compare.
+        // compare reports failures with images with 2 (1 means "different"), like qemu-img compare.
         var errorCode = verb == "compare" ? 2 : 1;
         try
         {
             return Dispatch(args);
+        }
+        catch (UsageException error)
+        {
+            // A wrong command line is exit 1 for every verb, compare included, as in qemu-img.
+            return Fail(ErrorReport.Line(verb, error), 1);
         }
         catch (Exception error)
         {

@@ -13,18 +13,30 @@ internal static class SnapshotCommand
     {
         var line = CommandLine.Parse(args, ["-f", "-c", "-a", "-d"], ["-l", "-q", .. ImageOptions.ForceShareFlags]);
         line.ExpectPositionals(1, 1, Usage);
-        if (line.Value("-f") is { } format && format != "qcow2")
-        {
-            throw new UsageException($"only qcow2 images have internal snapshots, not '{format}'");
-        }
-
         var actions = Actions.Where(line.Has).ToList();
-        if (actions.Count != 1)
+        if (actions.Count > 1)
         {
-            throw new UsageException("give exactly one of -l, -c, -a and -d");
+            throw new UsageException("give only one of -l, -c, -a and -d");
         }
 
         var path = line.Positionals[0];
+        FileArguments.CheckInput(path);
+        var format = line.Value("-f") ?? DiskSource.ProbeFormat(path);
+        if (format != "qcow2")
+        {
+            // qemu-img lists a raw file's (absent) snapshots as nothing and exits 0; it cannot change them.
+            return actions is [] or ["-l"] && format == "raw"
+                ? 0
+                : throw new UsageException($"only qcow2 images have internal snapshots, not '{format}'");
+        }
+
+        if (actions.Count == 0)
+        {
+            // As qemu-img: with no action the image is opened (so a missing or damaged file still fails) and left alone.
+            using var untouched = FileArguments.OpenImage(path, ImageOptions.For(line, path) with { BackingFiles = BackingFileMode.Ignore });
+            return 0;
+        }
+
         if (actions[0] == "-l")
         {
             using var image = FileArguments.OpenImage(path, ImageOptions.For(line, path) with { BackingFiles = BackingFileMode.Ignore });

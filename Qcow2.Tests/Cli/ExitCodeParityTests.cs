@@ -1,0 +1,37 @@
+using QcowDedup.Qcow2.Tests.Infrastructure;
+
+namespace QcowDedup.Qcow2.Tests.Cli;
+
+/// <summary>Exit codes and output where scripts told qemu-img and us apart (issue 13), judged side by side.</summary>
+[TestFixture]
+public class ExitCodeParityTests : TempDirectoryFixture
+{
+    [TestCase("snapshot {qcow2}")]
+    [TestCase("snapshot -l {raw}")]
+    [TestCase("snapshot -l {empty}")]
+    [TestCase("snapshot -c x {raw}")]
+    [TestCase("snapshot -l -c x {qcow2}")]
+    [TestCase("snapshot {missing}")]
+    [TestCase("compare {qcow2}")]
+    [TestCase("compare {qcow2} {missing}")]
+    [TestCase("compare {qcow2} {raw}")]
+    public void Same_exit_code_and_stdout_as_qemu_img(string command)
+    {
+        Qemu.Img("create", "-q", "-f", "qcow2", PathOf("a.qcow2"), "1M");
+        Qemu.Img("create", "-q", "-f", "raw", PathOf("r.img"), "1M");
+        File.WriteAllBytes(PathOf("empty.img"), []);
+        var args = command.Split(' ').Select(a => a switch
+        {
+            "{qcow2}" => PathOf("a.qcow2"),
+            "{raw}" => PathOf("r.img"),
+            "{empty}" => PathOf("empty.img"),
+            "{missing}" => PathOf("missing.qcow2"),
+            _ => a,
+        }).ToArray();
+
+        var qemu = Qemu.ImgResult(args);
+        var ours = CliRunner.Run(args);
+        ours.ExitCode.ShouldBe(qemu.ExitCode, $"qemu-img: {qemu.Error}\nours: {ours.Error}");
+        ours.Output.ShouldBe(qemu.Output);
+    }
+}
