@@ -34,4 +34,24 @@ public class ExitCodeParityTests : TempDirectoryFixture
         ours.ExitCode.ShouldBe(qemu.ExitCode, $"qemu-img: {qemu.Error}\nours: {ours.Error}");
         ours.Output.ShouldBe(qemu.Output);
     }
+
+    [TestCase("1000")]
+    [TestCase("1k")]
+    [TestCase("513")]
+    public void A_size_that_is_not_whole_sectors_is_rounded_up_and_reported_as_given(string size)
+    {
+        foreach (var form in new[] { new[] { "{file}", size }, ["-o", $"size={size}", "{file}"] })
+        {
+            string[] Args(string file) => ["create", "-f", "qcow2", .. form.Select(a => a == "{file}" ? file : a)];
+            var theirs = PathOf("qemu.qcow2");
+            var ours = PathOf("ours.qcow2");
+            var qemu = Qemu.ImgResult(Args(theirs));
+            var result = CliRunner.Run(Args(ours));
+            result.ExitCode.ShouldBe(qemu.ExitCode, result.Error);
+            result.Output.Replace(ours, theirs, StringComparison.Ordinal).ShouldBe(qemu.Output);
+            Qemu.Img("info", ours).Split('\n')[2].ShouldBe(Qemu.Img("info", theirs).Split('\n')[2]); // virtual size
+            File.Delete(theirs);
+            File.Delete(ours);
+        }
+    }
 }

@@ -25,12 +25,19 @@ internal static class CreateCommand
             throw new UsageException("an image size is needed without a backing file");
         }
 
+        // qemu-img rounds a size up to whole 512-byte sectors (qcow2_co_create_opts) and reports it as given.
+        var requested = options.Size;
+        if (requested is > 0 and var given && given % 512 != 0)
+        {
+            options = options with { Size = (given + 511) / 512 * 512 };
+        }
+
         FileArguments.CheckOutput(path);
         options = options with { OpenOptions = new Qcow2OpenOptions { BackingPolicy = ImageOptions.Policy(line.Value(ImageOptions.BackingPolicyOption), path) } };
         using var image = Extensions.Create(path, options, parser);
         if (!line.Has("-q"))
         {
-            Console.Out.WriteLine(CreateOptionParser.Describe(path, options, image.Size, parser.Has("compat")));
+            Console.Out.WriteLine(CreateOptionParser.Describe(path, options, requested ?? image.Size, parser.Has("compat")));
         }
 
         return 0;
