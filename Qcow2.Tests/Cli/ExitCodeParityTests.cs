@@ -54,4 +54,23 @@ public class ExitCodeParityTests : TempDirectoryFixture
             File.Delete(ours);
         }
     }
+
+    [TestCase("-b {base}", "")]
+    [TestCase("-u -b {base}", "1M")]
+    [TestCase("-o backing_file={base}", "")]
+    [TestCase("-u -b missing.qcow2 -F qcow2", "1M")]
+    [TestCase("-u -b missing.qcow2 -F qcow2", "")]
+    public void Backing_file_creation_succeeds_and_fails_as_in_qemu_img(string options, string size)
+    {
+        Qemu.Img("create", "-q", "-f", "qcow2", PathOf("base.qcow2"), "1M");
+        var flags = options.Replace("{base}", PathOf("base.qcow2"), StringComparison.Ordinal).Split(' ');
+        string[] Args(string file) => ["create", "-f", "qcow2", .. flags, file, .. size.Length > 0 ? new[] { size } : []];
+        var theirs = PathOf("qemu.qcow2");
+        var ours = PathOf("ours.qcow2");
+        var qemu = Qemu.ImgResult(Args(theirs));
+        var result = CliRunner.Run(Args(ours));
+        result.ExitCode.ShouldBe(qemu.ExitCode, $"qemu-img: {qemu.Output}{qemu.Error}\nours: {result.Output}{result.Error}");
+        result.Output.Replace(ours, theirs, StringComparison.Ordinal).ShouldBe(qemu.Output);
+        File.Exists(ours).ShouldBe(File.Exists(theirs));
+    }
 }

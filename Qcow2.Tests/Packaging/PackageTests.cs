@@ -196,6 +196,10 @@ public class PackageTests : TempDirectoryFixture
     }
 
     /// <summary>A NuGet config naming only the local feed: nothing else can satisfy a restore.</summary>
+    /// <summary>
+    /// A consumer's nuget.config: our packed folder (and <paramref name="extraSource"/>) on top of the
+    /// machine's own sources, from which third-party dependencies (ZstdSharp.Port) restore as for any user.
+    /// </summary>
     private string WriteNuGetConfig(string directory, string? extraSource = null)
     {
         var path = Path.Combine(directory, "nuget.config");
@@ -204,7 +208,6 @@ public class PackageTests : TempDirectoryFixture
             <?xml version="1.0" encoding="utf-8"?>
             <configuration>
               <packageSources>
-                <clear />
                 <add key="local" value="{_feed}" />
                 {extra}
               </packageSources>

@@ -1,4 +1,5 @@
 using QcowDedup.Qcow2.Image;
+using QcowDedup.Qcow2.Storage;
 
 namespace QcowDedup.Cli.Commands;
 
@@ -20,9 +21,21 @@ internal static class CreateCommand
         long? size = line.Positionals.Count > 1 ? Sizes.ParseImageSize(line.Positionals[1]) : null;
         var parser = new CreateOptionParser(line.Values("-o"), Extensions.CreateOptionKeys);
         var options = parser.Build(size, line.Value("-b"), line.Value("-F"));
-        if (options.Size is null && options.BackingFile is null)
+        if (options.Size is null && (options.BackingFile is null || line.Has("-u")))
         {
-            throw new UsageException("an image size is needed without a backing file");
+            throw options.BackingFile is null
+                ? new UsageException("an image size is needed without a backing file")
+                : new IOException($"{path}: Image creation needs a size parameter (with -u the backing file is not opened to take its size)");
+        }
+
+        if (options.BackingFile is { } backing && options.BackingFormat is null)
+        {
+            // qemu-img 7.2 refuses to guess: a probed format is how a raw backing file gets read as something else.
+            var detected = line.Has("-u") ? null : DefaultBackingFileResolver.TryResolvePath(backing, FilePaths.Absolute(path)) is { } resolved && File.Exists(resolved)
+                ? DiskSource.ProbeFormat(resolved)
+                : null;
+            var hint = detected is null ? "name it with -F" : $"detected format of {backing}: {detected}; name it with -F {detected}";
+            throw new IOException($"{path}: Backing file specified without backing format ({hint})");
         }
 
         // qemu-img rounds a size up to whole 512-byte sectors (qcow2_co_create_opts) and reports it as given.
@@ -33,7 +46,14 @@ internal static class CreateCommand
         }
 
         FileArguments.CheckOutput(path);
-        options = options with { OpenOptions = new Qcow2OpenOptions { BackingPolicy = ImageOptions.Policy(line.Value(ImageOptions.BackingPolicyOption), path) } };
+        options = options with
+        {
+            OpenOptions = new Qcow2OpenOptions
+            {
+                BackingPolicy = ImageOptions.Policy(line.Value(ImageOptions.BackingPolicyOption), path),
+                BackingFiles = line.Has("-u") ? BackingFileMode.Ignore : BackingFileMode.Open, // -u: the backing file need not exist yet
+            },
+        };
         using var image = Extensions.Create(path, options, parser);
         if (!line.Has("-q"))
         {
