@@ -28,7 +28,7 @@ internal static class VerbHelp
             ("-f FMT", "format of the first disk (default: probed)"), ("-F FMT", "format of the second disk (default: probed)"), ("-s", "strict: different sizes or allocation count as different"), Progress, ForceShare, BackingPolicy]),
         ["create"] = ("Creates a qcow2 image (SIZE may be taken from the backing file).", [
             ("-f qcow2", "format (qcow2; the default here, unlike qemu-img)"), ("-o OPTIONS", "compat, cluster_size, refcount_bits, lazy_refcounts, extended_l2, compression_type, preallocation, data_file, data_file_raw, dedup=on and dedup_*; -o help lists them"),
-            ("-b BACKING", "backing file"), ("-F FMT", "backing file format"), ("-u", "do not open the backing file (its size must then be given)"), Quiet]),
+            ("-b BACKING", "backing file (with -F, as qemu-img 7.2 requires)"), ("-F FMT", "backing file format"), ("-u", "do not open the backing file (its size must then be given)"), Quiet]),
         ["resize"] = ("Changes the virtual size: SIZE, +SIZE or -SIZE.", [
             ("--shrink", "allow making the image smaller (data past the new end is lost)"), ("-f qcow2", "format"), Quiet]),
         ["measure"] = ("Says how large a new or converted image needs to be (required and fully allocated), as qemu-img measure.", [

@@ -3,10 +3,10 @@ using QcowDedup.Qcow2.Storage;
 
 namespace QcowDedup.Cli.Commands;
 
-/// <summary>qcow2 create [-f qcow2] [-o OPTIONS] [-b BACKING [-F FMT]] [-u] [-q] FILE [SIZE]</summary>
+/// <summary>qcow2 create [-f qcow2] [-o OPTIONS] [-b BACKING -F FMT] [-u] [-q] FILE [SIZE]</summary>
 internal static class CreateCommand
 {
-    public const string Usage = "qcow2 create [-f qcow2] [-o OPTIONS] [-b BACKING [-F FMT]] [-u] [-q] FILE [SIZE]";
+    public const string Usage = "qcow2 create [-f qcow2] [-o OPTIONS] [-b BACKING -F FMT] [-u] [-q] FILE [SIZE]";
 
     public static int Run(IReadOnlyList<string> args)
     {
