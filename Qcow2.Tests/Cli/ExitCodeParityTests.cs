@@ -73,4 +73,28 @@ public class ExitCodeParityTests : TempDirectoryFixture
         result.Output.Replace(ours, theirs, StringComparison.Ordinal).ShouldBe(qemu.Output);
         File.Exists(ours).ShouldBe(File.Exists(theirs));
     }
+
+    [TestCase("create", "-f", "qcow2", "-o", "help")]
+    [TestCase("create", "-f", "qcow2", "-o", "?", "x.qcow2")]
+    [TestCase("convert", "-O", "qcow2", "-o", "help", "a", "b")]
+    public void Option_help_prints_qemu_img_s_table_and_succeeds(params string[] args)
+    {
+        var qemu = Qemu.ImgResult(args);
+        var ours = CliRunner.Run(args);
+        ours.ExitCode.ShouldBe(0, ours.Error);
+        qemu.ExitCode.ShouldBe(0);
+
+        // Every line for an option we take is qemu-img's, byte for byte; encryption and the file
+        // protocol's extent_size_hint/nocow are not supported, dedup_* are ours (docs/cli-differences.md).
+        var ourLines = ours.Output.Split('\n');
+        string[] notOurs = ["  encrypt", "  extent_size_hint", "  nocow"];
+        foreach (var line in qemu.Output.Split('\n').Where(l => !notOurs.Any(p => l.StartsWith(p, StringComparison.Ordinal))))
+        {
+            ourLines.ShouldContain(line);
+        }
+
+        ourLines.Where(l => l.StartsWith("  ", StringComparison.Ordinal) && !l.StartsWith("  dedup", StringComparison.Ordinal))
+            .ShouldAllBe(l => qemu.Output.Contains(l + "\n", StringComparison.Ordinal));
+        File.Exists(PathOf("x.qcow2")).ShouldBeFalse();
+    }
 }

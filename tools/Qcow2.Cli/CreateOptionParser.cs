@@ -48,6 +48,48 @@ internal sealed class CreateOptionParser
         }
     }
 
+    /// <summary>qemu-img's option table for qcow2, in its layout, for the options this tool takes (then the dedup ones).</summary>
+    private static readonly (string Key, string Description)[] HelpRows =
+    [
+        ("backing_file=<str>", "File name of a base image"),
+        ("backing_fmt=<str>", "Image format of the base image"),
+        ("cluster_size=<size>", "qcow2 cluster size"),
+        ("compat=<str>", "Compatibility level (v2 [0.10] or v3 [1.1])"),
+        ("compression_type=<str>", "Compression method used for image cluster compression"),
+        ("data_file=<str>", "File name of an external data file"),
+        ("data_file_raw=<bool (on/off)>", "The external data file must stay valid as a raw image"),
+        ("extended_l2=<bool (on/off)>", "Extended L2 tables"),
+        ("lazy_refcounts=<bool (on/off)>", "Postpone refcount updates"),
+        ("preallocation=<str>", "Preallocation mode (allowed values: off, metadata, falloc, full)"),
+        ("refcount_bits=<num>", "Width of a reference count entry in bits"),
+        ("size=<size>", "Virtual disk size"),
+        ("dedup=<bool (on/off)>", "Deduplicate clusters as they are written (an index in the image)"),
+        ("dedup_log_order=<num>", "Log store of 2^N entries"),
+        ("dedup_max_incarnations=<num>", "Frozen hash store incarnations kept before packing"),
+        ("dedup_memory=<size>", "RAM budget of the dedup index"),
+        ("dedup_verify=<bool (on/off)>", "Compare bytes before sharing a cluster"),
+        ("dedup_max_shares=<num>", "Most guest clusters sharing one host cluster"),
+    ];
+
+    /// <summary>Whether an -o argument asks for the option list (help or ?), as qemu-img's is_help_option.</summary>
+    public static bool AsksForHelp(IEnumerable<string> optionStrings) =>
+        optionStrings.SelectMany(o => o.Split(',', StringSplitOptions.RemoveEmptyEntries)).Any(key => key is "help" or "?");
+
+    /// <summary>
+    /// What `-o help` prints on stdout, laid out as qemu-img prints it: with a target file name the
+    /// heading is "Supported options:" and the closing hint about the protocol level is left out.
+    /// </summary>
+    public static string HelpTable(bool withFileName)
+    {
+        var text = new System.Text.StringBuilder(withFileName ? "Supported options:\n" : "Supported qcow2 options:\n");
+        foreach (var (key, description) in HelpRows)
+        {
+            text.Append("  ").Append(key.PadRight(22)).Append(" - ").Append(description).Append('\n');
+        }
+
+        return withFileName ? text.ToString() : text.Append("\nThe protocol level may support further options.\nSpecify the target filename to include those options.\n").ToString();
+    }
+
     /// <summary>Options for deduplicating an existing image: only the dedup_* keys exist, and dedup is on.</summary>
     public static CreateOptionParser ForDedup(IReadOnlyList<string> optionStrings)
     {

@@ -12,6 +12,12 @@ internal static class ConvertCommand
     public static int Run(IReadOnlyList<string> args)
     {
         var line = CommandLine.Parse(args, ["-f", "-O", "-o"], ["-p", "-c", "-q", .. ImageOptions.ForceShareFlags]);
+        if (CreateOptionParser.AsksForHelp(line.Values("-o")) && (line.Value("-O") ?? "raw") == "qcow2")
+        {
+            Console.Out.Write(CreateOptionParser.HelpTable(withFileName: line.Positionals.Count > 1)); // qemu-img prints it and exits 0, file names or not
+            return 0;
+        }
+
         line.ExpectPositionals(2, 2, Usage);
         var target = line.Value("-O") ?? "raw";
         using var source = Disks.Open(line.Positionals[0], line.Value("-f"), ImageOptions.For(line, line.Positionals[0]));

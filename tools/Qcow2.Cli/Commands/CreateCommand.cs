@@ -11,6 +11,12 @@ internal static class CreateCommand
     public static int Run(IReadOnlyList<string> args)
     {
         var line = CommandLine.Parse(args, ["-f", "-o", "-b", "-F"], ["-u", "-q"]);
+        if (CreateOptionParser.AsksForHelp(line.Values("-o")))
+        {
+            Console.Out.Write(CreateOptionParser.HelpTable(withFileName: line.Positionals.Count > 0)); // qemu-img prints it and exits 0, file names or not
+            return 0;
+        }
+
         line.ExpectPositionals(1, 2, Usage);
         if (line.Value("-f") is { } format && format != "qcow2")
         {
