@@ -179,11 +179,21 @@ internal sealed partial class MacSparseFiles() : PosixSparseFiles(seekData: 4, s
         SparseFile.WithHandle(handle, fd =>
         {
             var request = new PunchRequest { Offset = offset, Length = length };
-            return FcntlPunch((int)fd, PunchHoleCommand, &request) == 0;
+            return (RuntimeInformation.ProcessArchitecture == Architecture.Arm64
+                ? FcntlVariadicOnStack((int)fd, PunchHoleCommand, 0, 0, 0, 0, 0, 0, &request)
+                : FcntlPunch((int)fd, PunchHoleCommand, &request)) == 0;
         });
 
+    /// <summary>fcntl is variadic: on x64 its third argument travels like a named one.</summary>
     [LibraryImport("libc", EntryPoint = "fcntl")]
     private static unsafe partial int FcntlPunch(int fd, int command, PunchRequest* request);
+
+    /// <summary>
+    /// Apple's arm64 ABI passes every variadic argument on the stack, where a plain P/Invoke never puts
+    /// it (fcntl would read a stray pointer): six padding arguments fill x2–x7 so the request lands there.
+    /// </summary>
+    [LibraryImport("libc", EntryPoint = "fcntl")]
+    private static unsafe partial int FcntlVariadicOnStack(int fd, int command, nint pad2, nint pad3, nint pad4, nint pad5, nint pad6, nint pad7, PunchRequest* request);
 
     /// <summary>struct fpunchhole: fp_flags, reserved, fp_offset, fp_length.</summary>
     [StructLayout(LayoutKind.Sequential)]
@@ -260,7 +270,10 @@ internal sealed partial class WindowsSparseFiles : ISparseFiles
 
         try
         {
-            var overlapped = new NativeOverlapped { EventHandle = done };
+            // The handle belongs to the thread pool's completion port (it is opened for async I/O); an event
+            // handle with its low bit set keeps this completion off that port, which would otherwise get a
+            // packet pointing at this stack frame's OVERLAPPED after it is gone.
+            var overlapped = new NativeOverlapped { EventHandle = done | 1 };
             var ok = DeviceIoControl(device, code, input, inputSize, output, outputSize, out returned, &overlapped);
             error = ok ? 0 : Marshal.GetLastPInvokeError();
             if (!ok && error == IoPending)
