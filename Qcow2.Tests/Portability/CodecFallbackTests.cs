@@ -103,6 +103,33 @@ public sealed class CodecFallbackTests : TempDirectoryFixture
         Zlib.Compress(random, new byte[65535], runtime: true).ShouldBe(-1);
     }
 
+    /// <summary>
+    /// QEMU inflates with a 4 KiB window; a deflater with a larger one emits back-references QEMU
+    /// cannot follow, yet qemu-img's tests here would not notice (its whole-cluster inflate reaches
+    /// back anyway). zlib itself judges: Python's zlib with wbits −12 refuses a reference too far back.
+    /// </summary>
+    [TestCase(false)]
+    [TestCase(true)]
+    public void Deflated_clusters_reach_back_at_most_4_KiB(bool runtime)
+    {
+        // Text that compresses within any window, and one random 8 KiB block twice, 16 KiB apart: a
+        // 32 KiB window would copy the second by reference; a 4 KiB one must store it again.
+        var cluster = Text(65536);
+        var block = new byte[8 << 10];
+        new Random(6).NextBytes(block);
+        block.CopyTo(cluster, 16 << 10);
+        block.CopyTo(cluster, 32 << 10);
+
+        var packed = new byte[cluster.Length];
+        var length = Zlib.Compress(cluster, packed, runtime);
+        length.ShouldBeGreaterThan(0);
+        var input = PathOf("packed.bin");
+        File.WriteAllBytes(input, packed[..length]);
+        var check = Qemu.Run("python3", ["-c", "import sys, zlib; d = zlib.decompressobj(-12).decompress(open(sys.argv[1], 'rb').read()); print(len(d))", input]);
+        check.ExitCode.ShouldBe(0, check.Error);
+        check.Output.Trim().ShouldBe("65536");
+    }
+
     private static byte[] Text(int size) => [.. Enumerable.Range(0, size).Select(i => (byte)"qcow2 portable text "[i % 20])];
 
     private static byte[] Mixed(int size)
