@@ -32,6 +32,9 @@ public sealed class DiskSource : IDisposable, IAsyncDisposable
     /// <summary>The file the disk is read from, when known.</summary>
     public string? Path => _disk.FilePath;
 
+    /// <summary>Disk space the file occupies (allocated blocks, qemu-img info's "actual-size"); its length where that cannot be learned.</summary>
+    public long AllocatedBytes => _image?.Info.ActualSize ?? FileSystemInfoProbe.AllocatedBytes(_disk.File);
+
     /// <summary>The qcow2 image, when the source is one.</summary>
     public Qcow2Image? Image => _image;
 

@@ -44,7 +44,7 @@ internal static class InfoCommand
         }
         else
         {
-            layers.Add(LayerInfo.Raw(path, source.Size) with { Format = source.Format });
+            layers.Add(LayerInfo.Raw(path, source.Size, source.AllocatedBytes) with { Format = source.Format });
         }
 
         if (problem is not null && json)
@@ -97,10 +97,12 @@ internal static class InfoCommand
                 return new LayerInfo(path, "qcow2", info.VirtualSize, info.ActualSize, info, null, info.BackingFileName);
             }
 
-            return Raw(path, (new FileInfo(path).Length + 511) / 512 * 512);
+            using var raw = DiskSource.Open(path, "raw", options);
+            return Raw(path, raw.Size, raw.AllocatedBytes);
         }
 
-        public static LayerInfo Raw(string path, long size) => new(path, "raw", size, new FileInfo(path).Length, null, null, null);
+        /// <summary>A layer without qcow2 metadata (raw, or a format read through DiscUtils).</summary>
+        public static LayerInfo Raw(string path, long size, long allocated) => new(path, "raw", size, allocated, null, null, null);
 
         public string Human()
         {
@@ -245,6 +247,11 @@ internal static class InfoCommand
                 {
                     DedupInfo.WriteJson(w, image.GetDedupStatistics());
                 }
+            }
+
+            if (Info is null)
+            {
+                w.WriteBoolean("dirty-flag", false); // qemu-img reports it for every format it reads
             }
 
             w.WriteEndObject();
