@@ -108,40 +108,15 @@ public class PackageTests : TempDirectoryFixture
     [Test]
     public void A_new_project_restores_the_DiscUtils_package_and_opens_a_qcow2_with_VirtualDisk()
     {
-        var project = PathOf("discutils-consumer");
-        System.IO.Directory.CreateDirectory(project);
-        foreach (var name in new[] { "Directory.Build.props", "Directory.Build.targets", "Directory.Packages.props" })
-        {
-            File.WriteAllText(Path.Combine(project, name), "<Project />\n");
-        }
-
         // DiscUtils itself comes from the gallery elsewhere; here from the vendored copy of it.
-        WriteNuGetConfig(project, Path.Combine(RepositoryRoot, "vendor", "nuget"));
-        File.WriteAllText(Path.Combine(project, "Consumer.csproj"), $"""
-            <Project Sdk="Microsoft.NET.Sdk">
-              <PropertyGroup>
-                <OutputType>Exe</OutputType>
-                <TargetFramework>net10.0</TargetFramework>
-                <Nullable>enable</Nullable>
-                <ImplicitUsings>enable</ImplicitUsings>
-                <TreatWarningsAsErrors>true</TreatWarningsAsErrors>
-              </PropertyGroup>
-              <ItemGroup>
-                <PackageReference Include="{DiscUtilsId}" Version="{Version}" />
-              </ItemGroup>
-            </Project>
-            """);
-        File.WriteAllText(Path.Combine(project, "Program.cs"), """
+        var project = BuildConsumer("discutils-consumer", DiscUtilsId, """
             using DiscUtils;
             using QcowDedup.Qcow2.DiscUtils;
 
             Qcow2DiscUtils.Register();
             using var disk = VirtualDisk.OpenDisk(args[0], FileAccess.Read);
             Console.WriteLine($"{disk.DiskTypeInfo.Name} {disk.Capacity}");
-            """);
-
-        var build = Dotnet(project, PathOf("packages"), ["build", "-c", "Release", "-nologo", "-p:UseSharedCompilation=false"]);
-        build.Output.ShouldNotContain(": warning ", Case.Insensitive);
+            """, Path.Combine(RepositoryRoot, "vendor", "nuget"));
         var run = Dotnet(project, PathOf("packages"), ["run", "-c", "Release", "--no-build", "--", Sample]);
         run.Output.ShouldBe($"QCOW2 {SampleSize()}\n");
     }
@@ -149,39 +124,13 @@ public class PackageTests : TempDirectoryFixture
     [Test]
     public void A_new_project_restores_the_library_package_without_warnings_and_opens_an_image()
     {
-        var project = PathOf("consumer");
-        System.IO.Directory.CreateDirectory(project);
-        // Empty Directory.* files stop MSBuild from importing any found further up the temp path.
-        foreach (var name in new[] { "Directory.Build.props", "Directory.Build.targets", "Directory.Packages.props" })
-        {
-            File.WriteAllText(Path.Combine(project, name), "<Project />\n");
-        }
-
-        WriteNuGetConfig(project);
-        File.WriteAllText(Path.Combine(project, "Consumer.csproj"), $"""
-            <Project Sdk="Microsoft.NET.Sdk">
-              <PropertyGroup>
-                <OutputType>Exe</OutputType>
-                <TargetFramework>net10.0</TargetFramework>
-                <Nullable>enable</Nullable>
-                <ImplicitUsings>enable</ImplicitUsings>
-                <TreatWarningsAsErrors>true</TreatWarningsAsErrors>
-              </PropertyGroup>
-              <ItemGroup>
-                <PackageReference Include="{DedupId}" Version="{Version}" />
-              </ItemGroup>
-            </Project>
-            """);
-        File.WriteAllText(Path.Combine(project, "Program.cs"), """
+        var project = BuildConsumer("consumer", DedupId, """
             using QcowDedup.Qcow2.Dedup;
             using QcowDedup.Qcow2.Image;
 
             using var image = Qcow2Image.Open(args[0], new Qcow2OpenOptions().WithDedup(new DedupOptions { Enable = false }));
             Console.WriteLine($"virtual size: {image.Size}");
             """);
-
-        var build = Dotnet(project, PathOf("packages"), ["build", "-c", "Release", "-nologo", "-p:UseSharedCompilation=false"]);
-        build.Output.ShouldNotContain(": warning ", Case.Insensitive);
         // The library came in through the dedup package's dependency, at the packed version.
         System.IO.Directory.Exists(Path.Combine(PathOf("packages"), LibraryId.ToLowerInvariant(), Version)).ShouldBeTrue();
 
@@ -195,7 +144,42 @@ public class PackageTests : TempDirectoryFixture
         return image.Size;
     }
 
-    /// <summary>A NuGet config naming only the local feed: nothing else can satisfy a restore.</summary>
+    /// <summary>
+    /// A new console project referencing <paramref name="packageId"/> at the packed version, with
+    /// <paramref name="program"/> as its Program.cs, built warning-free against its own package folder.
+    /// </summary>
+    private string BuildConsumer(string name, string packageId, string program, string? extraSource = null)
+    {
+        var project = PathOf(name);
+        System.IO.Directory.CreateDirectory(project);
+        // Empty Directory.* files stop MSBuild from importing any found further up the temp path.
+        foreach (var file in new[] { "Directory.Build.props", "Directory.Build.targets", "Directory.Packages.props" })
+        {
+            File.WriteAllText(Path.Combine(project, file), "<Project />\n");
+        }
+
+        WriteNuGetConfig(project, extraSource);
+        File.WriteAllText(Path.Combine(project, "Consumer.csproj"), $"""
+            <Project Sdk="Microsoft.NET.Sdk">
+              <PropertyGroup>
+                <OutputType>Exe</OutputType>
+                <TargetFramework>net10.0</TargetFramework>
+                <Nullable>enable</Nullable>
+                <ImplicitUsings>enable</ImplicitUsings>
+                <TreatWarningsAsErrors>true</TreatWarningsAsErrors>
+              </PropertyGroup>
+              <ItemGroup>
+                <PackageReference Include="{packageId}" Version="{Version}" />
+              </ItemGroup>
+            </Project>
+            """);
+        File.WriteAllText(Path.Combine(project, "Program.cs"), program);
+
+        var build = Dotnet(project, PathOf("packages"), ["build", "-c", "Release", "-nologo", "-p:UseSharedCompilation=false"]);
+        build.Output.ShouldNotContain(": warning ", Case.Insensitive);
+        return project;
+    }
+
     /// <summary>
     /// A consumer's nuget.config: our packed folder (and <paramref name="extraSource"/>) on top of the
     /// machine's own sources, from which third-party dependencies (ZstdSharp.Port) restore as for any user.
