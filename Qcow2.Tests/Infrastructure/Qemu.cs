@@ -78,6 +78,66 @@ public static class Qemu
     public static AsyncLocal<string?> WorkingDirectory { get; } = new();
 
     /// <summary>
+    /// The guest ranges QEMU itself reads as dirty in a persistent bitmap: qemu-nbd exports the
+    /// image read-only with the bitmap, and qemu-img map reads the qemu:dirty-bitmap context
+    /// (dirty ranges come back as "present": false). qemu-nbd refuses an inconsistent bitmap, so
+    /// this also proves QEMU loads it. Throws with QEMU's message when either tool fails.
+    /// </summary>
+    public static IReadOnlyList<(long Offset, long Length)> DirtyRanges(string image, string bitmap)
+    {
+        var socket = Path.Combine(Path.GetTempPath(), $"qcowdedup-nbd-{Guid.NewGuid():N}.sock");
+        var start = new ProcessStartInfo(Find("qemu-nbd")) { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
+        foreach (var arg in new[] { "-t", "-k", socket, "-f", "qcow2", "-r", "-B", bitmap, image })
+        {
+            start.ArgumentList.Add(arg);
+        }
+
+        using var server = Process.Start(start) ?? throw new InvalidOperationException("Could not start qemu-nbd.");
+        try
+        {
+            var deadline = DateTime.UtcNow.AddSeconds(20);
+            while (!File.Exists(socket))
+            {
+                if (server.HasExited)
+                {
+                    throw new InvalidOperationException($"qemu-nbd refused bitmap '{bitmap}' of {image}: {server.StandardError.ReadToEnd()}");
+                }
+
+                if (DateTime.UtcNow > deadline)
+                {
+                    throw new TimeoutException("qemu-nbd did not open its socket within 20 s.");
+                }
+
+                Thread.Sleep(20);
+            }
+
+            // qemu-nbd binds its socket before it opens the image: a refused bitmap shows as a refused connection.
+            var map = ImgResult("map", "--output=json", "--image-opts", $"driver=nbd,server.type=unix,server.path={socket},x-dirty-bitmap=qemu:dirty-bitmap:{bitmap}");
+            if (map.ExitCode != 0)
+            {
+                throw new InvalidOperationException(server.WaitForExit(5000)
+                    ? $"qemu-nbd refused bitmap '{bitmap}' of {image}: {server.StandardError.ReadToEnd()}"
+                    : $"qemu-img map of bitmap '{bitmap}' failed: {map.Error}");
+            }
+
+            using var json = JsonDocument.Parse(map.Output);
+            return [.. json.RootElement.EnumerateArray()
+                .Where(e => !e.GetProperty("present").GetBoolean())
+                .Select(e => (e.GetProperty("start").GetInt64(), e.GetProperty("length").GetInt64()))];
+        }
+        finally
+        {
+            if (!server.HasExited)
+            {
+                server.Kill();
+            }
+
+            server.WaitForExit();
+            File.Delete(socket);
+        }
+    }
+
+    /// <summary>
     /// Runs another Debian tool the tests use to build fixtures outside our code (mkfs.fat, mcopy,
     /// mkntfs, ntfscp); throws with its output when it fails. A missing tool fails the test too.
     /// </summary>

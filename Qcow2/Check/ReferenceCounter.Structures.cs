@@ -31,11 +31,11 @@ internal sealed partial class ReferenceCounter
 
             for (var i = 0; i < bitmap.TableSize; i++)
             {
-                var entry = BinaryPrimitives.ReadUInt64BigEndian(table.AsSpan(i * 8));
-                var offset = (long)(entry & BitmapTableOffsetMask);
-                if ((entry & BitmapTableReservedMask) != 0 || !_geometry.IsClusterAligned(offset) || (offset != 0 && (entry & 1) != 0))
+                var entry = new BitmapTableEntry(BinaryPrimitives.ReadUInt64BigEndian(table.AsSpan(i * 8)));
+                var offset = entry.Offset;
+                if (!entry.IsValid(_geometry.ClusterSize))
                 {
-                    _report.Error($"ERROR bitmap '{bitmap.Name}': invalid bitmap table entry 0x{entry:x}");
+                    _report.Error($"ERROR bitmap '{bitmap.Name}': invalid bitmap table entry 0x{entry.Raw:x}");
                     continue;
                 }
 

@@ -13,9 +13,6 @@ namespace QcowDedup.Qcow2.Check;
 /// </summary>
 internal sealed partial class ReferenceCounter
 {
-    private const ulong BitmapTableOffsetMask = 0x00ff_ffff_ffff_fe00;
-    private const ulong BitmapTableReservedMask = 0xff00_0000_0000_01fe;
-
     /// <summary>
     /// How far past the end of the file a repair follows QEMU in extending the file to reach a
     /// refcount block (a few clusters, as a crash or a short truncation leaves; the check parity

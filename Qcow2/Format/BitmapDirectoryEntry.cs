@@ -107,4 +107,47 @@ public sealed record BitmapDirectoryEntry
 
         return entries;
     }
+
+    /// <summary>Encodes entries as a directory (each padded to 8 bytes, extra data kept).</summary>
+    public static byte[] SerializeDirectory(IReadOnlyList<BitmapDirectoryEntry> entries)
+    {
+        var bytes = new byte[entries.Sum(e => (long)e.StoredLength)];
+        var offset = 0;
+        foreach (var entry in entries)
+        {
+            var span = bytes.AsSpan(offset);
+            var name = Encoding.UTF8.GetBytes(entry.Name);
+            BinaryPrimitives.WriteUInt64BigEndian(span, (ulong)entry.TableOffset);
+            BinaryPrimitives.WriteUInt32BigEndian(span[8..], (uint)entry.TableSize);
+            BinaryPrimitives.WriteUInt32BigEndian(span[12..], (uint)entry.Flags);
+            span[16] = entry.Type;
+            span[17] = (byte)entry.GranularityBits;
+            BinaryPrimitives.WriteUInt16BigEndian(span[18..], (ushort)name.Length);
+            BinaryPrimitives.WriteUInt32BigEndian(span[20..], (uint)entry.ExtraData.Length);
+            entry.ExtraData.Span.CopyTo(span[FixedSize..]);
+            name.CopyTo(span[(FixedSize + entry.ExtraData.Length)..]);
+            offset += entry.StoredLength;
+        }
+
+        return bytes;
+    }
+
+    /// <summary>
+    /// Why QEMU would refuse to load this entry of an image of <paramref name="diskSize"/> bytes
+    /// (check_dir_entry, and its refusal of extra data), or null when it loads.
+    /// </summary>
+    public string? Problem(long clusterSize, long diskSize)
+    {
+        var physical = (long)TableSize * clusterSize;
+        return TableSize == 0 || TableOffset == 0 || TableOffset % clusterSize != 0 ? "its bitmap table is missing or unaligned"
+            : TableSize > MaxTableSize || physical > MaxPhysicalSize ? $"its table of {TableSize} entries is larger than QEMU's limit"
+            : GranularityBits is < BitmapLimits.MinGranularityBits or > BitmapLimits.MaxGranularityBits ? $"its granularity 2^{GranularityBits} is outside 512 B..2 GiB"
+            : ((uint)Flags & ~(uint)(BitmapFlags.InUse | BitmapFlags.Auto)) != 0 ? $"it has unknown flags 0x{(uint)Flags:x}"
+            : Type != 1 ? $"its type {Type} is not a dirty-tracking bitmap"
+            : !ExtraData.IsEmpty ? "it carries extra data, which QEMU does not support"
+            : Encoding.UTF8.GetByteCount(Name) > BitmapLimits.MaxNameBytes ? "its name is longer than 1023 bytes"
+            : (Flags & BitmapFlags.InUse) == 0 && TableSize != BitmapLimits.TableEntries(diskSize, GranularityBits, System.Numerics.BitOperations.Log2((ulong)clusterSize))
+                ? $"its table of {TableSize} entries does not fit the {diskSize}-byte disk"
+            : null;
+    }
 }

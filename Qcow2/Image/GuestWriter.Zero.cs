@@ -14,6 +14,8 @@ internal sealed partial class GuestWriter
             return;
         }
 
+        _session.Bitmaps?.MarkDirty(offset, length);
+
         var geometry = _metadata.Geometry;
         var end = offset + length;
         using var range = await LockClustersAsync(offset, end, async, cancellationToken).ConfigureAwait(false);
@@ -150,6 +152,7 @@ internal sealed partial class GuestWriter
 
     public async ValueTask DiscardAsync(long offset, long length, bool async, CancellationToken cancellationToken)
     {
+        _session.Bitmaps?.MarkDirty(offset, length); // QEMU marks the whole request, even where nothing is dropped
         var geometry = _metadata.Geometry;
         var first = geometry.RoundUpToCluster(offset);
         var end = offset + length;
@@ -216,6 +219,7 @@ internal sealed partial class GuestWriter
             throw new ArgumentException($"A compressed write must cover exactly the cluster at a cluster-aligned offset ({ClusterBytesAt(offset)} bytes at 0x{offset:x}).", nameof(cluster));
         }
 
+        _session.Bitmaps?.MarkDirty(offset, cluster.Length);
         var full = ArrayPool<byte>.Shared.Rent(geometry.ClusterSize);
         var compressed = ArrayPool<byte>.Shared.Rent(geometry.ClusterSize);
         try

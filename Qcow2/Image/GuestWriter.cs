@@ -44,6 +44,8 @@ internal sealed partial class GuestWriter
             return;
         }
 
+        _session.Bitmaps?.MarkDirty(offset, data.Length);
+
         var geometry = _metadata.Geometry;
         var end = offset + data.Length;
         using var range = await LockClustersAsync(offset, end, async, cancellationToken).ConfigureAwait(false);

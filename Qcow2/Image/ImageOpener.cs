@@ -72,8 +72,9 @@ internal static class ImageOpener
     }
 
     /// <summary>
-    /// Read-write open, as QEMU does it: clear auto-clear bits no loaded code maintains, mark
-    /// persistent bitmaps in use (writes are not tracked in them), create the writable state,
+    /// Read-write open, as QEMU does it: clear auto-clear bits no loaded code maintains, load the
+    /// persistent bitmaps and mark them in use (this session tracks writes in them and stores them
+    /// at close), create the writable state,
     /// repair a dirty image, and arm the dirty bit for the first change.
     /// </summary>
     private static async ValueTask PrepareForWritingAsync(Qcow2Image image, ImageSession session, bool deferExtensions, bool async, CancellationToken cancellationToken)
@@ -97,7 +98,9 @@ internal static class ImageOpener
         var state = writes.State;
         if (!session.Options.ForRepair)
         {
-            await state.Metadata.MarkBitmapsInUseAsync(async, cancellationToken).ConfigureAwait(false); // a repair writes no guest data: bitmaps stay true
+            // Loaded before they are marked in use; a repair writes no guest data, so its bitmaps stay as they are.
+            session.Bitmaps = await PersistentBitmaps.LoadAsync(metadata, async, cancellationToken).ConfigureAwait(false);
+            await state.Metadata.MarkBitmapsInUseAsync(async, cancellationToken).ConfigureAwait(false);
         }
 
         image.AttachWrites(writes);

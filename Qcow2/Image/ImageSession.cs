@@ -42,6 +42,9 @@ internal sealed class ImageSession : IDisposable
     /// <summary>Optional features loaded with the image.</summary>
     public IReadOnlyList<IImageExtension> Extensions => Options.Extensions;
 
+    /// <summary>The persistent dirty bitmaps a read-write session keeps (null when read-only or opened for repair).</summary>
+    public PersistentBitmaps? Bitmaps { get; set; }
+
     /// <summary>The most recently decompressed cluster.</summary>
     public DecompressedClusterCache Decompressed { get; } = new();
 

@@ -110,6 +110,12 @@ public sealed partial class Qcow2Image
             }
 
             await writes.State.FlushAsync(async, cancellationToken).ConfigureAwait(false);
+            if (_session.Bitmaps is { } bitmaps)
+            {
+                await bitmaps.StoreAsync(_session.Metadata, writes.State.Metadata, async, cancellationToken).ConfigureAwait(false);
+                await writes.State.FlushAsync(async, cancellationToken).ConfigureAwait(false);
+            }
+
             await writes.State.Metadata.CloseAsync(async, cancellationToken).ConfigureAwait(false);
         }
     }

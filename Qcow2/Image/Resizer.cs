@@ -46,6 +46,7 @@ internal sealed class Resizer(ImageSession session, WritableState writable, Gues
             throw new ArgumentOutOfRangeException(nameof(newSize), $"{newSize} bytes need an L1 table larger than QEMU's 32 MiB limit.");
         }
 
+        _session.Bitmaps?.ThrowIfAnyInconsistent(); // QEMU cannot resize a bitmap it could not load, so it refuses too
         using var everything = await _session.GuestLock.AcquireAsync(0, long.MaxValue, exclusive: true, async, cancellationToken).ConfigureAwait(false);
         if (newSize > oldSize)
         {
@@ -55,6 +56,8 @@ internal sealed class Resizer(ImageSession session, WritableState writable, Gues
         {
             await ShrinkAsync(newSize, async, cancellationToken).ConfigureAwait(false);
         }
+
+        _session.Bitmaps?.Resize(newSize); // new granules start clean, as in QEMU (a resize marks nothing dirty)
     }
 
     private async ValueTask GrowAsync(long oldSize, long newSize, bool zeroNewBytes, bool async, CancellationToken cancellationToken)

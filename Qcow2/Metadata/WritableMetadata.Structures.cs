@@ -132,8 +132,8 @@ internal sealed partial class WritableMetadata
     }
 
     /// <summary>
-    /// Sets the in-use flag of every persistent bitmap (writes are not tracked in them, so QEMU
-    /// must treat them as inconsistent after this session), each flag written in place.
+    /// Sets the in-use flag of every persistent bitmap, each flag written in place: until the
+    /// session stores them at close, a crash must leave them inconsistent, not silently stale.
     /// </summary>
     public async ValueTask MarkBitmapsInUseAsync(bool async, CancellationToken cancellationToken)
     {
