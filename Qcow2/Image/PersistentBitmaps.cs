@@ -259,6 +259,15 @@ internal sealed class PersistentBitmaps
         }
     }
 
+    /// <summary>Refuses a bitmap that is missing or inconsistent.</summary>
+    public void ThrowIfNotUsable(string name)
+    {
+        lock (_sync)
+        {
+            _ = Usable(name);
+        }
+    }
+
     /// <summary>A copy of a consistent bitmap of this session (a merge source, or to read its ranges).</summary>
     public DirtyBitmap Snapshot(string name)
     {

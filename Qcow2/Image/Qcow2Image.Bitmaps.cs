@@ -73,6 +73,7 @@ public sealed partial class Qcow2Image
     {
         ArgumentNullException.ThrowIfNull(source);
         var bitmaps = WritableBitmaps();
+        bitmaps.ThrowIfNotUsable(target); // QEMU judges the target before it looks for the source
         var from = (sourceImage ?? this).ReadBitmap(source);
         bitmaps.Merge(target, from);
     }

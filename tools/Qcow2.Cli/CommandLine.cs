@@ -12,6 +12,7 @@ internal sealed class CommandLine
 {
     private readonly Dictionary<string, List<string>> _values = new(StringComparer.Ordinal);
     private readonly HashSet<string> _flags = new(StringComparer.Ordinal);
+    private readonly List<(string Name, string? Value)> _ordered = [];
 
     private CommandLine(List<string> positionals) => Positionals = positionals;
 
@@ -46,7 +47,7 @@ internal sealed class CommandLine
                 }
                 else if (flags.Contains(name) && equals < 0)
                 {
-                    result._flags.Add(name);
+                    result.AddFlag(name);
                 }
                 else
                 {
@@ -70,7 +71,7 @@ internal sealed class CommandLine
                         throw new UsageException($"unknown option '{name}'");
                     }
 
-                    result._flags.Add(name);
+                    result.AddFlag(name);
                 }
             }
             else
@@ -81,6 +82,9 @@ internal sealed class CommandLine
 
         return result;
     }
+
+    /// <summary>Every option in the order given, with its value (null for a flag): for verbs whose actions run in that order.</summary>
+    public IReadOnlyList<(string Name, string? Value)> Ordered => _ordered;
 
     public bool Has(string name) => _flags.Contains(name) || _values.ContainsKey(name);
 
@@ -100,8 +104,15 @@ internal sealed class CommandLine
         }
     }
 
+    private void AddFlag(string name)
+    {
+        _flags.Add(name);
+        _ordered.Add((name, null));
+    }
+
     private void Add(string name, string value)
     {
+        _ordered.Add((name, value));
         if (!_values.TryGetValue(name, out var list))
         {
             _values[name] = list = [];

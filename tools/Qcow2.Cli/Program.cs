@@ -22,6 +22,7 @@ internal static class Program
         ["rebase"] = (RebaseCommand.Run, RebaseCommand.Usage),
         ["amend"] = (AmendCommand.Run, AmendCommand.Usage),
         ["bench"] = (BenchCommand.Run, BenchCommand.Usage),
+        ["bitmap"] = (BitmapCommand.Run, BitmapCommand.Usage),
     };
 
     public static int Main(string[] args)

@@ -48,6 +48,11 @@ internal static class VerbHelp
         ["bench"] = ("Measures request throughput through the library, with qemu-img bench's requests and output.", [
             ("-c COUNT", "number of requests"), ("-d DEPTH", "requests in flight"), ("-s BUFFER_SIZE", "request size"), ("-S STEP_SIZE", "offset step between requests"), ("-o OFFSET", "first offset"),
             ("-w", "write instead of read"), ("--pattern=PATTERN", "byte written with -w"), ("-t CACHE", "cache mode (accepted as qemu-img does)"), ("-f qcow2", "format"), Quiet, ForceShare]),
+        ["bitmap"] = ("Changes persistent dirty bitmaps (the write tracking incremental backups build on); the actions run in the order given.", [
+            ("--add", "add BITMAP, recording every write from now on"), ("--remove", "remove BITMAP (also one left inconsistent)"), ("--clear", "clear every bit of BITMAP"),
+            ("--enable", "make BITMAP record writes"), ("--disable", "stop BITMAP recording writes"), ("--merge SOURCE", "set in BITMAP every bit set in bitmap SOURCE"),
+            ("-b SOURCE_FILE", "take the --merge SOURCE from this image (same disk size)"), ("-F SOURCE_FMT", "format of SOURCE_FILE"),
+            ("-g GRANULARITY", "bytes per bit for --add: a power of two, 512 to 2G (default: the cluster size, kept between 4k and 64k)"), ("-f qcow2", "format")]),
     };
 
     /// <summary>The verbs that have help (every verb).</summary>
