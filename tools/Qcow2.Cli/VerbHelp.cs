@@ -23,7 +23,8 @@ internal static class VerbHelp
             ("-f qcow2", "input format (only qcow2 has metadata to check)"), ("-r leaks|all", "repair leaks, or everything repairable"), Output, Quiet, Progress, ForceShare, BackingPolicy]),
         ["convert"] = ("Copies a disk into a new image; zeros stay unallocated, and with dedup=on repeated clusters are stored once.", [
             InputFormat, ("-O FMT", "output format: qcow2, raw, vmdk, vhdx, vpc, vdi (default raw)"), ("-c", "compress clusters (qcow2: zlib, or zstd with -o compression_type=zstd)"),
-            ("-o OPTIONS", "creation options of the output format (qcow2: as create, plus dedup=on; vmdk/vhdx/vpc: subformat=…; vdi: static=on)"), Progress, Quiet, ForceShare, BackingPolicy]),
+            ("-o OPTIONS", "creation options of the output format (qcow2: as create, plus dedup=on; vmdk/vhdx/vpc: subformat=…; vdi: static=on)"),
+            ("--bitmaps", "copy the persistent dirty bitmaps too (qcow2 to qcow2 v3)"), ("--skip-broken-bitmaps", "with --bitmaps: leave out inconsistent bitmaps instead of failing"), Progress, Quiet, ForceShare, BackingPolicy]),
         ["compare"] = ("Compares two disks' contents; exit 0 identical, 1 different, 2 error. A shorter disk compares as zeros past its end.", [
             ("-f FMT", "format of the first disk (default: probed)"), ("-F FMT", "format of the second disk (default: probed)"), ("-s", "strict: different sizes or allocation count as different"), Progress, ForceShare, BackingPolicy]),
         ["create"] = ("Creates a qcow2 image (SIZE may be taken from the backing file).", [

@@ -8,10 +8,11 @@ namespace QcowDedup.Cli.Commands;
 /// <summary>qcow2 convert [-f FMT] -O raw|qcow2 [-c] [-o OPTIONS] [-p] SRC DST</summary>
 internal static class ConvertCommand
 {
-    public const string Usage = "qcow2 convert [-f FMT] [-O qcow2|raw|vmdk|vhdx|vpc|vdi] [-c] [-o OPTIONS] [-p] [-q] SRC DST";
+    public const string Usage = "qcow2 convert [-f FMT] [-O qcow2|raw|vmdk|vhdx|vpc|vdi] [-c] [-o OPTIONS] [--bitmaps [--skip-broken-bitmaps]] [-p] [-q] SRC DST";
+
     public static int Run(IReadOnlyList<string> args)
     {
-        var line = CommandLine.Parse(args, ["-f", "-O", "-o"], ["-p", "-c", "-q", .. ImageOptions.ForceShareFlags]);
+        var line = CommandLine.Parse(args, ["-f", "-O", "-o"], ["-p", "-c", "-q", "--bitmaps", "--skip-broken-bitmaps", .. ImageOptions.ForceShareFlags]);
         if (CreateOptionParser.AsksForHelp(line.Values("-o")) && (line.Value("-O") ?? "raw") == "qcow2")
         {
             Console.Out.Write(CreateOptionParser.HelpTable(withFileName: line.Positionals.Count > 1)); // qemu-img prints it and exits 0, file names or not
@@ -20,9 +21,26 @@ internal static class ConvertCommand
 
         line.ExpectPositionals(2, 2, Usage);
         var target = line.Value("-O") ?? "raw";
+        var bitmaps = line.Has("--bitmaps");
+        if (line.Has("--skip-broken-bitmaps") && !bitmaps)
+        {
+            return Fail("Use of --skip-broken-bitmaps requires --bitmaps");
+        }
+
         using var source = Disks.Open(line.Positionals[0], line.Value("-f"), ImageOptions.For(line, line.Positionals[0]));
+        if (bitmaps && BitmapCopy.Refusal(source, line.Has("--skip-broken-bitmaps")) is { } refusal)
+        {
+            return Fail(refusal);
+        }
+
         FileArguments.CheckOutput(line.Positionals[1]);
         ImageCopier.ThrowIfSourceFile(source, line.Positionals[1]);
+        if (bitmaps && target != "qcow2")
+        {
+            // qemu-img creates the target before it finds the format cannot hold bitmaps, and leaves it.
+            FileStorage.Create(line.Positionals[1]).Dispose();
+            return Fail($"Format driver '{target}' does not support bitmaps");
+        }
 
         var progress = new Progress(line.Has("-p") && !line.Has("-q"));
         switch (target)
@@ -46,7 +64,17 @@ internal static class ConvertCommand
 
                 using (var image = Extensions.Create(line.Positionals[1], options with { Size = source.Size }, parser))
                 {
+                    if (bitmaps && image.Info.Version < 3)
+                    {
+                        return Fail("Format driver 'qcow2' does not support bitmaps");
+                    }
+
                     ImageCopier.Copy(source, image, new ImageCopyOptions { Compress = line.Has("-c"), Progress = progress });
+                    if (bitmaps && BitmapCopy.Copy(source.Image!, image) is { } failure)
+                    {
+                        return Fail(failure);
+                    }
+
                     if (!line.Has("-q") && image.GetExtension<DedupExtension>() is { State: DedupIndexState.Active })
                     {
                         progress.Finish();
@@ -69,6 +97,12 @@ internal static class ConvertCommand
 
         progress.Finish();
         return 0;
+    }
+
+    private static int Fail(string message)
+    {
+        Console.Error.WriteLine($"qcow2: {message}");
+        return 1;
     }
 
     /// <summary>Copies every non-zero byte of the source into a new vmdk/vhdx/vpc/vdi disk (through DiscUtils).</summary>
