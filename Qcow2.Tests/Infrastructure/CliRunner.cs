@@ -7,6 +7,24 @@ public static class CliRunner
 {
     private static readonly Lock ConsoleLock = new();
 
+    /// <summary>Runs the command line with <paramref name="directory"/> as the current directory (relative names resolve there, as qemu-img's do).</summary>
+    public static ProcessResult RunIn(string directory, params string[] args)
+    {
+        lock (ConsoleLock)
+        {
+            var previous = Environment.CurrentDirectory;
+            Environment.CurrentDirectory = directory;
+            try
+            {
+                return Run(args);
+            }
+            finally
+            {
+                Environment.CurrentDirectory = previous;
+            }
+        }
+    }
+
     public static ProcessResult Run(params string[] args)
     {
         lock (ConsoleLock)

@@ -11,6 +11,31 @@ public sealed record ImageCopyOptions
 
     /// <summary>Receives the fraction done, from 0 to 1.</summary>
     public IProgress<double>? Progress { get; init; }
+
+    /// <summary>
+    /// The target already holds data of its own (qemu-img convert -n): what it reads is compared
+    /// and overwritten where it differs, zeros included. False: it reads zeros (or its backing file).
+    /// </summary>
+    public bool TargetHasData { get; init; }
+
+    /// <summary>
+    /// Zero detection (qemu-img convert -S): null, zero granules of the source's data are left
+    /// unwritten; 0, every byte the source stores is written (fully allocated); more, a granule is
+    /// left unwritten only where the whole aligned block of this many bytes around it is zero.
+    /// </summary>
+    public long? SparseSize { get; init; }
+
+    /// <summary>Most bytes per second to copy (qemu-img convert -r); null: as fast as possible.</summary>
+    public long? RateLimit { get; init; }
+
+    /// <summary>
+    /// Salvage (qemu-img convert --salvage): told about each 512-byte sector of the source that
+    /// cannot be read, which is copied as zeros; null, a read error ends the copy.
+    /// </summary>
+    public Action<long, Exception>? OnReadError { get; init; }
+
+    /// <summary>Where in the target the source's first byte goes (several sources copied one after another).</summary>
+    public long TargetOffset { get; init; }
 }
 
 /// <summary>
@@ -45,22 +70,22 @@ public static class ImageCopier
     /// </summary>
     /// <exception cref="ArgumentException">The target is smaller than the source.</exception>
     public static void Copy(DiskSource source, Qcow2Image target, ImageCopyOptions? options = null) =>
-        SyncOver.Run(CopyCoreAsync(source, Target(source, target), options ?? new ImageCopyOptions(), async: false, CancellationToken.None));
+        SyncOver.Run(CopyCoreAsync(source, Target(source, target, options ?? new ImageCopyOptions()), options ?? new ImageCopyOptions(), async: false, CancellationToken.None));
 
     /// <inheritdoc cref="Copy(DiskSource, Qcow2Image, ImageCopyOptions?)"/>
     public static ValueTask CopyAsync(DiskSource source, Qcow2Image target, ImageCopyOptions? options = null, CancellationToken cancellationToken = default) =>
-        CopyCoreAsync(source, Target(source, target), options ?? new ImageCopyOptions(), async: true, cancellationToken);
+        CopyCoreAsync(source, Target(source, target, options ?? new ImageCopyOptions()), options ?? new ImageCopyOptions(), async: true, cancellationToken);
 
     /// <summary>
     /// Copies every non-zero byte of the source into <paramref name="target"/>, which is set to
     /// the source's size first (a sparse file keeps the zeros as holes), then flushed.
     /// </summary>
     public static void CopyToRaw(DiskSource source, IStorage target, ImageCopyOptions? options = null) =>
-        SyncOver.Run(CopyCoreAsync(source, new RawTarget(target), options ?? new ImageCopyOptions(), async: false, CancellationToken.None));
+        SyncOver.Run(CopyCoreAsync(source, new RawTarget(target, options ?? new ImageCopyOptions()), options ?? new ImageCopyOptions(), async: false, CancellationToken.None));
 
     /// <inheritdoc cref="CopyToRaw"/>
     public static ValueTask CopyToRawAsync(DiskSource source, IStorage target, ImageCopyOptions? options = null, CancellationToken cancellationToken = default) =>
-        CopyCoreAsync(source, new RawTarget(target), options ?? new ImageCopyOptions(), async: true, cancellationToken);
+        CopyCoreAsync(source, new RawTarget(target, options ?? new ImageCopyOptions()), options ?? new ImageCopyOptions(), async: true, cancellationToken);
 
     /// <summary>
     /// Converts the disk at <paramref name="sourcePath"/> (qcow2 or raw, by its magic number) into
@@ -89,27 +114,30 @@ public static class ImageCopier
         }
     }
 
-    private static QcowTarget Target(DiskSource source, Qcow2Image target)
+    private static QcowTarget Target(DiskSource source, Qcow2Image target, ImageCopyOptions options)
     {
         ArgumentNullException.ThrowIfNull(source);
         ArgumentNullException.ThrowIfNull(target);
-        if (target.Size < source.Size)
+        if (target.Size - options.TargetOffset < source.Size)
         {
             throw new ArgumentException($"The target image ({target.Size} bytes) is smaller than the source ({source.Size} bytes).", nameof(target));
         }
 
-        return new QcowTarget(target);
+        return new QcowTarget(target, options);
     }
 
     private static async ValueTask CopyCoreAsync(DiskSource source, CopyTarget target, ImageCopyOptions options, bool async, CancellationToken cancellationToken)
     {
         ArgumentNullException.ThrowIfNull(source);
-        await target.PrepareAsync(source.Size, async, cancellationToken).ConfigureAwait(false);
+        var shift = options.TargetOffset;
+        await target.PrepareAsync(shift + source.Size, async, cancellationToken).ConfigureAwait(false);
         var granularity = target.Granularity;
         var map = async ? await source.GetMapAsync(0, source.Size, cancellationToken).ConfigureAwait(false) : source.GetMap(0, source.Size);
-        var shown = await target.ShownRangesAsync(async, cancellationToken).ConfigureAwait(false);
+        var shown = ToSource(await target.ShownRangesAsync(async, cancellationToken).ConfigureAwait(false), shift, source.Size);
+        List<(long Start, long End)>? stored = options.SparseSize is 0 && source.Size > 0 ? [(0L, source.Size)] : null; // -S 0: every byte is written, as qemu-img fully allocates
+        var throttle = options.RateLimit is { } rate ? new Throttle(rate) : null;
         var chunkSize = options.Compress ? CompressedChunkSize : ChunkSize;
-        var chunks = Chunks(ByteRanges.Union(ByteRanges.Granules(map, source.Size, granularity), shown), chunkSize).ToList();
+        var chunks = Chunks(stored ?? ByteRanges.Union(ByteRanges.Granules(map, source.Size, granularity), shown), chunkSize).ToList();
         var current = ArrayPool<byte>.Shared.Rent(chunkSize);
         var next = ArrayPool<byte>.Shared.Rent(chunkSize);
         var before = ArrayPool<byte>.Shared.Rent(chunkSize);
@@ -119,23 +147,49 @@ public static class ImageCopier
             // The next chunk is read while the current one is written (the source and the target
             // are different files): reading and writing overlap, as qemu-img's parallel requests do.
             var hash = !options.Compress;
-            reading = chunks.Count > 0 ? ReadChunkAsync(source, target, chunks[0], current, hash, async, cancellationToken) : null;
+            reading = chunks.Count > 0 ? ReadChunkAsync(source, target, chunks[0], shift, current, hash, options, async, cancellationToken) : null;
             for (var i = 0; i < chunks.Count; i++)
             {
                 cancellationToken.ThrowIfCancellationRequested();
                 var fingerprints = await reading!.ConfigureAwait(false);
                 (current, next) = (next, current);
-                reading = i + 1 < chunks.Count ? ReadChunkAsync(source, target, chunks[i + 1], current, hash, async, cancellationToken) : null;
+                reading = i + 1 < chunks.Count ? ReadChunkAsync(source, target, chunks[i + 1], shift, current, hash, options, async, cancellationToken) : null;
                 var (position, length) = chunks[i];
                 ReadOnlyMemory<byte>? targetReads = null;
                 if (ByteRanges.Overlaps(shown, position, position + length))
                 {
-                    await target.ReadAsync(position, before.AsMemory(0, length), async, cancellationToken).ConfigureAwait(false);
+                    await target.ReadAsync(shift + position, before.AsMemory(0, length), async, cancellationToken).ConfigureAwait(false);
                     targetReads = before.AsMemory(0, length);
                 }
 
-                await WriteDifferencesAsync(target, position, next.AsMemory(0, length), targetReads, fingerprints, options.Compress, async, cancellationToken).ConfigureAwait(false);
+                var data = next.AsMemory(0, length);
+                var zeroBlock = stored is not null ? long.MaxValue : Math.Max(options.SparseSize ?? 0, granularity);
+                await WriteDifferencesAsync(target, shift + position, data, targetReads, fingerprints, options.Compress, Keep, async, cancellationToken).ConfigureAwait(false);
                 options.Progress?.Report((double)(position + length) / Math.Max(1, source.Size));
+                if (throttle is not null)
+                {
+                    await throttle.WaitAsync(length, async, cancellationToken).ConfigureAwait(false);
+                }
+
+                // Whether a zero granule at this source position must be written anyway (-S): it is
+                // stored data with -S 0, or a larger aligned -S block around it holds data.
+                bool Keep(long targetOffset, int count)
+                {
+                    var at = targetOffset - shift;
+                    if (stored is not null)
+                    {
+                        return ByteRanges.Overlaps(stored, at, at + count);
+                    }
+
+                    if (zeroBlock <= granularity)
+                    {
+                        return false;
+                    }
+
+                    var blockStart = Math.Max(position, at / zeroBlock * zeroBlock);
+                    var blockEnd = Math.Min(position + length, (at / zeroBlock * zeroBlock) + zeroBlock);
+                    return data.Span[(int)(blockStart - position)..(int)(blockEnd - position)].ContainsAnyExcept((byte)0);
+                }
             }
 
             await target.FlushAsync(async, cancellationToken).ConfigureAwait(false);
@@ -151,6 +205,34 @@ public static class ImageCopier
             ArrayPool<byte>.Shared.Return(current);
             ArrayPool<byte>.Shared.Return(next);
             ArrayPool<byte>.Shared.Return(before);
+        }
+    }
+
+    /// <summary>Target ranges as source positions: shifted back by the source's offset in the target, cut to the source.</summary>
+    private static List<(long Start, long End)> ToSource(List<(long Start, long End)> ranges, long shift, long size) =>
+        [.. ranges.Select(r => (Math.Max(r.Start - shift, 0), Math.Min(r.End - shift, size))).Where(r => r.Item1 < r.Item2)];
+
+    /// <summary>Keeps a copy at or under a byte rate (qemu-img convert -r): sleeps when ahead of it.</summary>
+    private sealed class Throttle(long bytesPerSecond)
+    {
+        private readonly System.Diagnostics.Stopwatch _clock = System.Diagnostics.Stopwatch.StartNew();
+        private long _bytes;
+
+        public async ValueTask WaitAsync(long bytes, bool async, CancellationToken cancellationToken)
+        {
+            _bytes += bytes;
+            var ahead = TimeSpan.FromSeconds((double)_bytes / Math.Max(1, bytesPerSecond)) - _clock.Elapsed;
+            if (ahead > TimeSpan.Zero)
+            {
+                if (async)
+                {
+                    await Task.Delay(ahead, cancellationToken).ConfigureAwait(false);
+                }
+                else
+                {
+                    Thread.Sleep(ahead);
+                }
+            }
         }
     }
 
@@ -173,21 +255,52 @@ public static class ImageCopier
     /// clusters for the target's allocator (dedup's SHA-256) — on the thread pool, so that both
     /// overlap the writes of the previous chunk. Returns the fingerprints (null: none wanted).
     /// </summary>
-    private static Task<ClusterFingerprint?[]?> ReadChunkAsync(DiskSource source, CopyTarget target, (long Position, int Length) chunk, byte[] buffer, bool hash, bool async, CancellationToken cancellationToken)
+    private static Task<ClusterFingerprint?[]?> ReadChunkAsync(DiskSource source, CopyTarget target, (long Position, int Length) chunk, long shift, byte[] buffer, bool hash, ImageCopyOptions options, bool async, CancellationToken cancellationToken)
     {
         var data = buffer.AsMemory(0, chunk.Length);
         return async ? ReadAndHashAsync() : Task.Run(() => ReadAndHash(), cancellationToken);
 
         async Task<ClusterFingerprint?[]?> ReadAndHashAsync()
         {
-            await source.ReadAsync(chunk.Position, data, async: true, cancellationToken).ConfigureAwait(false);
-            return hash ? await Task.Run(() => target.Fingerprint(chunk.Position, data), cancellationToken).ConfigureAwait(false) : null;
+            await ReadAsync(source, chunk.Position, data, options, async: true, cancellationToken).ConfigureAwait(false);
+            return hash ? await Task.Run(() => target.Fingerprint(shift + chunk.Position, data), cancellationToken).ConfigureAwait(false) : null;
         }
 
         ClusterFingerprint?[]? ReadAndHash()
         {
-            SyncOver.Run(source.ReadAsync(chunk.Position, data, async: false, cancellationToken));
-            return hash ? target.Fingerprint(chunk.Position, data) : null;
+            SyncOver.Run(ReadAsync(source, chunk.Position, data, options, async: false, cancellationToken));
+            return hash ? target.Fingerprint(shift + chunk.Position, data) : null;
+        }
+    }
+
+    /// <summary>
+    /// Reads from the source; with <see cref="ImageCopyOptions.OnReadError"/> set (qemu-img convert
+    /// --salvage), a failed read is retried 512 bytes at a time and each sector that still fails
+    /// reads as zeros and is reported.
+    /// </summary>
+    private static async ValueTask ReadAsync(DiskSource source, long position, Memory<byte> data, ImageCopyOptions options, bool async, CancellationToken cancellationToken)
+    {
+        try
+        {
+            await source.ReadAsync(position, data, async, cancellationToken).ConfigureAwait(false);
+            return;
+        }
+        catch (Exception error) when (options.OnReadError is not null && error is IOException or InvalidDataException)
+        {
+        }
+
+        for (var done = 0; done < data.Length; done += 512)
+        {
+            var sector = data.Slice(done, Math.Min(512, data.Length - done));
+            try
+            {
+                await source.ReadAsync(position + done, sector, async, cancellationToken).ConfigureAwait(false);
+            }
+            catch (Exception error) when (error is IOException or InvalidDataException)
+            {
+                sector.Span.Clear();
+                options.OnReadError!(position + done, error);
+            }
         }
     }
 
@@ -197,7 +310,7 @@ public static class ImageCopier
     /// one write (one lock round and, with dedup, their hashes computed in parallel); whole
     /// clusters to compress are compressed on every core, then linked.
     /// </summary>
-    private static async ValueTask WriteDifferencesAsync(CopyTarget target, long position, ReadOnlyMemory<byte> chunk, ReadOnlyMemory<byte>? targetReads, ClusterFingerprint?[]? fingerprints, bool compress, bool async, CancellationToken cancellationToken)
+    private static async ValueTask WriteDifferencesAsync(CopyTarget target, long position, ReadOnlyMemory<byte> chunk, ReadOnlyMemory<byte>? targetReads, ClusterFingerprint?[]? fingerprints, bool compress, Func<long, int, bool> keepZeros, bool async, CancellationToken cancellationToken)
     {
         var granularity = target.Granularity;
         var runStart = 0;
@@ -209,7 +322,7 @@ public static class ImageCopier
             var inGranule = (int)(offset % granularity);
             var count = Math.Min(granularity - inGranule, chunk.Length - done);
             var piece = chunk.Slice(done, count);
-            var hasData = piece.Span.ContainsAnyExcept((byte)0);
+            var hasData = piece.Span.ContainsAnyExcept((byte)0) || keepZeros(offset, count);
             var differs = targetReads is { } reads ? !piece.Span.SequenceEqual(reads.Span.Slice(done, count)) : hasData;
             var wholeCluster = inGranule == 0 && (count == granularity || offset + count == target.Size);
             if (!differs || !hasData || (compress && wholeCluster))
@@ -313,7 +426,7 @@ public static class ImageCopier
         public abstract ValueTask FlushAsync(bool async, CancellationToken cancellationToken);
     }
 
-    private sealed class QcowTarget(Qcow2Image image) : CopyTarget
+    private sealed class QcowTarget(Qcow2Image image, ImageCopyOptions options) : CopyTarget
     {
         public override int Granularity => image.ClusterSize;
 
@@ -323,7 +436,7 @@ public static class ImageCopier
 
         public override async ValueTask<List<(long Start, long End)>> ShownRangesAsync(bool async, CancellationToken cancellationToken)
         {
-            if (image.Header.BackingFileName is null)
+            if (image.Header.BackingFileName is null && !options.TargetHasData)
             {
                 return [];
             }
@@ -394,7 +507,7 @@ public static class ImageCopier
         }
     }
 
-    private sealed class RawTarget(IStorage storage) : CopyTarget
+    private sealed class RawTarget(IStorage storage, ImageCopyOptions options) : CopyTarget
     {
         private long _size;
 
@@ -406,25 +519,39 @@ public static class ImageCopier
         public override ValueTask PrepareAsync(long sourceSize, bool async, CancellationToken cancellationToken)
         {
             ArgumentNullException.ThrowIfNull(storage);
-            _size = sourceSize;
-            storage.SetLength(sourceSize);
+            if (options.TargetHasData)
+            {
+                _size = storage.Length; // an existing file keeps its length; what it holds is compared
+                if (_size < sourceSize)
+                {
+                    throw new ArgumentException($"The target ({_size} bytes) is smaller than the source ({sourceSize} bytes).", nameof(sourceSize));
+                }
+
+                return ValueTask.CompletedTask;
+            }
+
+            _size = Math.Max(sourceSize, options.TargetOffset == 0 ? 0 : storage.Length);
+            storage.SetLength(_size);
             return ValueTask.CompletedTask;
         }
 
         public override ValueTask<List<(long Start, long End)>> ShownRangesAsync(bool async, CancellationToken cancellationToken) =>
-            ValueTask.FromResult(new List<(long Start, long End)>()); // a raw target starts empty: zeros everywhere
+            ValueTask.FromResult(options.TargetHasData ? [(0L, _size)] : new List<(long Start, long End)>()); // a new raw target reads zeros everywhere
 
-        public override ValueTask ReadAsync(long offset, Memory<byte> buffer, bool async, CancellationToken cancellationToken)
+        public override async ValueTask ReadAsync(long offset, Memory<byte> buffer, bool async, CancellationToken cancellationToken)
         {
             buffer.Span.Clear();
-            return ValueTask.CompletedTask;
+            if (options.TargetHasData)
+            {
+                await storage.ReadZeroFilledAsync(offset, buffer, async, cancellationToken).ConfigureAwait(false);
+            }
         }
 
         public override ValueTask WriteAsync(long offset, ReadOnlyMemory<byte> data, bool compress, bool async, CancellationToken cancellationToken) =>
             storage.WriteAsync(offset, data, async, cancellationToken);
 
         public override ValueTask WriteZeroesAsync(long offset, int count, bool async, CancellationToken cancellationToken) =>
-            ValueTask.CompletedTask; // never reached: the target already reads zeros
+            storage.WriteAsync(offset, new byte[count], async, cancellationToken); // only where an existing file held data
 
         public override ValueTask FlushAsync(bool async, CancellationToken cancellationToken) =>
             storage.FlushAsync(async, cancellationToken);

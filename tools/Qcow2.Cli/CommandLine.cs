@@ -4,6 +4,15 @@ namespace QcowDedup.Cli;
 internal sealed class UsageException(string message) : Exception(message);
 
 /// <summary>
+/// A wrong argument qemu-img reports in its own words, possibly over several lines; reported the
+/// same way ("qcow2: " before each line) with exit code 1, so a script sees the same stderr.
+/// </summary>
+internal sealed class QemuArgumentError(params string[] lines) : Exception(string.Join(' ', lines))
+{
+    public IReadOnlyList<string> Lines { get; } = lines;
+}
+
+/// <summary>
 /// Parses a qemu-img style command line: short options (-f raw, -fraw), long options
 /// (--output=json, --output json), repeatable options (-c CMD -c CMD), and positional arguments.
 /// "--" ends option parsing.

@@ -46,6 +46,10 @@ internal static class Program
         {
             return Dispatch(args);
         }
+        catch (QemuArgumentError error)
+        {
+            return Fail(string.Join('\n', error.Lines.Select(l => $"qcow2: {l}")), 1);
+        }
         catch (UsageException error)
         {
             // A wrong command line is exit 1 for every verb, compare included, as in qemu-img.

@@ -69,6 +69,17 @@ internal static class Sizes
         _ => throw new UsageException("Invalid image size specified. You may use k, M, G, T, P or E suffixes for kilobytes, megabytes, gigabytes, terabytes, petabytes and exabytes."),
     };
 
+    /// <summary>
+    /// qemu-img's cvtnum: a byte count given to an option ("start offset", "granularity"), refused
+    /// in its words when malformed or outside [0, <paramref name="max"/>].
+    /// </summary>
+    public static long Cvtnum(string name, string text, long max = long.MaxValue) => TryParse(text, out var bytes) switch
+    {
+        SizeSyntax.Valid when bytes <= max => bytes,
+        SizeSyntax.Valid or SizeSyntax.TooLarge => throw new QemuArgumentError($"Invalid {name} specified. Must be between 0 and {max}."),
+        _ => throw new QemuArgumentError($"Invalid {name} specified. You may use k, M, G, T, P or E suffixes for", "kilobytes, megabytes, gigabytes, terabytes, petabytes and exabytes."),
+    };
+
     /// <summary>A size-valued option (-o size=…, -o cluster_size=…, resize's SIZE) with QEMU's option wording.</summary>
     public static long ParseParameter(string name, string text) => TryParse(text, out var bytes) switch
     {

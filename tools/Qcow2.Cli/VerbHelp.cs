@@ -18,12 +18,20 @@ internal static class VerbHelp
         ["info"] = ("Shows an image's format, sizes and qcow2 details (backing file, snapshots, bitmaps, dedup index).", [
             InputFormat, Output, ("--backing-chain", "also show every backing file down the chain"), ForceShare, BackingPolicy]),
         ["map"] = ("Shows how the guest disk is stored: data, zeros, and which file of the chain holds each range.", [
-            InputFormat, Output, ForceShare, BackingPolicy]),
+            InputFormat, Output, ("--start-offset OFFSET", "map from this guest offset (default 0)"), ("--max-length LENGTH", "map at most this many bytes"), ForceShare, BackingPolicy]),
         ["check"] = ("Checks the image's metadata as qemu-img check does; exit 0 clean, 1 check errors, 2 corruptions, 3 leaks.", [
             ("-f qcow2", "input format (only qcow2 has metadata to check)"), ("-r leaks|all", "repair leaks, or everything repairable"), Output, Quiet, Progress, ForceShare, BackingPolicy]),
-        ["convert"] = ("Copies a disk into a new image; zeros stay unallocated, and with dedup=on repeated clusters are stored once.", [
+        ["convert"] = ("Copies one disk, or several one after another, into a new image; zeros stay unallocated, and with dedup=on repeated clusters are stored once.", [
             InputFormat, ("-O FMT", "output format: qcow2, raw, vmdk, vhdx, vpc, vdi (default raw)"), ("-c", "compress clusters (qcow2: zlib, or zstd with -o compression_type=zstd)"),
             ("-o OPTIONS", "creation options of the output format (qcow2: as create, plus dedup=on; vmdk/vhdx/vpc: subformat=…; vdi: static=on)"),
+            ("-B BACKING", "the new image's backing file: only what differs from it is written"), ("-F BACKING_FMT", "format of the -B backing file (required with -B)"),
+            ("-l SNAPSHOT", "copy an internal snapshot: snapshot.id=ID, snapshot.name=NAME, or an id else a name"),
+            ("-n", "do not create DST: write into the existing image or file (it keeps its size)"), ("--target-is-zero", "with -n: DST reads zeros already, so zeros are not written"),
+            ("-S SPARSE", "zero detection: 0 writes every byte (fully allocated); else zero blocks of this size (multiple of 512) stay holes"),
+            ("-m N", "parallel requests, 1 to 16 (accepted; the copy pipelines on every core)"), ("-W", "out-of-order writes (accepted; writes are ordered and pipelined)"),
+            ("-C", "copy offloading (accepted; data is copied through memory)"), ("-r RATE", "at most RATE bytes per second (k, M, G suffixes)"),
+            ("-t CACHE", "target cache mode: none, writeback, writethrough, directsync, unsafe (checked, then the library's own flush order applies)"), ("-T SRC_CACHE", "source cache mode, likewise"),
+            ("--salvage", "copy unreadable 512-byte sectors of SRC as zeros, with a warning each, instead of failing"),
             ("--bitmaps", "copy the persistent dirty bitmaps too (qcow2 to qcow2 v3)"), ("--skip-broken-bitmaps", "with --bitmaps: leave out inconsistent bitmaps instead of failing"), Progress, Quiet, ForceShare, BackingPolicy]),
         ["compare"] = ("Compares two disks' contents; exit 0 identical, 1 different, 2 error. A shorter disk compares as zeros past its end.", [
             ("-f FMT", "format of the first disk (default: probed)"), ("-F FMT", "format of the second disk (default: probed)"), ("-s", "strict: different sizes or allocation count as different"), Progress, ForceShare, BackingPolicy]),

@@ -16,12 +16,7 @@ internal static class BitmapCommand
     {
         var line = CommandLine.Parse(args, ["-b", "--source-file", "-F", "--source-format", "-f", "-g", "--granularity", "--merge"], ["--add", "--remove", "--clear", "--enable", "--disable"]);
         var actions = line.Ordered.Where(o => Actions.Contains(o.Name)).ToList();
-        var granularityText = line.Value("-g", "--granularity");
-        var granularity = 0L;
-        if (granularityText is not null && (Sizes.TryParse(granularityText, out granularity) != SizeSyntax.Valid))
-        {
-            return Fail("Invalid granularity specified. You may use k, M, G, T, P or E suffixes for\nqcow2: kilobytes, megabytes, gigabytes, terabytes, petabytes and exabytes.");
-        }
+        var granularity = line.Value("-g", "--granularity") is { } granularityText ? Sizes.Cvtnum("granularity", granularityText) : 0;
 
         var sourceFile = line.Value("-b", "--source-file");
         var problem = actions.Count == 0 ? "Need at least one of --add, --remove, --clear, --enable, --disable, or --merge"

@@ -8,69 +8,189 @@ namespace QcowDedup.Cli.Commands;
 /// <summary>qcow2 convert [-f FMT] -O raw|qcow2 [-c] [-o OPTIONS] [-p] SRC DST</summary>
 internal static class ConvertCommand
 {
-    public const string Usage = "qcow2 convert [-f FMT] [-O qcow2|raw|vmdk|vhdx|vpc|vdi] [-c] [-o OPTIONS] [--bitmaps [--skip-broken-bitmaps]] [-p] [-q] SRC DST";
+    public const string Usage = "qcow2 convert [-f FMT] [-O qcow2|raw|vmdk|vhdx|vpc|vdi] [-c] [-o OPTIONS] [-B BACKING [-F BACKING_FMT]] [-l SNAPSHOT] [-n [--target-is-zero]] [-S SPARSE] [-m N] [-W] [-C] [-r RATE] [-t CACHE] [-T SRC_CACHE] [--salvage] [--bitmaps [--skip-broken-bitmaps]] [-p] [-q] SRC [SRC...] DST";
+
+    private static readonly string[] CacheModes = ["none", "off", "writeback", "writethrough", "directsync", "unsafe"];
 
     public static int Run(IReadOnlyList<string> args)
     {
-        var line = CommandLine.Parse(args, ["-f", "-O", "-o"], ["-p", "-c", "-q", "--bitmaps", "--skip-broken-bitmaps", .. ImageOptions.ForceShareFlags]);
+        var line = CommandLine.Parse(args, ["-f", "-O", "-o", "-B", "-F", "-l", "-S", "-m", "-r", "-t", "-T"],
+            ["-p", "-c", "-q", "-n", "-W", "-C", "--target-is-zero", "--salvage", "--bitmaps", "--skip-broken-bitmaps", .. ImageOptions.ForceShareFlags]);
         if (CreateOptionParser.AsksForHelp(line.Values("-o")) && (line.Value("-O") ?? "raw") == "qcow2")
         {
             Console.Out.Write(CreateOptionParser.HelpTable(withFileName: line.Positionals.Count > 1)); // qemu-img prints it and exits 0, file names or not
             return 0;
         }
 
-        line.ExpectPositionals(2, 2, Usage);
+        var copy = ParseCopyOptions(line);
+        if (Refusal(line) is { } refused)
+        {
+            return Fail(refused);
+        }
+
+        line.ExpectPositionals(2, int.MaxValue, Usage);
         var target = line.Value("-O") ?? "raw";
         var bitmaps = line.Has("--bitmaps");
-        if (line.Has("--skip-broken-bitmaps") && !bitmaps)
+        var destination = line.Positionals[^1];
+        var sources = new List<DiskSource>();
+        var owners = new List<IDisposable>();
+        try
         {
-            return Fail("Use of --skip-broken-bitmaps requires --bitmaps");
+            foreach (var path in line.Positionals.SkipLast(1))
+            {
+                sources.Add(OpenSource(line, path, owners));
+            }
+
+            if (bitmaps && sources.Count > 1)
+            {
+                return Fail("Cannot copy bitmaps from multiple sources");
+            }
+
+            if (bitmaps && BitmapCopy.Refusal(sources[0], line.Has("--skip-broken-bitmaps")) is { } refusal)
+            {
+                return Fail(refusal);
+            }
+
+            foreach (var source in sources)
+            {
+                ImageCopier.ThrowIfSourceFile(source, destination);
+            }
+
+            var progress = new Progress(line.Has("-p") && !line.Has("-q"));
+            var result = line.Has("-n") ? IntoExisting(line, sources, destination, target, copy, progress) : IntoNew(line, sources, destination, target, copy, progress);
+            if (result == 0)
+            {
+                progress.Finish();
+            }
+
+            return result;
+        }
+        finally
+        {
+            sources.ForEach(s => s.Dispose());
+            owners.ForEach(o => o.Dispose());
+        }
+    }
+
+    /// <summary>The copy options qemu-img reads from -S, -r, -m and the cache modes, refused in its words.</summary>
+    private static ImageCopyOptions ParseCopyOptions(CommandLine line)
+    {
+        long? sparse = null;
+        if (line.Value("-S") is { } sparseText)
+        {
+            sparse = Sizes.Cvtnum("buffer size for sparse output", sparseText);
+            if (sparse % 512 != 0 || sparse > 16 << 20)
+            {
+                throw new QemuArgumentError("Invalid buffer size for sparse output specified. Valid sizes are multiples of 512 up to 16777216. Select 0 to disable sparse detection (fully allocates output).");
+            }
         }
 
-        using var source = Disks.Open(line.Positionals[0], line.Value("-f"), ImageOptions.For(line, line.Positionals[0]));
-        if (bitmaps && BitmapCopy.Refusal(source, line.Has("--skip-broken-bitmaps")) is { } refusal)
+        if (line.Value("-m") is { } coroutines && (!int.TryParse(coroutines, out var count) || count is < 1 or > 16))
         {
-            return Fail(refusal);
+            throw new QemuArgumentError("Invalid number of coroutines. Allowed number of coroutines is between 1 and 16");
         }
 
-        FileArguments.CheckOutput(line.Positionals[1]);
-        ImageCopier.ThrowIfSourceFile(source, line.Positionals[1]);
+        var rate = line.Value("-r") is { } rateText ? Sizes.Cvtnum("rate limit", rateText) : (long?)null;
+        if (line.Value("-t") is { } cache && !CacheModes.Contains(cache))
+        {
+            throw new QemuArgumentError($"Invalid cache option: {cache}");
+        }
+
+        if (line.Value("-T") is { } sourceCache && !CacheModes.Contains(sourceCache))
+        {
+            throw new QemuArgumentError($"Invalid source cache option: {sourceCache}");
+        }
+
+        return new ImageCopyOptions
+        {
+            Compress = line.Has("-c"),
+            SparseSize = sparse,
+            RateLimit = rate is 0 ? null : rate,
+            TargetHasData = line.Has("-n") && !line.Has("--target-is-zero"),
+            OnReadError = line.Has("--salvage") ? (offset, error) => Console.Error.WriteLine($"qcow2: warning: error while reading offset {offset}: {error.Message}") : null,
+        };
+    }
+
+    /// <summary>qemu-img's refusals of option combinations, before any file is opened.</summary>
+    private static string? Refusal(CommandLine line)
+    {
+        var target = line.Value("-O") ?? "raw";
+        return line.Has("--skip-broken-bitmaps") && !line.Has("--bitmaps") ? "Use of --skip-broken-bitmaps requires --bitmaps"
+            : line.Has("--target-is-zero") && !line.Has("-n") ? "--target-is-zero requires use of -n flag"
+            : line.Has("-n") && line.Values("-o").Count > 0 ? "-o has no effect when skipping image creation"
+            : line.Has("-C") && line.Has("-c") ? "Cannot enable copy offloading when -c is used"
+            : line.Has("-c") && target != "qcow2" ? "Compression not supported for this file format"
+            : line.Value("-B") is not null && target != "qcow2" ? $"Backing file not supported for file format '{target}'"
+            : line.Value("-B") is not null && line.Value("-F") is null ? "Use of backing file requires explicit backing format"
+            : null;
+    }
+
+    /// <summary>A source, or with -l the internal snapshot of it (snapshot.id=…, snapshot.name=…, or an id else a name).</summary>
+    private static DiskSource OpenSource(CommandLine line, string path, List<IDisposable> owners)
+    {
+        var source = Disks.Open(path, line.Value("-f"), ImageOptions.For(line, path));
+        if (line.Value("-l") is not { } snapshot)
+        {
+            return source;
+        }
+
+        using (source)
+        {
+            var image = source.Image ?? throw new IOException("Failed to load snapshot: Operation not supported");
+            var (key, lookup) = snapshot.StartsWith("snapshot.id=", StringComparison.Ordinal) ? (snapshot["snapshot.id=".Length..], SnapshotLookup.Id)
+                : snapshot.StartsWith("snapshot.name=", StringComparison.Ordinal) ? (snapshot["snapshot.name=".Length..], SnapshotLookup.Name)
+                : (snapshot, SnapshotLookup.IdThenName);
+            if (image.FindSnapshot(key, lookup) is null)
+            {
+                throw new IOException($"Failed to load snapshot: Can't find snapshot");
+            }
+
+            // The snapshot view shares the image's files: the image stays open until the copy is done.
+            var reopened = Qcow2Image.Open(path, ImageOptions.For(line, path));
+            owners.Add(reopened);
+            return DiskSource.FromImage(reopened.OpenSnapshot(key, lookup), leaveOpen: false);
+        }
+    }
+
+    private static int IntoNew(CommandLine line, List<DiskSource> sources, string destination, string target, ImageCopyOptions copy, Progress progress)
+    {
+        FileArguments.CheckOutput(destination);
+        var total = sources.Sum(s => s.Size);
+        var bitmaps = line.Has("--bitmaps");
         if (bitmaps && target != "qcow2")
         {
             // qemu-img creates the target before it finds the format cannot hold bitmaps, and leaves it.
-            FileStorage.Create(line.Positionals[1]).Dispose();
+            FileStorage.Create(destination).Dispose();
             return Fail($"Format driver '{target}' does not support bitmaps");
         }
 
-        var progress = new Progress(line.Has("-p") && !line.Has("-q"));
         switch (target)
         {
             case "raw":
-                if (line.Has("-c") || line.Values("-o").Count > 0)
+                using (var output = FileStorage.Create(destination))
                 {
-                    throw new UsageException("-c and -o apply to -O qcow2 only");
+                    CopyAll(sources, copy with { Progress = progress }, (source, options) => ImageCopier.CopyToRaw(source, output, options));
                 }
 
-                ToRaw(source, line.Positionals[1], progress);
-                break;
+                return 0;
             case "qcow2":
                 var parser = new CreateOptionParser(line.Values("-o"), Extensions.CreateOptionKeys);
-                var options = parser.Build(source.Size, backingFile: null, backingFormat: null);
-                if (options.DataFile is { } dataFile && source.UsesFile(DefaultBackingFileResolver.ResolvePath(dataFile, FilePaths.Absolute(line.Positionals[1]))))
+                var options = parser.Build(total, backingFile: line.Value("-B"), backingFormat: line.Value("-B") is null ? null : line.Value("-F"));
+                if (options.DataFile is { } dataFile && sources.Any(s => s.UsesFile(DefaultBackingFileResolver.ResolvePath(dataFile, FilePaths.Absolute(destination)))))
                 {
                     // Creating the data file empties it; with -U no lock of the source's would stop that.
                     throw new IOException($"Could not create the data file '{dataFile}': it is the source image or a file the source reads (its backing or data file)");
                 }
 
-                using (var image = Extensions.Create(line.Positionals[1], options with { Size = source.Size }, parser))
+                using (var image = Extensions.Create(destination, options with { Size = total }, parser))
                 {
                     if (bitmaps && image.Info.Version < 3)
                     {
                         return Fail("Format driver 'qcow2' does not support bitmaps");
                     }
 
-                    ImageCopier.Copy(source, image, new ImageCopyOptions { Compress = line.Has("-c"), Progress = progress });
-                    if (bitmaps && BitmapCopy.Copy(source.Image!, image) is { } failure)
+                    CopyAll(sources, copy with { Progress = progress }, (source, o) => ImageCopier.Copy(source, image, o));
+                    if (bitmaps && BitmapCopy.Copy(sources[0].Image!, image) is { } failure)
                     {
                         return Fail(failure);
                     }
@@ -82,21 +202,72 @@ internal static class ConvertCommand
                     }
                 }
 
-                break;
+                return 0;
             case var foreign when ForeignDisks.IsForeign(foreign):
-                if (line.Has("-c"))
+                if (sources.Count > 1)
                 {
-                    throw new UsageException($"-c is not supported for output format {foreign} (compress into qcow2)");
+                    throw new UsageException($"several sources are not supported for output format {foreign}");
                 }
 
-                ToForeign(source, line.Positionals[1], foreign, KeyValues(line.Values("-o")), progress);
-                break;
+                ToForeign(sources[0], destination, foreign, KeyValues(line.Values("-o")), progress);
+                return 0;
             default:
-                throw new UsageException($"output format '{target}' is not supported; use {Disks.FormatList}");
+                return Fail($"Unknown file format '{target}'");
+        }
+    }
+
+    /// <summary>-n: the target exists and keeps its size; it gets the sources' contents, zeros included unless --target-is-zero.</summary>
+    private static int IntoExisting(CommandLine line, List<DiskSource> sources, string destination, string target, ImageCopyOptions copy, Progress progress)
+    {
+        FileArguments.CheckInput(destination);
+        var total = sources.Sum(s => s.Size);
+        copy = copy with { Progress = progress };
+        if (target == "qcow2")
+        {
+            using var image = FileArguments.OpenImage(destination, ImageOptions.For(line, destination, writable: true));
+            if (image.Size < total)
+            {
+                return Fail("output file is smaller than input file");
+            }
+
+            if (line.Has("--bitmaps") && image.Info.Version < 3)
+            {
+                return Fail("Format driver 'qcow2' does not support bitmaps");
+            }
+
+            CopyAll(sources, copy, (source, o) => ImageCopier.Copy(source, image, o));
+            return line.Has("--bitmaps") && BitmapCopy.Copy(sources[0].Image!, image) is { } failure ? Fail(failure) : 0;
         }
 
-        progress.Finish();
+        if (target != "raw")
+        {
+            throw new UsageException($"-n is supported for qcow2 and raw targets, not '{target}'");
+        }
+
+        using var file = FileStorage.Open(destination, writable: true);
+        if (file.Length < total)
+        {
+            return Fail("output file is smaller than input file");
+        }
+
+        if (line.Has("--bitmaps"))
+        {
+            return Fail("Format driver 'raw' does not support bitmaps");
+        }
+
+        CopyAll(sources, copy, (source, o) => ImageCopier.CopyToRaw(source, file, o));
         return 0;
+    }
+
+    /// <summary>Each source in turn, placed after the one before (qemu-img convert of several sources concatenates them).</summary>
+    private static void CopyAll(List<DiskSource> sources, ImageCopyOptions options, Action<DiskSource, ImageCopyOptions> copy)
+    {
+        var offset = 0L;
+        foreach (var source in sources)
+        {
+            copy(source, options with { TargetOffset = offset, Progress = sources.Count == 1 ? options.Progress : null });
+            offset += source.Size;
+        }
     }
 
     private static int Fail(string message)
@@ -141,12 +312,5 @@ internal static class ConvertCommand
         }
 
         return options;
-    }
-
-    /// <summary>Copies every non-zero byte of the source into a sparse raw file.</summary>
-    private static void ToRaw(DiskSource source, string destination, Progress progress)
-    {
-        using var output = FileStorage.Create(destination);
-        ImageCopier.CopyToRaw(source, output, new ImageCopyOptions { Progress = progress });
     }
 }

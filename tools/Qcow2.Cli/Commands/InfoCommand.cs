@@ -30,6 +30,7 @@ internal static class InfoCommand
             layers.Add(LayerInfo.From(image, path));
             if (line.Has("--backing-chain"))
             {
+                var shownName = path;
                 foreach (var link in Qcow2Image.ReadBackingChain(path, Options()).Skip(1))
                 {
                     if (link.Problem is not null)
@@ -38,7 +39,8 @@ internal static class InfoCommand
                         break;
                     }
 
-                    layers.Add(LayerInfo.FromLink(link, Options()));
+                    shownName = QemuPaths.Combine(shownName, link.Name);
+                    layers.Add(LayerInfo.FromLink(link, shownName, Options()));
                 }
             }
         }
@@ -83,22 +85,23 @@ internal static class InfoCommand
         public static LayerInfo From(Qcow2Image image, string name)
         {
             var info = image.Info;
-            var full = info.BackingFileName is { } backing ? DefaultBackingFileResolver.TryResolvePath(backing, image.FilePath) ?? backing : null;
+            var full = info.BackingFileName is { } backing ? QemuPaths.Combine(name, backing) : null;
             return new LayerInfo(name, "qcow2", info.VirtualSize, info.ActualSize, info, image, full);
         }
 
-        public static LayerInfo FromLink(BackingChainLink link, Qcow2OpenOptions options)
+        /// <summary>A backing file, shown by the name QEMU gives it: its path combined with the name of the image above.</summary>
+        public static LayerInfo FromLink(BackingChainLink link, string shownName, Qcow2OpenOptions options)
         {
             var path = link.Path ?? link.Name;
             if (link.Format == "qcow2")
             {
                 using var image = Qcow2Image.Open(path, options);
                 var info = image.Info;
-                return new LayerInfo(path, "qcow2", info.VirtualSize, info.ActualSize, info, null, info.BackingFileName);
+                return new LayerInfo(shownName, "qcow2", info.VirtualSize, info.ActualSize, info, null, info.BackingFileName is { } backing ? QemuPaths.Combine(shownName, backing) : null);
             }
 
             using var raw = DiskSource.Open(path, "raw", options);
-            return Raw(path, raw.Size, raw.AllocatedBytes);
+            return Raw(shownName, raw.Size, raw.AllocatedBytes);
         }
 
         /// <summary>A layer without qcow2 metadata (raw, or a format read through DiscUtils).</summary>
@@ -122,6 +125,11 @@ internal static class InfoCommand
             }
 
             text.Append(CultureInfo.InvariantCulture, $"cluster_size: {info.ClusterSize}\n");
+            if (info.Dirty)
+            {
+                text.Append("cleanly shut down: no\n");
+            }
+
             if (info.BackingFileName is { } backing)
             {
                 text.Append(CultureInfo.InvariantCulture, $"backing file: {backing}");
@@ -395,4 +403,24 @@ internal static class SnapshotTable
 
     private static string Row(string id, string tag, string size, string date, string clock, string icount) =>
         $"{id,-9} {tag,-17} {size,7}{date,20}{clock,13}{icount,11}";
+}
+
+/// <summary>How QEMU names a file given relative to another (block.c path_combine).</summary>
+internal static class QemuPaths
+{
+    /// <summary>
+    /// <paramref name="name"/> as QEMU resolves it against <paramref name="basePath"/>: an absolute
+    /// name as it is, a relative one after the base's directory part as given (none: as it is). So
+    /// "top.qcow2" with backing "base.qcow2" gives "base.qcow2", and "/d/top.qcow2" gives "/d/base.qcow2".
+    /// </summary>
+    public static string Combine(string basePath, string name)
+    {
+        if (name.StartsWith('/') || name.Contains("://", StringComparison.Ordinal))
+        {
+            return name;
+        }
+
+        var slash = basePath.LastIndexOf('/');
+        return slash < 0 ? name : basePath[..(slash + 1)] + name;
+    }
 }

@@ -7,18 +7,22 @@ namespace QcowDedup.Cli.Commands;
 /// <summary>qcow2 map [-f FMT] [--output human|json] FILE</summary>
 internal static class MapCommand
 {
-    public const string Usage = "qcow2 map [-f FMT] [--output human|json] FILE";
+    public const string Usage = "qcow2 map [-f FMT] [--output human|json] [--start-offset OFFSET] [--max-length LENGTH] FILE";
 
     public static int Run(IReadOnlyList<string> args)
     {
-        var line = CommandLine.Parse(args, ["-f", "--output"], ["-U", "--force-share"]);
+        var line = CommandLine.Parse(args, ["-f", "--output", "--start-offset", "--max-length"], ["-U", "--force-share"]);
+        var start = line.Value("--start-offset") is { } startText ? Sizes.Cvtnum("start offset", startText) : 0;
+        var maxLength = line.Value("--max-length") is { } lengthText ? Sizes.Cvtnum("max length", lengthText) : -1;
         line.ExpectPositionals(1, 1, Usage);
         var json = OutputMode.IsJson(line.Value("--output"));
         using var source = Disks.Open(line.Positionals[0], line.Value("-f"), ImageOptions.For(line, line.Positionals[0]));
-        var entries = source.GetMap(0, source.Size);
+        var end = maxLength < 0 ? source.Size : Math.Min(unchecked(start + maxLength), source.Size); // qemu-img's sum wraps too: then nothing is mapped
+        var entries = start < end ? source.GetMap(start, end - start) : [];
         if (json)
         {
-            Console.Out.WriteLine("[" + string.Join(",\n", entries.Select(JsonLine)) + "]");
+            // As qemu-img, an empty range still prints its one (empty) entry.
+            Console.Out.WriteLine("[" + string.Join(",\n", entries.Count > 0 ? entries.Select(JsonLine) : [JsonLine(new MapEntry(start, 0, 0, false, false, false, null, null))]) + "]");
             return 0;
         }
 

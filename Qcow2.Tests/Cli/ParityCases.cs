@@ -1,0 +1,117 @@
+namespace QcowDedup.Qcow2.Tests.Cli;
+
+/// <summary>
+/// The command lines of the parity suite, over the fixtures of <see cref="ParityFixtures"/>: every
+/// verb both tools have, its options, and wrong input (missing files, non-images, bad values).
+/// </summary>
+internal static class ParityCases
+{
+    /// <summary>
+    /// Marks a case whose error text deliberately differs (docs/cli-differences.md, "error
+    /// messages"): exit code, stdout and the resulting files must still match, and both must say
+    /// something on stderr.
+    /// </summary>
+    public const string WordingDiffers = " #wording";
+
+    public static IEnumerable<string> All => Info.Concat(Map).Concat(Check).Concat(Measure).Concat(Snapshot).Concat(Compare)
+        .Concat(Create).Concat(Convert).Concat(Resize).Concat(Amend).Concat(Commit).Concat(Rebase).Concat(Bitmap);
+
+    private static readonly string[] Qcow2 = ParityFixtures.Qcow2Images;
+    private static readonly string[] Files = ParityFixtures.AllFiles;
+
+    private static IEnumerable<string> Info =>
+        Files.SelectMany(f => new[] { $"info {f}", $"info --output=json {f}" })
+            .Concat(Qcow2.Append("raw.img").SelectMany(f => new[] { $"info --backing-chain {f}", $"info --output=json --backing-chain {f}", $"info -U {f}" }))
+            .Concat(["info -f qcow2 raw.img", "info -f raw base.qcow2", "info -f raw --output=json top.qcow2", "info --output=xml base.qcow2"]);
+
+    private static IEnumerable<string> Map =>
+        Qcow2.Append("raw.img").SelectMany(f => new[]
+        {
+            $"map {f}", $"map --output=json {f}", $"map --start-offset 1M --max-length 3M {f}", $"map --output=json --start-offset 100k {f}",
+        }).Concat(["map empty.img", "map text.txt", "map missing.qcow2", "map -f raw top.qcow2", "map --output=json --max-length 0 base.qcow2", "map --start-offset x base.qcow2"]);
+
+    private static IEnumerable<string> Check =>
+        Files.SelectMany(f => new[] { $"check {f}", $"check --output=json {f}", $"check -q {f}" })
+            .Concat(Qcow2.SelectMany(f => new[] { $"check -r leaks {f}", $"check -r all {f}" }))
+            .Concat(["check -r none base.qcow2", "check --output=json -r all dirty.qcow2", "check -f raw base.qcow2"]);
+
+    private static IEnumerable<string> Measure =>
+        Qcow2.Append("raw.img").SelectMany(f => new[] { $"measure -O qcow2 {f}", $"measure --output=json -O qcow2 {f}", $"measure {f}" })
+            .Concat([
+                "measure --size 1G -O qcow2", "measure --size 1G -O qcow2 -o cluster_size=4k", "measure --size 1G -O qcow2 -o preallocation=full",
+                "measure --size 1G -O raw", "measure --size 0 -O qcow2", "measure --size 1x -O qcow2", "measure -O qcow2 -o compat=0.10 snap.qcow2",
+                "measure -O qcow2 -o refcount_bits=64 base.qcow2", "measure -O qcow2 -o extended_l2=on base.qcow2", "measure -O qcow2 missing.qcow2",
+            ]);
+
+    private static IEnumerable<string> Snapshot =>
+        Files.Select(f => $"snapshot -l {f}").Concat([
+            "snapshot -c new base.qcow2", "snapshot -c s1 snap.qcow2", "snapshot -a s1 snap.qcow2", "snapshot -a 1 snap.qcow2", "snapshot -a nope snap.qcow2",
+            "snapshot -d s1 snap.qcow2", "snapshot -d nope snap.qcow2", "snapshot -c x v2.qcow2", "snapshot -l -U snap.qcow2", "snapshot -d s2 snap.qcow2",
+        ]);
+
+    private static IEnumerable<string> Compare => new[]
+    {
+        "base.qcow2 comp.qcow2", "base.qcow2 zstd.qcow2", "base.qcow2 top.qcow2", "top.qcow2 base.qcow2", "base.qcow2 raw.img", "raw.img raw.img",
+        "base.qcow2 base.qcow2", "snap.qcow2 base.qcow2", "v2.qcow2 ext.qcow2", "c4k.qcow2 c4k.qcow2", "base.qcow2 missing.qcow2", "empty.img base.qcow2",
+    }.SelectMany(pair => new[] { $"compare {pair}", $"compare -s {pair}" }).Concat(["compare -f qcow2 -F raw base.qcow2 raw.img", "compare -f raw -F raw raw.img raw.img", "compare -q base.qcow2 comp.qcow2"]);
+
+    private static IEnumerable<string> Create => new[]
+    {
+        "-f qcow2 new.qcow2 1M", "-f qcow2 -o compat=0.10 new.qcow2 1M", "-f qcow2 -o compat=1.1 new.qcow2 1M", "-f qcow2 -o cluster_size=4k new.qcow2 1M",
+        "-f qcow2 -o cluster_size=2M new.qcow2 16M", "-f qcow2 -o cluster_size=512 new.qcow2 1M", "-f qcow2 -o cluster_size=1000 new.qcow2 1M",
+        "-f qcow2 -o refcount_bits=1 new.qcow2 1M", "-f qcow2 -o refcount_bits=64 new.qcow2 1M", "-f qcow2 -o refcount_bits=3 new.qcow2 1M",
+        "-f qcow2 -o lazy_refcounts=on new.qcow2 1M", "-f qcow2 -o extended_l2=on new.qcow2 1M", "-f qcow2 -o extended_l2=on,cluster_size=4k new.qcow2 1M",
+        "-f qcow2 -o compression_type=zstd new.qcow2 1M", "-f qcow2 -o preallocation=metadata new.qcow2 4M", "-f qcow2 -o preallocation=falloc new.qcow2 4M",
+        "-f qcow2 -o preallocation=full new.qcow2 4M", "-f qcow2 -o preallocation=bogus new.qcow2 4M", "-f qcow2 -b base.qcow2 -F qcow2 new.qcow2",
+        "-f qcow2 -b base.qcow2 -F qcow2 new.qcow2 32M", "-f qcow2 -u -b missing.qcow2 -F qcow2 new.qcow2 1M", "-f qcow2 -b missing.qcow2 -F qcow2 new.qcow2",
+        "-f qcow2 -b raw.img -F raw new.qcow2", "-f raw new.img 1M", "-f raw -o preallocation=full new.img 1M", "-f raw -o preallocation=falloc new.img 1M",
+        "-q -f qcow2 new.qcow2 1M", "-f qcow2 new.qcow2 1.5M", "-f qcow2 new.qcow2 0", "-f qcow2 new.qcow2 -1", "-f qcow2 new.qcow2 1x", "-f qcow2 new.qcow2",
+        "-f qcow2 base.qcow2 1M", "-f qcow2 -o size=2M new.qcow2", "-f qcow2 -o compat=0.10,lazy_refcounts=on new.qcow2 1M", "-f qcow2 -o compat=0.10,refcount_bits=8 new.qcow2 1M",
+        "-f qcow2 -o data_file=new.data new.qcow2 1M", "-f qcow2 -o data_file=new.data,data_file_raw=on new.qcow2 1M", "-f vmdk new.vmdk 1M", "-f bogus new.img 1M",
+    }.Select(a => $"create {a}");
+
+    private static IEnumerable<string> Convert =>
+        Qcow2.Append("raw.img").SelectMany(f => new[] { $"convert -O qcow2 {f} new.qcow2", $"convert -O raw {f} new.img" })
+            .Concat(new[]
+            {
+                "-c -O qcow2 base.qcow2 new.qcow2", "-c -O qcow2 -o compression_type=zstd top.qcow2 new.qcow2", "-O qcow2 -o compat=0.10 base.qcow2 new.qcow2",
+                "-O qcow2 -o cluster_size=4k top.qcow2 new.qcow2", "-f raw -O qcow2 raw.img new.qcow2", "-O qcow2 -o backing_file=base.qcow2,backing_fmt=qcow2 top.qcow2 new.qcow2",
+                "-q -O qcow2 base.qcow2 new.qcow2", "-O qcow2 missing.qcow2 new.qcow2", "-O qcow2 text.txt new.qcow2", "-O qcow2 empty.img new.qcow2",
+                "-O qcow2 base.qcow2 base.qcow2", "-O bogus base.qcow2 new.img", "-O qcow2 -o preallocation=metadata base.qcow2 new.qcow2", "-O qcow2 -o extended_l2=on top.qcow2 new.qcow2",
+                "-O qcow2 -o refcount_bits=1 base.qcow2 new.qcow2", "-O qcow2 -s s1 snap.qcow2 new.qcow2", "-O qcow2 -l s2 snap.qcow2 new.qcow2", "-O qcow2 -l snapshot.name=s1 snap.qcow2 new.qcow2",
+                "-n -O qcow2 base.qcow2 comp.qcow2", "-n -O raw base.qcow2 raw.img", "-n --target-is-zero -O raw raw.img new.img", "-O qcow2 -B base.qcow2 -F qcow2 top.qcow2 new.qcow2",
+                "-S 0 -O raw base.qcow2 new.img", "-S 64k -O qcow2 base.qcow2 new.qcow2", "-W -O qcow2 base.qcow2 new.qcow2", "-m 4 -O qcow2 base.qcow2 new.qcow2",
+                "-t none -T none -O qcow2 base.qcow2 new.qcow2", "-C -O qcow2 base.qcow2 new.qcow2", "-r 100M -O qcow2 base.qcow2 new.qcow2", "--salvage -O qcow2 base.qcow2 new.qcow2",
+                "-O qcow2 base.qcow2 raw.img new.qcow2",
+            }.Select(a => $"convert {a}"));
+
+    private static IEnumerable<string> Resize => new[]
+    {
+        "base.qcow2 32M", "base.qcow2 +1M", "base.qcow2 -1M", "--shrink base.qcow2 8M", "--shrink base.qcow2 -1M", "-f raw raw.img 32M", "-f raw --shrink raw.img 8M",
+        "snap.qcow2 32M", "--shrink snap.qcow2 8M", "bm.qcow2 +1M", "v2.qcow2 32M", "base.qcow2 1x", "base.qcow2 0", "missing.qcow2 1M", "-q base.qcow2 20M",
+        "--preallocation=full base.qcow2 20M", "--preallocation=metadata base.qcow2 20M", "--preallocation=falloc base.qcow2 20M", "top.qcow2 32M", "c4k.qcow2 17M",
+    }.Select(a => $"resize {a}");
+
+    private static IEnumerable<string> Amend => new[]
+    {
+        "-o compat=0.10 base.qcow2", "-o compat=1.1 v2.qcow2", "-o refcount_bits=64 base.qcow2", "-o refcount_bits=1 c4k.qcow2", "-o lazy_refcounts=on base.qcow2",
+        "-o size=32M base.qcow2", "-o size=8M base.qcow2", "-o cluster_size=4k base.qcow2", "-o compat=0.10 bm.qcow2", "-o compat=0.10 snap.qcow2", "-o compat=0.10 ext.qcow2",
+        "-f raw -o size=1M raw.img", "base.qcow2", "-o bogus=1 base.qcow2", "-o size=8M --force base.qcow2", "-o compat=0.10 top.qcow2",
+    }.Select(a => $"amend {a}");
+
+    private static IEnumerable<string> Commit => new[]
+    {
+        "top.qcow2", "-d top.qcow2", "base.qcow2", "-b base.qcow2 top.qcow2", "-q top.qcow2", "missing.qcow2", "-f qcow2 top.qcow2",
+    }.Select(a => $"commit {a}");
+
+    private static IEnumerable<string> Rebase => new[]
+    {
+        "-u -b '' top.qcow2", "-b '' top.qcow2", "-u -b raw.img -F raw top.qcow2", "-b comp.qcow2 -F qcow2 top.qcow2", "-b raw.img -F raw top.qcow2",
+        "-b missing.qcow2 -F qcow2 top.qcow2", "-u -b missing.qcow2 -F qcow2 top.qcow2", "-b base.qcow2 top.qcow2", "-b base.qcow2 -F qcow2 base.qcow2", "-q -b '' top.qcow2",
+    }.Select(a => $"rebase {a}");
+
+    private static IEnumerable<string> Bitmap => new[]
+    {
+        "--add bm.qcow2 new", "--remove bm.qcow2 a", "--clear bm.qcow2 a", "--enable bm.qcow2 d", "--merge a bm.qcow2 d", "--add base.qcow2 x", "--add v2.qcow2 x",
+    }.Select(a => $"bitmap {a}");
+}
