@@ -64,11 +64,12 @@ public class ArgumentSweepTests : TempDirectoryFixture
         var result = CliRunner.Run(args);
 
         var verb = args[0];
-        var line = result.Error.TrimEnd('\n');
+        // qemu-img's three-line warning about a format it had to guess may come first, as there.
+        var line = string.Join('\n', result.Error.TrimEnd('\n').Split('\n').SkipWhile(l => l.StartsWith("WARNING: Image format was not specified", StringComparison.Ordinal) || l.StartsWith("         ", StringComparison.Ordinal)));
         result.ShouldSatisfyAllConditions(
-            () => result.ExitCode.ShouldBe(verb == "compare" && !line.StartsWith("qcow2 compare:", StringComparison.Ordinal) ? 2 : 1), // a wrong command line is 1 even for compare
+            () => result.ExitCode.ShouldBe(verb == "compare" && !IsCommandLineError(line) ? 2 : 1), // a wrong command line is 1 even for compare
             () => result.Error.ShouldEndWith("\n"),
-            () => line.ShouldNotContain('\n', customMessage: "one line, not several"),
+            () => line.Split('\n').Length.ShouldBeLessThanOrEqualTo(3, "one line, or qemu-img's own continuation lines"),
             () => line.ShouldNotContain('\r'),
             () => line.ShouldStartWith("qcow2"),
             () => line.Length.ShouldBeGreaterThan("qcow2: ".Length),
@@ -77,7 +78,7 @@ public class ArgumentSweepTests : TempDirectoryFixture
             () => line.ShouldNotContain("System."),
             () => line.ShouldNotContain("internal error"),
             () => line.ShouldNotContain("(Parameter '"),
-            () => result.Output.ShouldBeEmpty(),
+            () => (result.Output.Length == 0 || (verb == "create" && result.Output.StartsWith("Formatting '", StringComparison.Ordinal))).ShouldBeTrue($"nothing on stdout but qemu-img's Formatting line: {result.Output}"),
             () => File.Exists(PathOf("new.qcow2")).ShouldBeFalse("a refused command leaves no output file"),
             () => before.ShouldAllBe(input => File.ReadAllBytes(PathOf(input.Key)).SequenceEqual(input.Value), "a refused command changes no input"));
     }
@@ -121,7 +122,12 @@ public class ArgumentSweepTests : TempDirectoryFixture
 
             foreach (var file in new[] { "{missing}", "{dir}", "{empty}", "{random}", "{truncated.qcow2}", "/dev/null", "{fifo}" })
             {
-                yield return Case(OnFile(verb, file));
+                // qemu-img resizes any regular file it probes as raw (with a warning), so resize a
+                // non-image only where it is no regular file.
+                if (verb != "resize" || file is not ("{empty}" or "{random}"))
+                {
+                    yield return Case(OnFile(verb, file));
+                }
             }
         }
 
@@ -131,6 +137,10 @@ public class ArgumentSweepTests : TempDirectoryFixture
             yield return Case("convert", "-O", "qcow2", "{a}", output);
         }
     }
+
+    /// <summary>What qemu-img reports for a wrong command line (exit 1 for every verb, compare included).</summary>
+    private static bool IsCommandLineError(string line) =>
+        line.StartsWith("qcow2 compare:", StringComparison.Ordinal) || line.StartsWith("qcow2: unrecognized option", StringComparison.Ordinal) || line.StartsWith("qcow2: missing argument", StringComparison.Ordinal);
 
     /// <summary>Arguments that make the verb succeed, so each case differs by its one malformed part.</summary>
     private static string[] WellFormedArguments(string verb) => verb switch

@@ -113,7 +113,7 @@ public class ReadingVerbTests : TempDirectoryFixture
         CliRunner.Run("frobnicate").ExitCode.ShouldBe(1);
         var usage = CliRunner.Run("info", "--output", "yaml", garbage);
         usage.ExitCode.ShouldBe(1);
-        usage.Error.ShouldBe("qcow2 info: --output must be used with human or json as argument.\n");
+        usage.Error.ShouldBe("qcow2: --output must be used with human or json as argument.\n");
         var missingArgument = CliRunner.Run("info");
         missingArgument.ExitCode.ShouldBe(1);
         missingArgument.Error.ShouldBe($"qcow2 info: missing arguments; usage: {InfoCommand.Usage}\n", "the usage once, on the one error line");

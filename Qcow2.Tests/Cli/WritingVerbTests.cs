@@ -68,7 +68,7 @@ public class WritingVerbTests : TempDirectoryFixture
 
         theirs.Error.ShouldBe("qemu-img: New image size must be positive\n");
         theirs.ExitCode.ShouldBe(1);
-        ours.Error.ShouldBe("qcow2 resize: New image size must be positive\n");
+        ours.Error.ShouldBe("qcow2: New image size must be positive\n");
         ours.ExitCode.ShouldBe(1);
         File.ReadAllBytes(path).ShouldBe(before);
     }

@@ -35,7 +35,17 @@ internal sealed class Amender(ImageSession session, WritableState writable, Gues
         {
             var header = image.Header.Header;
             var targetVersion = options.Version ?? header.Version;
-            RefuseWhatTheTargetCannotExpress(options, header, targetVersion, image.Bitmaps.Count);
+            RefuseWhatTheTargetCannotExpress(options, header, targetVersion);
+            if (targetVersion < 3)
+            {
+                // v2 has no bitmaps extension: the bitmaps go, and their clusters with them (qemu-img
+                // leaves those leaked and the stale extension warning at every open).
+                foreach (var bitmap in image.PersistentBitmaps)
+                {
+                    image.RemoveBitmap(bitmap.Name);
+                }
+            }
+
             if (header.Version < 3 && targetVersion >= 3)
             {
                 RunLocked(image, (amender, async, cancellationToken) => amender.UpgradeToV3Async(async, cancellationToken));
@@ -80,7 +90,7 @@ internal sealed class Amender(ImageSession session, WritableState writable, Gues
     }
 
     /// <summary>What version 2 cannot hold, refused before anything changes (qcow2_amend_options' checks).</summary>
-    private static void RefuseWhatTheTargetCannotExpress(Qcow2AmendOptions options, Qcow2Header header, int targetVersion, int bitmaps)
+    private static void RefuseWhatTheTargetCannotExpress(Qcow2AmendOptions options, Qcow2Header header, int targetVersion)
     {
         var targetBits = options.RefcountBits ?? (1 << header.RefcountOrder);
         var targetLazy = options.LazyRefcounts ?? (header.Compatible & CompatibleFeatures.LazyRefcounts) != 0;
@@ -97,11 +107,6 @@ internal sealed class Amender(ImageSession session, WritableState writable, Gues
         if (targetVersion < 3 && (header.Incompatible & ~IncompatibleFeatures.Dirty) != 0)
         {
             throw new NotSupportedException($"Cannot downgrade an image with incompatible features 0x{(ulong)(header.Incompatible & ~IncompatibleFeatures.Dirty):x} set");
-        }
-
-        if (targetVersion < 3 && bitmaps > 0)
-        {
-            throw new NotSupportedException("Cannot downgrade an image with persistent bitmaps (v2 has no bitmaps extension).");
         }
     }
 

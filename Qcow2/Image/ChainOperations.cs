@@ -47,7 +47,7 @@ internal sealed class ChainOperations(Qcow2Image image, ImageSession session)
 
     public async ValueTask CommitAsync(bool keepOverlay, Qcow2OpenOptions? backingOptions, IProgress<double>? progress, bool async, CancellationToken cancellationToken)
     {
-        var name = _metadata.Header.BackingFileName ?? throw new InvalidOperationException("The image has no backing file to commit into.");
+        var name = _metadata.Header.BackingFileName ?? throw new InvalidOperationException("Image does not have a backing file");
         var format = _metadata.Header.BackingFormat ?? _session.Backing?.Format;
 
         // Our read-only view of the backing file forbids writers, as QEMU's does; where QEMU

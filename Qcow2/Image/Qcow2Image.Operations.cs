@@ -102,7 +102,32 @@ public sealed partial class Qcow2Image
         SyncOver.Run(Guard(ResizeCoreAsync(newSize, allowShrink, async: false, CancellationToken.None)));
     }
 
-    /// <inheritdoc cref="Resize"/>
+    /// <summary>
+    /// Grows the disk and preallocates the new part (qemu-img resize --preallocation): metadata
+    /// gives each new cluster its entry and host cluster, falloc also reserves the disk space, full
+    /// writes zeros.
+    /// </summary>
+    /// <exception cref="InvalidOperationException">The new size is smaller (preallocation only grows).</exception>
+    public void Resize(long newSize, Preallocation preallocation)
+    {
+        ThrowIfDisposed();
+        if (preallocation == Preallocation.Off)
+        {
+            Resize(newSize);
+            return;
+        }
+
+        if (newSize < Size)
+        {
+            throw new InvalidOperationException("Preallocation can only be used for growing images");
+        }
+
+        var oldSize = Size;
+        SyncOver.Run(Guard(ResizeCoreAsync(newSize, allowShrink: false, async: false, CancellationToken.None)));
+        SyncOver.Run(Guard(Writes.Resizer.PreallocateAsync(preallocation, async: false, CancellationToken.None, from: oldSize)));
+    }
+
+    /// <inheritdoc cref="Resize(long, bool)"/>
     public ValueTask ResizeAsync(long newSize, bool allowShrink = false, CancellationToken cancellationToken = default)
     {
         ThrowIfDisposed();

@@ -206,7 +206,7 @@ public sealed class Qcow2Stream : Stream
     /// Does nothing when <paramref name="value"/> is the current <see cref="Length"/> (disk
     /// libraries call that); any other length is not supported.
     /// </summary>
-    /// <exception cref="NotSupportedException"><paramref name="value"/> is not the disk's size: resize with <see cref="Qcow2Image.Resize"/>.</exception>
+    /// <exception cref="NotSupportedException"><paramref name="value"/> is not the disk's size: resize with <see cref="Qcow2Image.Resize(long, bool)"/>.</exception>
     public override void SetLength(long value)
     {
         if (value != Length)

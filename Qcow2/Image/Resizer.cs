@@ -29,11 +29,9 @@ internal sealed class Resizer(ImageSession session, WritableState writable, Gues
             return;
         }
 
-        if (_metadata.Snapshots.Count > 0 && (_metadata.Header.Header.Version < 3 || newSize < oldSize))
+        if (_metadata.Snapshots.Count > 0 && _metadata.Header.Header.Version < 3)
         {
-            throw new InvalidOperationException(_metadata.Header.Header.Version < 3
-                ? "Can't resize a v2 image which has snapshots."
-                : "Can't shrink an image with internal snapshots.");
+            throw new InvalidOperationException("Can't resize a v2 image which has snapshots.");
         }
 
         if (newSize < oldSize && !allowShrink)
@@ -128,7 +126,11 @@ internal sealed class Resizer(ImageSession session, WritableState writable, Gues
     /// table first, then its data clusters as one contiguous run. With extended L2 the subclusters
     /// stay unallocated, as QEMU leaves them. Falloc reserves the data's disk space, full writes zeros.
     /// </summary>
-    public async ValueTask PreallocateAsync(Preallocation mode, bool async, CancellationToken cancellationToken)
+    /// <param name="mode">How far to go.</param>
+    /// <param name="async">Whether to run asynchronously.</param>
+    /// <param name="cancellationToken">Cancels at I/O boundaries.</param>
+    /// <param name="from">Guest offset the unallocated part starts at (a resize's old size): clusters wholly past it are preallocated.</param>
+    public async ValueTask PreallocateAsync(Preallocation mode, bool async, CancellationToken cancellationToken, long from = 0)
     {
         var geometry = _metadata.Geometry;
         var size = _metadata.Header.Header.Size;
@@ -137,9 +139,9 @@ internal sealed class Resizer(ImageSession session, WritableState writable, Gues
         using var locked = await _metadata.MetadataLock.AcquireAsync(async, cancellationToken).ConfigureAwait(false);
         var tables = _writable.Tables;
         var data = geometry.ExternalDataFile ? _session.GuestDataFile : _metadata.File;
-        for (long first = 0; first < clusters; first += geometry.L2Entries)
+        for (long first = geometry.ClustersFor(from); first < clusters;)
         {
-            var count = (int)Math.Min(geometry.L2Entries, clusters - first);
+            var count = (int)(Math.Min(((first / geometry.L2Entries) + 1) * geometry.L2Entries, clusters) - first); // up to the end of this L2 table
             var guest = first << geometry.ClusterBits;
             using var table = await tables.GetWritableAsync(guest, async, cancellationToken).ConfigureAwait(false);
             var host = geometry.ExternalDataFile
@@ -174,6 +176,8 @@ internal sealed class Resizer(ImageSession session, WritableState writable, Gues
                 var offset = (first + i) << geometry.ClusterBits;
                 tables.SetEntry(table, offset, L2Entry.Normal(host + ((long)i << geometry.ClusterBits), copied: true), default);
             }
+
+            first += count;
         }
 
         await _writable.FlushAsync(async, cancellationToken).ConfigureAwait(false);

@@ -4,12 +4,17 @@ namespace QcowDedup.Cli;
 internal sealed class UsageException(string message) : Exception(message);
 
 /// <summary>
-/// A wrong argument qemu-img reports in its own words, possibly over several lines; reported the
-/// same way ("qcow2: " before each line) with exit code 1, so a script sees the same stderr.
+/// A wrong argument qemu-img reports in its own words, reported the same way: "qcow2: " and the
+/// message, exit code 1. A message of several lines carries its own prefixes where qemu-img's
+/// lines have them (error_report) and none where they do not (error_printf), so stderr is the same.
 /// </summary>
-internal sealed class QemuArgumentError(params string[] lines) : Exception(string.Join(' ', lines))
+internal sealed class QemuArgumentError(string message, int exitCode = 1) : Exception(message)
 {
-    public IReadOnlyList<string> Lines { get; } = lines;
+    /// <summary>qemu-img's exit code for it: 1, but 2 where compare reports it as a failure to compare.</summary>
+    public int ExitCode { get; } = exitCode;
+
+    /// <summary>qemu-img's two lines for an option it does not know or a value it lacks.</summary>
+    public static QemuArgumentError WithHelpHint(string message) => new($"{message}\nTry 'qcow2 --help' for more information");
 }
 
 /// <summary>
@@ -51,7 +56,7 @@ internal sealed class CommandLine
                 var name = equals < 0 ? arg : arg[..equals];
                 if (valued.Contains(name))
                 {
-                    var value = equals >= 0 ? arg[(equals + 1)..] : (++i < args.Count ? args[i] : throw new UsageException($"option '{name}' needs a value"));
+                    var value = equals >= 0 ? arg[(equals + 1)..] : (++i < args.Count ? args[i] : throw QemuArgumentError.WithHelpHint($"missing argument for option '{arg}'"));
                     result.Add(name, value);
                 }
                 else if (flags.Contains(name) && equals < 0)
@@ -60,7 +65,7 @@ internal sealed class CommandLine
                 }
                 else
                 {
-                    throw new UsageException($"unknown option '{arg}'");
+                    throw QemuArgumentError.WithHelpHint($"unrecognized option '{arg}'");
                 }
             }
             else if (arg.Length > 1 && arg[0] == '-')
@@ -70,14 +75,14 @@ internal sealed class CommandLine
                     var name = "-" + arg[j];
                     if (valued.Contains(name))
                     {
-                        var value = j + 1 < arg.Length ? arg[(j + 1)..] : (++i < args.Count ? args[i] : throw new UsageException($"option '{name}' needs a value"));
+                        var value = j + 1 < arg.Length ? arg[(j + 1)..] : (++i < args.Count ? args[i] : throw QemuArgumentError.WithHelpHint($"missing argument for option '{name}'"));
                         result.Add(name, value);
                         break;
                     }
 
                     if (!flags.Contains(name))
                     {
-                        throw new UsageException($"unknown option '{name}'");
+                        throw QemuArgumentError.WithHelpHint($"unrecognized option '{arg}'");
                     }
 
                     result.AddFlag(name);

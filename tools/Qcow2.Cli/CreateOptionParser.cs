@@ -127,43 +127,44 @@ internal sealed class CreateOptionParser
         };
     }
 
-    /// <summary>qemu-img's "Formatting …" line.</summary>
-    public static string Describe(string path, Qcow2CreateOptions options, long size, bool compatGiven)
+    /// <summary>
+    /// qemu-img's "Formatting …" line: the options in its order, each as given (sizes and numbers as
+    /// numbers, on/off as on/off), defaults filled in, optional ones only when given.
+    /// </summary>
+    public string Describe(string path, long size, string? backingFile, string? backingFormat)
     {
         var parts = new List<string>
         {
-            $"fmt=qcow2 cluster_size={options.ClusterSize}",
-            $"extended_l2={OnOff(options.ExtendedL2)}",
+            "fmt=qcow2",
+            $"cluster_size={SizeOr("cluster_size", 65536)}",
+            $"extended_l2={OnOff(Flag("extended_l2"))}",
         };
-        if (options.Preallocation != Preallocation.Off)
+        if (this["preallocation"] is { } preallocation)
         {
-            parts.Add($"preallocation={options.Preallocation.ToString().ToLowerInvariant()}");
+            parts.Add($"preallocation={preallocation}");
         }
 
-        parts.Add($"compression_type={(options.CompressionType == CompressionType.Zstd ? "zstd" : "zlib")}");
+        parts.Add($"compression_type={this["compression_type"] ?? "zlib"}");
         parts.Add($"size={size}");
-        if (options.BackingFile is { } backing)
+        AddIfGiven("compat", this["compat"]);
+        AddIfGiven("backing_file", backingFile ?? this["backing_file"]);
+        AddIfGiven("backing_fmt", backingFormat ?? this["backing_fmt"]);
+        AddIfGiven("data_file", this["data_file"]);
+        AddIfGiven("data_file_raw", this["data_file_raw"] is null ? null : OnOff(Flag("data_file_raw")));
+        parts.Add($"lazy_refcounts={OnOff(Flag("lazy_refcounts"))}");
+        parts.Add($"refcount_bits={this["refcount_bits"] ?? "16"}");
+        return $"Formatting '{path}', {string.Join(' ', parts)}";
+
+        void AddIfGiven(string key, string? value)
         {
-            parts.Add($"backing_file={backing}");
-            if (options.BackingFormat is { } format)
+            if (value is not null)
             {
-                parts.Add($"backing_fmt={format}");
+                parts.Add($"{key}={value}");
             }
         }
-
-        if (options.DataFile is { } data)
-        {
-            parts.Add($"data_file={data} data_file_raw={OnOff(options.DataFileRaw)}");
-        }
-
-        if (compatGiven)
-        {
-            parts.Add($"compat={(options.Version == 2 ? "0.10" : "1.1")}");
-        }
-
-        parts.Add($"lazy_refcounts={OnOff(options.LazyRefcounts)} refcount_bits={options.RefcountBits}");
-        return $"Formatting '{path}', {string.Join(' ', parts)}";
     }
+
+    private long SizeOr(string key, long fallback) => this[key] is { } text && Sizes.TryParse(text, out var bytes) == SizeSyntax.Valid ? bytes : fallback;
 
     /// <summary>A whole-number option, or null when absent.</summary>
     public int? Int(string key) => this[key] is { } text ? Qcow2OptionValues.Number(key, text) : null;

@@ -32,6 +32,11 @@ internal static class Disks
             return ForeignDisks.Open(path, format);
         }
 
+        if (format == "qcow2" && DiskSource.ProbeFormat(path) != "qcow2")
+        {
+            throw new IOException($"Could not open '{path}': Image is not in qcow2 format");
+        }
+
         return format is "qcow2" or "raw"
             ? DiskSource.Open(path, format, options)
             : throw new UsageException($"unknown or unsupported format '{format}' (use {FormatList})");

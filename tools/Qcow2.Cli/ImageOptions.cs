@@ -22,6 +22,33 @@ internal static class ImageOptions
             BackingPolicy = Policy(line.Value(BackingPolicyOption), imagePath),
         };
 
+    /// <summary>qemu's cache modes (bdrv_parse_cache_mode); the library keeps its own flush order whichever is named.</summary>
+    public static readonly string[] CacheModes = ["none", "off", "writeback", "writethrough", "directsync", "unsafe"];
+
+    /// <summary>Refuses a -t (target) or -T (source) cache mode qemu-img would not know, in its words.</summary>
+    /// <param name="line">The command line.</param>
+    /// <param name="exitCode">qemu-img's exit code for the refusal (compare: 2).</param>
+    public static void CheckCacheModes(CommandLine line, int exitCode = 1)
+    {
+        if (line.Value("-t") is { } cache && !CacheModes.Contains(cache))
+        {
+            throw new QemuArgumentError($"Invalid cache option: {cache}", exitCode);
+        }
+
+        if (line.Value("-T") is { } sourceCache && !CacheModes.Contains(sourceCache))
+        {
+            throw new QemuArgumentError($"Invalid source cache option: {sourceCache}", exitCode);
+        }
+    }
+
+    /// <summary>qemu-img's warning when it opens for writing a file whose format it had to guess as raw.</summary>
+    public static void WarnProbedRaw(string path)
+    {
+        Console.Error.WriteLine($"WARNING: Image format was not specified for '{path}' and probing guessed raw.");
+        Console.Error.WriteLine("         Automatically detecting the format is dangerous for raw images, write operations on block 0 will be restricted.");
+        Console.Error.WriteLine("         Specify the 'raw' format explicitly to remove the restrictions.");
+    }
+
     /// <summary>Whether -U or --force-share was given.</summary>
     public static bool ForceShare(CommandLine line) => ForceShareFlags.Any(line.Has);
 

@@ -48,7 +48,7 @@ internal static class Program
         }
         catch (QemuArgumentError error)
         {
-            return Fail(string.Join('\n', error.Lines.Select(l => $"qcow2: {l}")), 1);
+            return Fail($"qcow2: {error.Message}", error.ExitCode);
         }
         catch (UsageException error)
         {

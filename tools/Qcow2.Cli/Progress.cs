@@ -4,6 +4,28 @@ namespace QcowDedup.Cli;
 /// qemu-img's -p progress line, "    (12.34/100%)" rewritten in place with a carriage return.
 /// Shown only on a terminal: redirected output stays clean for scripts.
 /// </summary>
+/// <summary>
+/// Passes progress on as it is reported (on the copying thread), and holds that thread back when
+/// the work runs ahead of a byte rate (qemu-img commit -r): fraction × total bytes per second.
+/// </summary>
+internal sealed class RateLimitedProgress(IProgress<double> inner, long bytesPerSecond, long totalBytes) : IProgress<double>
+{
+    private readonly System.Diagnostics.Stopwatch _clock = System.Diagnostics.Stopwatch.StartNew();
+
+    public void Report(double value)
+    {
+        inner.Report(value);
+        if (bytesPerSecond > 0)
+        {
+            var ahead = TimeSpan.FromSeconds(value * totalBytes / bytesPerSecond) - _clock.Elapsed;
+            if (ahead > TimeSpan.Zero)
+            {
+                Thread.Sleep(ahead);
+            }
+        }
+    }
+}
+
 internal sealed class Progress : IProgress<double>
 {
     private readonly bool _enabled;

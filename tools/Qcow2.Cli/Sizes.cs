@@ -65,8 +65,8 @@ internal static class Sizes
     public static long ParseImageSize(string text) => TryParse(text, out var bytes) switch
     {
         SizeSyntax.Valid => bytes,
-        SizeSyntax.TooLarge => throw new UsageException($"Invalid image size specified. Must be between 0 and {long.MaxValue}."),
-        _ => throw new UsageException("Invalid image size specified. You may use k, M, G, T, P or E suffixes for kilobytes, megabytes, gigabytes, terabytes, petabytes and exabytes."),
+        SizeSyntax.TooLarge => throw new QemuArgumentError($"Invalid image size specified. Must be between 0 and {long.MaxValue}."),
+        _ => throw new QemuArgumentError("Invalid image size specified. You may use k, M, G, T, P or E suffixes for\nqcow2: kilobytes, megabytes, gigabytes, terabytes, petabytes and exabytes."),
     };
 
     /// <summary>
@@ -77,15 +77,15 @@ internal static class Sizes
     {
         SizeSyntax.Valid when bytes <= max => bytes,
         SizeSyntax.Valid or SizeSyntax.TooLarge => throw new QemuArgumentError($"Invalid {name} specified. Must be between 0 and {max}."),
-        _ => throw new QemuArgumentError($"Invalid {name} specified. You may use k, M, G, T, P or E suffixes for", "kilobytes, megabytes, gigabytes, terabytes, petabytes and exabytes."),
+        _ => throw new QemuArgumentError($"Invalid {name} specified. You may use k, M, G, T, P or E suffixes for\nqcow2: kilobytes, megabytes, gigabytes, terabytes, petabytes and exabytes."),
     };
 
     /// <summary>A size-valued option (-o size=…, -o cluster_size=…, resize's SIZE) with QEMU's option wording.</summary>
     public static long ParseParameter(string name, string text) => TryParse(text, out var bytes) switch
     {
         SizeSyntax.Valid => bytes,
-        SizeSyntax.TooLarge => throw new UsageException($"Value '{text}' is out of range for parameter '{name}'"),
-        _ => throw new UsageException($"Parameter '{name}' expects a non-negative number below 2^64 with an optional k, M, G, T, P or E suffix"),
+        SizeSyntax.TooLarge => throw new QemuArgumentError($"Value '{text}' is out of range for parameter '{name}'"),
+        _ => throw new QemuArgumentError($"Parameter '{name}' expects a non-negative number below 2^64\nOptional suffix k, M, G, T, P or E means kilo-, mega-, giga-, tera-, peta-\nand exabytes, respectively."),
     };
 
     /// <summary>qemu's size_to_str: three significant digits and a binary unit ("3 MiB", "324 KiB").</summary>

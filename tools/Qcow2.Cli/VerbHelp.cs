@@ -34,12 +34,13 @@ internal static class VerbHelp
             ("--salvage", "copy unreadable 512-byte sectors of SRC as zeros, with a warning each, instead of failing"),
             ("--bitmaps", "copy the persistent dirty bitmaps too (qcow2 to qcow2 v3)"), ("--skip-broken-bitmaps", "with --bitmaps: leave out inconsistent bitmaps instead of failing"), Progress, Quiet, ForceShare, BackingPolicy]),
         ["compare"] = ("Compares two disks' contents; exit 0 identical, 1 different, 2 error. A shorter disk compares as zeros past its end.", [
-            ("-f FMT", "format of the first disk (default: probed)"), ("-F FMT", "format of the second disk (default: probed)"), ("-s", "strict: different sizes or allocation count as different"), Progress, ForceShare, BackingPolicy]),
+            ("-f FMT", "format of the first disk (default: probed)"), ("-F FMT", "format of the second disk (default: probed)"), ("-s", "strict: different sizes or allocation count as different"), ("-T SRC_CACHE", "cache mode, checked as qemu-img checks it"), Progress, ForceShare, BackingPolicy]),
         ["create"] = ("Creates a qcow2 image (SIZE may be taken from the backing file).", [
             ("-f qcow2", "format (qcow2; the default here, unlike qemu-img)"), ("-o OPTIONS", "compat, cluster_size, refcount_bits, lazy_refcounts, extended_l2, compression_type, preallocation, data_file, data_file_raw, dedup=on and dedup_*; -o help lists them"),
             ("-b BACKING", "backing file (with -F, as qemu-img 7.2 requires)"), ("-F FMT", "backing file format"), ("-u", "do not open the backing file (its size must then be given)"), Quiet]),
-        ["resize"] = ("Changes the virtual size: SIZE, +SIZE or -SIZE.", [
-            ("--shrink", "allow making the image smaller (data past the new end is lost)"), ("-f qcow2", "format"), Quiet]),
+        ["resize"] = ("Changes the virtual size of a qcow2 image or raw file: SIZE, +SIZE or -SIZE.", [
+            ("--shrink", "allow making the image smaller (data past the new end is lost)"), ("--preallocation=off|metadata|falloc|full", "allocate the new part (growing only; raw takes falloc and full)"),
+            ("-f qcow2|raw", "format (default: probed)"), Quiet]),
         ["measure"] = ("Says how large a new or converted image needs to be (required and fully allocated), as qemu-img measure.", [
             Output, InputFormat, ("-O raw|qcow2", "output format to measure for (default raw)"), ("-o OPTIONS", "output creation options"), ("--size SIZE", "measure a new empty image of SIZE instead of SRC"), ForceShare]),
         ["io"] = ("Runs qemu-io style commands on an image: write, read (with pattern check), discard, flush.", [
@@ -49,11 +50,11 @@ internal static class VerbHelp
         ["snapshot"] = ("Lists, creates, applies or deletes internal snapshots.", [
             ("-l", "list snapshots"), ("-c NAME", "create a snapshot"), ("-a NAME", "apply (revert to) a snapshot, by id or else by name"), ("-d NAME", "delete a snapshot, by name"), ("-f qcow2", "format"), Quiet, ForceShare, BackingPolicy]),
         ["commit"] = ("Writes an overlay's data into its backing file, then empties the overlay.", [
-            ("-b BASE", "the file to commit into (the direct backing file)"), ("-d", "keep the overlay's data (do not empty it)"), ("-f qcow2", "format"), Progress, Quiet, BackingPolicy]),
+            ("-b BASE", "the file to commit into (the direct backing file)"), ("-d", "keep the overlay's data (do not empty it)"), ("-r RATE", "at most RATE bytes per second"), ("-t CACHE", "cache mode, checked as qemu-img checks it"), ("-f qcow2", "format"), Progress, Quiet, BackingPolicy]),
         ["rebase"] = ("Changes an image's backing file; safe mode copies what the old and new backing files disagree on.", [
-            ("-b BACKING", "the new backing file (\"\" removes it)"), ("-F FMT", "the new backing file's format"), ("-u", "unsafe: only rewrite the name"), ("-f qcow2", "format"), Progress, Quiet, BackingPolicy]),
+            ("-b BACKING", "the new backing file (\"\" removes it)"), ("-F FMT", "the new backing file's format"), ("-u", "unsafe: only rewrite the name"), ("-t CACHE", "cache mode of FILE, checked as qemu-img checks it"), ("-T SRC_CACHE", "cache mode of the backing files, likewise"), ("-f qcow2", "format"), Progress, Quiet, ForceShare, BackingPolicy]),
         ["amend"] = ("Changes format options of an existing image in place.", [
-            ("-o OPTIONS", "compat=0.10|1.1, refcount_bits=N, lazy_refcounts=on|off, size=SIZE"), ("-f qcow2", "format"), Progress, Quiet]),
+            ("-o OPTIONS", "compat=0.10|1.1, refcount_bits=N, lazy_refcounts=on|off, size=SIZE"), ("-f qcow2", "format"), ("--force", "accepted, as qemu-img takes it (no amendment here needs forcing)"), Progress, Quiet]),
         ["bench"] = ("Measures request throughput through the library, with qemu-img bench's requests and output.", [
             ("-c COUNT", "number of requests"), ("-d DEPTH", "requests in flight"), ("-s BUFFER_SIZE", "request size"), ("-S STEP_SIZE", "offset step between requests"), ("-o OFFSET", "first offset"),
             ("-w", "write instead of read"), ("--pattern=PATTERN", "byte written with -w"), ("-t CACHE", "cache mode (accepted as qemu-img does)"), ("-f qcow2", "format"), Quiet, ForceShare]),

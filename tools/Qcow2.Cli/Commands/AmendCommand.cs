@@ -5,7 +5,7 @@ namespace QcowDedup.Cli.Commands;
 /// <summary>qcow2 amend [-f qcow2] [-q] -o OPTIONS FILE — change format options in place, as qemu-img amend.</summary>
 internal static class AmendCommand
 {
-    public const string Usage = "qcow2 amend [-f qcow2] [-p] [-q] -o compat=0.10|1.1,refcount_bits=N,lazy_refcounts=on|off,size=SIZE FILE";
+    public const string Usage = "qcow2 amend [-f qcow2] [-p] [-q] [--force] -o compat=0.10|1.1,refcount_bits=N,lazy_refcounts=on|off,size=SIZE FILE";
 
     private static readonly string[] Amendable = ["compat", "refcount_bits", "lazy_refcounts", "size"];
 
@@ -14,11 +14,22 @@ internal static class AmendCommand
 
     public static int Run(IReadOnlyList<string> args)
     {
-        var line = CommandLine.Parse(args, ["-f", "-o"], ["-p", "-q"]);
-        line.ExpectPositionals(1, 1, Usage);
-        if (line.Value("-f") is { } format && format != "qcow2")
+        var line = CommandLine.Parse(args, ["-f", "-o"], ["-p", "-q", "--force"]);
+        if (line.Values("-o").Count == 0)
         {
-            throw new UsageException($"only qcow2 images can be amended, not '{format}'");
+            throw QemuArgumentError.WithHelpHint("Must specify options (-o)");
+        }
+
+        line.ExpectPositionals(1, 1, Usage);
+        FileArguments.CheckInput(line.Positionals[0]);
+        if ((line.Value("-f") ?? DiskSource.ProbeFormat(line.Positionals[0])) is var format && format != "qcow2")
+        {
+            if (line.Value("-f") is null && format == "raw")
+            {
+                ImageOptions.WarnProbedRaw(line.Positionals[0]);
+            }
+
+            throw new QemuArgumentError($"Format driver '{format}' does not support option amendment");
         }
 
         var values = Parse(line.Values("-o"));
@@ -28,8 +39,8 @@ internal static class AmendCommand
             RefcountBits = values.GetValueOrDefault("refcount_bits") is { } bits ? Qcow2OptionValues.RefcountBits(bits) : null,
             LazyRefcounts = values.GetValueOrDefault("lazy_refcounts") is { } lazy ? Qcow2OptionValues.OnOff("lazy_refcounts", lazy) : null,
             Size = values.GetValueOrDefault("size") is { } size ? Sizes.ParseParameter("size", size) : null,
+            AllowShrink = true, // qemu-img amend -o size= shrinks without asking (resize is the verb that asks)
         };
-        FileArguments.CheckInput(line.Positionals[0]);
         Qcow2Image.Amend(line.Positionals[0], options, () => ImageOptions.For(line, line.Positionals[0], writable: true));
         return 0;
     }
@@ -48,17 +59,17 @@ internal static class AmendCommand
 
             if (CreateOnly.Contains(key))
             {
-                throw new UsageException($"Invalid parameter '{key}'. This option is only supported for image creation");
+                throw new QemuArgumentError($"Invalid parameter '{key}'\nThis option is only supported for image creation");
             }
 
             if (!Amendable.Contains(key))
             {
-                throw new UsageException($"Invalid parameter '{key}'");
+                throw new QemuArgumentError($"Invalid parameter '{key}'");
             }
 
             values[key] = equals < 0 ? "on" : pair[(equals + 1)..];
         }
 
-        return values.Count > 0 ? values : throw new UsageException("Must specify options (-o)");
+        return values.Count > 0 ? values : throw QemuArgumentError.WithHelpHint("Must specify options (-o)");
     }
 }

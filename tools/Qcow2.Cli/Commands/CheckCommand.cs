@@ -20,12 +20,13 @@ internal static class CheckCommand
     public static int Run(IReadOnlyList<string> args)
     {
         var line = CommandLine.Parse(args, ["-f", "--format", "-r", "--repair", "--output", "-T"], ["-q", "-p", "-U", "--force-share"]);
+        ImageOptions.CheckCacheModes(line);
         var repair = line.Value("-r", "--repair") switch
         {
             null => CheckRepair.None,
             "leaks" => CheckRepair.Leaks,
             "all" => CheckRepair.All,
-            var other => throw new UsageException($"Unknown option value for -r (expecting 'leaks' or 'all'): {other}"),
+            var other => throw QemuArgumentError.WithHelpHint($"Unknown option value for -r (expecting 'leaks' or 'all'): {other}"),
         };
         if (line.Positionals.Count != 1)
         {

@@ -5,11 +5,13 @@ namespace QcowDedup.Cli.Commands;
 /// <summary>qcow2 commit [-f qcow2] [-d] [-p] [-q] FILE — write an overlay into its backing file, as qemu-img commit.</summary>
 internal static class CommitCommand
 {
-    public const string Usage = "qcow2 commit [-f qcow2] [-b BASE] [-d] [-p] [-q] FILE";
+    public const string Usage = "qcow2 commit [-f qcow2] [-t CACHE] [-b BASE] [-d] [-r RATE] [-p] [-q] FILE";
 
     public static int Run(IReadOnlyList<string> args)
     {
-        var line = CommandLine.Parse(args, ["-f", "-b"], ["-d", "-p", "-q"]);
+        var line = CommandLine.Parse(args, ["-f", "-b", "-t", "-r"], ["-d", "-p", "-q"]);
+        ImageOptions.CheckCacheModes(line);
+        var rate = line.Value("-r") is { } rateText ? Sizes.Cvtnum("rate limit", rateText) : 0;
         line.ExpectPositionals(1, 1, Usage);
         if (line.Value("-f") is { } format && format != "qcow2")
         {
@@ -24,7 +26,7 @@ internal static class CommitCommand
         }
 
         var progress = new Progress(line.Has("-p") && !line.Has("-q"));
-        image.Commit(keepOverlay: line.Has("-d"), ImageOptions.For(line, path, writable: true), new Progress<double>(progress.Report));
+        image.Commit(keepOverlay: line.Has("-d"), ImageOptions.For(line, path, writable: true), new RateLimitedProgress(progress, rate, image.Size));
         progress.Finish();
         if (!line.Has("-q"))
         {

@@ -8,11 +8,12 @@ namespace QcowDedup.Cli.Commands;
 /// </summary>
 internal static class CompareCommand
 {
-    public const string Usage = "qcow2 compare [-f FMT] [-F FMT] [-s] [-p] A B";
+    public const string Usage = "qcow2 compare [-f FMT] [-F FMT] [-T SRC_CACHE] [-s] [-p] A B";
 
     public static int Run(IReadOnlyList<string> args)
     {
-        var line = CommandLine.Parse(args, ["-f", "-F"], ["-s", "-p", "-q", "-U", "--force-share"]);
+        var line = CommandLine.Parse(args, ["-f", "-F", "-T"], ["-s", "-p", "-q", "-U", "--force-share"]);
+        ImageOptions.CheckCacheModes(line, exitCode: 2);
         line.ExpectPositionals(2, 2, Usage);
         using var first = Disks.Open(line.Positionals[0], line.Value("-f"), ImageOptions.For(line, line.Positionals[0]));
         using var second = Disks.Open(line.Positionals[1], line.Value("-F"), ImageOptions.For(line, line.Positionals[1]));

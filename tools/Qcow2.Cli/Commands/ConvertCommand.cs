@@ -10,8 +10,6 @@ internal static class ConvertCommand
 {
     public const string Usage = "qcow2 convert [-f FMT] [-O qcow2|raw|vmdk|vhdx|vpc|vdi] [-c] [-o OPTIONS] [-B BACKING [-F BACKING_FMT]] [-l SNAPSHOT] [-n [--target-is-zero]] [-S SPARSE] [-m N] [-W] [-C] [-r RATE] [-t CACHE] [-T SRC_CACHE] [--salvage] [--bitmaps [--skip-broken-bitmaps]] [-p] [-q] SRC [SRC...] DST";
 
-    private static readonly string[] CacheModes = ["none", "off", "writeback", "writethrough", "directsync", "unsafe"];
-
     public static int Run(IReadOnlyList<string> args)
     {
         var line = CommandLine.Parse(args, ["-f", "-O", "-o", "-B", "-F", "-l", "-S", "-m", "-r", "-t", "-T"],
@@ -91,15 +89,7 @@ internal static class ConvertCommand
         }
 
         var rate = line.Value("-r") is { } rateText ? Sizes.Cvtnum("rate limit", rateText) : (long?)null;
-        if (line.Value("-t") is { } cache && !CacheModes.Contains(cache))
-        {
-            throw new QemuArgumentError($"Invalid cache option: {cache}");
-        }
-
-        if (line.Value("-T") is { } sourceCache && !CacheModes.Contains(sourceCache))
-        {
-            throw new QemuArgumentError($"Invalid source cache option: {sourceCache}");
-        }
+        ImageOptions.CheckCacheModes(line);
 
         return new ImageCopyOptions
         {

@@ -383,7 +383,7 @@ internal static class OutputMode
     {
         null or "human" => false,
         "json" => true,
-        _ => throw new UsageException("--output must be used with human or json as argument."),
+        _ => throw new QemuArgumentError("--output must be used with human or json as argument."),
     };
 }
 

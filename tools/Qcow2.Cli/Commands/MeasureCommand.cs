@@ -74,7 +74,7 @@ internal static class MeasureCommand
         if (size > LargestWholeSectors)
         {
             // qemu-img prints 2^63 here, which no long holds; refuse rather than print a negative size.
-            throw new UsageException($"Invalid image size specified. Must be between 0 and {LargestWholeSectors}.");
+            throw new QemuArgumentError($"Invalid image size specified. Must be between 0 and {LargestWholeSectors}.");
         }
 
         var bytes = source?.Size ?? ((size + 511) / 512 * 512);
