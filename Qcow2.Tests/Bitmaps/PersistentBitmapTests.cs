@@ -190,6 +190,32 @@ public class PersistentBitmapTests : TempDirectoryFixture
         Qemu.DirtyRanges(path, "backup-1").ShouldBe([(3L << 20, 65536L), (5L << 20, 65536L)]);
     }
 
+    [Test]
+    public void A_hostile_bitmap_directory_is_refused_for_writing_and_still_read()
+    {
+        var path = PathOf("dupes.qcow2");
+        Qemu.Img("create", "-q", "-f", "qcow2", path, "16M");
+        Qemu.Img("bitmap", "--add", path, "a");
+        Qemu.Img("bitmap", "--add", path, "b");
+        long nameOffset;
+        using (var image = Qcow2Image.Open(path))
+        {
+            nameOffset = image.Header.Bitmaps!.DirectoryOffset + image.Bitmaps[0].StoredLength + 24;
+        }
+
+        using (var file = File.OpenWrite(path))
+        {
+            file.Position = nameOffset;
+            file.WriteByte((byte)'a'); // two bitmaps named "a": QEMU cannot load them either
+        }
+
+        var before = File.ReadAllBytes(path);
+        Should.Throw<InvalidDataException>(() => Qcow2Image.Open(path, new Qcow2OpenOptions { Writable = true })).Message.ShouldContain("two bitmaps are named 'a'");
+        File.ReadAllBytes(path).ShouldBe(before, "a refused open writes nothing");
+        using var readOnly = Qcow2Image.Open(path);
+        readOnly.PersistentBitmaps.Select(b => b.Name).ShouldBe(["a", "a"]);
+    }
+
     /// <summary>A qemu-img-made image with three bitmaps: enabled at two granularities, and one disabled.</summary>
     private string Twin(string name, int clusterSize)
     {

@@ -162,7 +162,7 @@ public sealed class CheckCommandTests : TempDirectoryFixture
         repaired.ExitCode.ShouldBe(0, repaired.Error);
         repaired.Output.ShouldContain("    1 leaked clusters");
         Qemu.AssertClean(image);
-        CliRunner.Run("info", image).Output.ShouldContain("state: active");
+        CliRunner.Run("info", image).Output.ShouldContain("Deduplication: on\n");
         Qemu.Io(image, "read -P 0x5a 0 64k", "read -P 0x5a 128k 64k", "read -P 0x5a 1M 64k");
     }
 

@@ -115,4 +115,38 @@ public class ExitCodeParityTests : TempDirectoryFixture
         ours.ExitCode.ShouldBe(0, ours.Error);
         ours.Output.ShouldBe(qemu.Output); // actual-size / disk size are the allocated blocks; JSON carries dirty-flag
     }
+
+    [TestCase("convert", "-p", "-O", "qcow2", "{a}", "{out}")]
+    [TestCase("commit", "-p", "{top}")]
+    [TestCase("rebase", "-p", "-b", "", "{top}")]
+    public void Progress_goes_to_a_pipe_in_qemu_img_s_form(params string[] template)
+    {
+        Qemu.Img("create", "-q", "-f", "qcow2", PathOf("a.qcow2"), "8M");
+        Qemu.Io(PathOf("a.qcow2"), "write -P 1 0 3M");
+        foreach (var side in new[] { "qemu", "ours" })
+        {
+            Qemu.Img("create", "-q", "-f", "qcow2", "-b", PathOf("a.qcow2"), "-F", "qcow2", PathOf($"{side}-top.qcow2"));
+            Qemu.Io(PathOf($"{side}-top.qcow2"), "write -P 2 1M 2M");
+        }
+
+        string[] Args(string side) => [.. template.Select(a => a switch
+        {
+            "{a}" => PathOf("a.qcow2"),
+            "{out}" => PathOf($"{side}.qcow2"),
+            "{top}" => PathOf($"{side}-top.qcow2"),
+            _ => a,
+        })];
+        var qemu = Qemu.ImgResult(Args("qemu"));
+        var ours = CliRunner.Run(Args("ours"));
+        foreach (var (who, output) in new[] { ("qemu-img", qemu.Output), ("qcow2", ours.Output) })
+        {
+            var progress = output.Replace("Image committed.\n", string.Empty, StringComparison.Ordinal);
+            System.Text.RegularExpressions.Regex.IsMatch(progress, @"\A(    \(\d{1,3}\.\d\d/100%\)\r)+\n\z").ShouldBeTrue($"{who}: {output}");
+            progress.ShouldStartWith("    (0.00/100%)\r", customMessage: who);
+            progress.ShouldEndWith("    (100.00/100%)\r\n", customMessage: who);
+        }
+
+        ours.ExitCode.ShouldBe(qemu.ExitCode);
+        ours.Output.Contains("Image committed.", StringComparison.Ordinal).ShouldBe(qemu.Output.Contains("Image committed.", StringComparison.Ordinal));
+    }
 }

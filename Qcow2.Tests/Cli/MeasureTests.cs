@@ -162,7 +162,7 @@ public class MeasureTests : TempDirectoryFixture
     [TestCase("'vmdk'", "-O", "vmdk", "--size", "1G")]
     [TestCase("Either --size N or one filename", "-O", "qcow2")]
     [TestCase("--output must be used with human or json as argument.", "--output=xml", "--size", "1G")]
-    [TestCase("-f and -l require a filename argument.", "-f", "qcow2", "-O", "qcow2", "--size", "1G")]
+    [TestCase("--image-opts, -f, and -l require a filename argument.", "-f", "qcow2", "-O", "qcow2", "--size", "1G")]
     public void Bad_input_fails_like_qemu_img_with_a_message_naming_the_problem(string message, params string[] args)
     {
         var qemu = Qemu.ImgResult(["measure", .. args]);

@@ -26,7 +26,7 @@ internal static class ParityCases
     public const string KeepsDirtyBit = " #keepsdirty";
 
     public static IEnumerable<string> All => Info.Concat(Map).Concat(Check).Concat(Measure).Concat(Snapshot).Concat(Compare)
-        .Concat(Create).Concat(Convert).Concat(Resize).Concat(Amend).Concat(Commit).Concat(Rebase).Concat(Bitmap);
+        .Concat(Create).Concat(Convert).Concat(Resize).Concat(Amend).Concat(Commit).Concat(Rebase).Concat(Bitmap).Concat(Dd);
 
     private static readonly string[] Qcow2 = ParityFixtures.Qcow2Images;
     private static readonly string[] Files = ParityFixtures.AllFiles;
@@ -53,6 +53,8 @@ internal static class ParityCases
                 "measure --size 1G -O qcow2", "measure --size 1G -O qcow2 -o cluster_size=4k", "measure --size 1G -O qcow2 -o preallocation=full",
                 "measure --size 1G -O raw", "measure --size 0 -O qcow2", "measure --size 1x -O qcow2", "measure -O qcow2 -o compat=0.10 snap.qcow2",
                 "measure -O qcow2 -o refcount_bits=64 base.qcow2", "measure -O qcow2 -o extended_l2=on base.qcow2", "measure -O qcow2 missing.qcow2",
+                "measure -O qcow2 -l s1 snap.qcow2", "measure --output=json -O qcow2 -l snapshot.name=s2 snap.qcow2", "measure -O qcow2 -l snapshot.id=1 snap.qcow2", "measure -O qcow2 -l s1 --size 1G",
+                "measure -l nope -O qcow2 snap.qcow2",
             ]);
 
     private static IEnumerable<string> Snapshot =>
@@ -142,4 +144,12 @@ internal static class ParityCases
     {
         "--add bm.qcow2 new", "--remove bm.qcow2 a", "--clear bm.qcow2 a", "--enable bm.qcow2 d", "--merge a bm.qcow2 d", "--add base.qcow2 x", "--add v2.qcow2 x" + WordingDiffers,
     }.Select(a => $"bitmap {a}");
+
+    private static IEnumerable<string> Dd => new[]
+    {
+        "if=base.qcow2 of=new.img", "-O qcow2 if=top.qcow2 of=new.qcow2", "-O qcow2 bs=64k count=3 skip=15 if=base.qcow2 of=new.qcow2", "bs=3k count=2 skip=1 if=base.qcow2 of=new.img",
+        "bs=1M count=4 if=snap.qcow2 of=new.img", "if=base.qcow2", "of=new.img", "bs=0 if=base.qcow2 of=new.img", "count=x if=base.qcow2 of=new.img", "foo=1 if=base.qcow2 of=new.img",
+        "skip=100000 if=base.qcow2 of=new.img", "bs=1M count=0 if=base.qcow2 of=new.img", "-f raw bs=1k count=1 if=base.qcow2 of=new.img", "if=missing.qcow2 of=new.img",
+        "bs=4k skip=3 if=raw.img of=new.img", "-O qcow2 bs=1M skip=2 if=comp.qcow2 of=new.qcow2", "-O bogus if=base.qcow2 of=new.img", "bs=3G if=base.qcow2 of=new.img",
+    }.Select(a => $"dd {a}");
 }

@@ -8,7 +8,7 @@ namespace QcowDedup.Qcow2.Tests.Cli;
 public class VerbHelpTests : TempDirectoryFixture
 {
     private static readonly string[] AllVerbs =
-        ["info", "map", "check", "convert", "compare", "create", "resize", "measure", "io", "dedup", "snapshot", "commit", "rebase", "amend", "bench", "bitmap"];
+        ["info", "map", "check", "convert", "compare", "create", "resize", "measure", "io", "dedup", "snapshot", "commit", "rebase", "amend", "bench", "bitmap", "dd"];
 
     [TestCaseSource(nameof(AllVerbs))]
     public void Every_verb_explains_itself_three_ways_alike(string verb)

@@ -148,7 +148,7 @@ public class HeaderMaintenanceTests : TempDirectoryFixture
     }
 
     [Test]
-    public void Writing_an_image_with_a_persistent_bitmap_marks_it_in_use_and_stays_clean()
+    public void Writing_an_image_with_a_persistent_bitmap_records_the_write_and_leaves_it_consistent()
     {
         var builder = new ImageBuilder(Directory);
         var path = builder.Create("bitmap.qcow2", 8 << 20);
@@ -159,7 +159,9 @@ public class HeaderMaintenanceTests : TempDirectoryFixture
         }
 
         Qemu.AssertClean(path);
-        Qemu.Img("info", path).ShouldContain("in-use");
+        Qemu.Img("info", path).ShouldNotContain("in-use");
+        Qemu.DirtyRanges(path, "tracked").ShouldBe([(0L, 65536L)]);
         Qemu.Io(path, "write -P 9 64k 4k");
+        Qemu.DirtyRanges(path, "tracked").ShouldBe([(0L, 131072L)]);
     }
 }

@@ -45,8 +45,15 @@ internal sealed class PersistentBitmaps
     {
         var slots = new List<Slot>(metadata.Bitmaps.Count);
         var budget = LoadLimitBytes;
+        var names = new HashSet<string>(StringComparer.Ordinal);
         foreach (var entry in metadata.Bitmaps)
         {
+            if (!names.Add(entry.Name))
+            {
+                // QEMU cannot load two bitmaps of one name either, and fails the open.
+                throw Qcow2Corruption.Create("bitmap directory", $"two bitmaps are named '{entry.Name}'", entry.TableOffset);
+            }
+
             if ((entry.Flags & BitmapFlags.InUse) != 0)
             {
                 slots.Add(new Slot(entry, null, null));
@@ -309,7 +316,10 @@ internal sealed class PersistentBitmaps
 
         if (!_directoryChanged && slots.All(s => s.Bitmap is not { Modified: true }))
         {
-            await ClearInUseInPlaceAsync(metadata, slots, async, cancellationToken).ConfigureAwait(false);
+            // Nothing changed: each loaded bitmap's in-use flag is cleared where it stands.
+            var loaded = slots.Where(s => s.Bitmap is not null).ToDictionary(s => s.OnDisk!.Name, s => s.Bitmap!, StringComparer.Ordinal);
+            await writable.WriteBitmapFlagsInPlaceAsync(
+                entry => loaded.TryGetValue(entry.Name, out var bitmap) ? (bitmap.Enabled ? BitmapFlags.Auto : BitmapFlags.None) : entry.Flags, async, cancellationToken).ConfigureAwait(false);
             return;
         }
 
@@ -440,35 +450,6 @@ internal sealed class PersistentBitmaps
         {
             yield return (entry.TableOffset, (long)entry.TableSize * 8);
         }
-    }
-
-    /// <summary>Nothing changed: each loaded bitmap's in-use flag is cleared where it stands.</summary>
-    private static async ValueTask ClearInUseInPlaceAsync(ImageMetadata metadata, List<Slot> slots, bool async, CancellationToken cancellationToken)
-    {
-        if (metadata.Header.Bitmaps is not { } extension || slots.All(s => s.Bitmap is null))
-        {
-            return;
-        }
-
-        var position = extension.DirectoryOffset;
-        var updated = new List<BitmapDirectoryEntry>(slots.Count);
-        var flags = new byte[4];
-        foreach (var slot in slots)
-        {
-            var entry = slot.OnDisk!;
-            if (slot.Bitmap is { } bitmap)
-            {
-                entry = entry with { Flags = bitmap.Enabled ? BitmapFlags.Auto : BitmapFlags.None };
-                BinaryPrimitives.WriteUInt32BigEndian(flags, (uint)entry.Flags);
-                await metadata.File.WriteAsync(position + BitmapDirectoryEntry.FlagsOffset, flags, async, cancellationToken).ConfigureAwait(false);
-            }
-
-            updated.Add(entry);
-            position += entry.StoredLength;
-        }
-
-        await metadata.File.FlushAsync(async, cancellationToken).ConfigureAwait(false);
-        metadata.Bitmaps = updated;
     }
 
     private static BitmapException NotFound(string name) => new($"Dirty bitmap '{name}' not found");

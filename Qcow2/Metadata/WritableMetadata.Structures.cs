@@ -135,7 +135,14 @@ internal sealed partial class WritableMetadata
     /// Sets the in-use flag of every persistent bitmap, each flag written in place: until the
     /// session stores them at close, a crash must leave them inconsistent, not silently stale.
     /// </summary>
-    public async ValueTask MarkBitmapsInUseAsync(bool async, CancellationToken cancellationToken)
+    public ValueTask MarkBitmapsInUseAsync(bool async, CancellationToken cancellationToken) =>
+        WriteBitmapFlagsInPlaceAsync(bitmap => bitmap.Flags | BitmapFlags.InUse, async, cancellationToken);
+
+    /// <summary>
+    /// Rewrites the flags of each directory entry where it stands (four bytes each, a sector-atomic
+    /// write) and flushes; the directory's layout is unchanged, so nothing else moves.
+    /// </summary>
+    public async ValueTask WriteBitmapFlagsInPlaceAsync(Func<BitmapDirectoryEntry, BitmapFlags> flagsOf, bool async, CancellationToken cancellationToken)
     {
         if (_metadata.Bitmaps.Count == 0 || _metadata.Header.Bitmaps is not { } extension)
         {
@@ -144,16 +151,17 @@ internal sealed partial class WritableMetadata
 
         var position = extension.DirectoryOffset;
         var updated = new List<BitmapDirectoryEntry>(_metadata.Bitmaps.Count);
+        var flags = new byte[4];
         foreach (var bitmap in _metadata.Bitmaps)
         {
-            if ((bitmap.Flags & BitmapFlags.InUse) == 0)
+            var wanted = flagsOf(bitmap);
+            if (wanted != bitmap.Flags)
             {
-                var flags = new byte[4];
-                BinaryPrimitives.WriteUInt32BigEndian(flags, (uint)(bitmap.Flags | BitmapFlags.InUse));
+                BinaryPrimitives.WriteUInt32BigEndian(flags, (uint)wanted);
                 await _metadata.File.WriteAsync(position + BitmapDirectoryEntry.FlagsOffset, flags, async, cancellationToken).ConfigureAwait(false);
             }
 
-            updated.Add(bitmap with { Flags = bitmap.Flags | BitmapFlags.InUse });
+            updated.Add(bitmap with { Flags = wanted });
             position += bitmap.StoredLength;
         }
 

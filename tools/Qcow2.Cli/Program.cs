@@ -23,6 +23,7 @@ internal static class Program
         ["amend"] = (AmendCommand.Run, AmendCommand.Usage),
         ["bench"] = (BenchCommand.Run, BenchCommand.Usage),
         ["bitmap"] = (BitmapCommand.Run, BitmapCommand.Usage),
+        ["dd"] = (DdCommand.Run, DdCommand.Usage),
     };
 
     public static int Main(string[] args)

@@ -34,7 +34,7 @@ internal sealed class Progress : IProgress<double>
 
     public Progress(bool requested)
     {
-        _enabled = requested && !Console.IsOutputRedirected;
+        _enabled = requested; // on a pipe too, as qemu-img: a script asked for it
         Report(0);
     }
 

@@ -73,10 +73,10 @@ internal static class Sizes
     /// qemu-img's cvtnum: a byte count given to an option ("start offset", "granularity"), refused
     /// in its words when malformed or outside [0, <paramref name="max"/>].
     /// </summary>
-    public static long Cvtnum(string name, string text, long max = long.MaxValue) => TryParse(text, out var bytes) switch
+    public static long Cvtnum(string name, string text, long max = long.MaxValue, long min = 0) => TryParse(text, out var bytes) switch
     {
-        SizeSyntax.Valid when bytes <= max => bytes,
-        SizeSyntax.Valid or SizeSyntax.TooLarge => throw new QemuArgumentError($"Invalid {name} specified. Must be between 0 and {max}."),
+        SizeSyntax.Valid when bytes >= min && bytes <= max => bytes,
+        SizeSyntax.Valid or SizeSyntax.TooLarge => throw new QemuArgumentError($"Invalid {name} specified. Must be between {min} and {max}."),
         _ => throw new QemuArgumentError($"Invalid {name} specified. You may use k, M, G, T, P or E suffixes for\nqcow2: kilobytes, megabytes, gigabytes, terabytes, petabytes and exabytes."),
     };
 

@@ -16,7 +16,7 @@ internal static class VerbHelp
     private static readonly Dictionary<string, (string Summary, (string Flag, string Text)[] Options)> Verbs = new(StringComparer.Ordinal)
     {
         ["info"] = ("Shows an image's format, sizes and qcow2 details (backing file, snapshots, bitmaps, dedup index).", [
-            InputFormat, Output, ("--backing-chain", "also show every backing file down the chain"), ForceShare, BackingPolicy]),
+            InputFormat, Output, ("--backing-chain", "also show every backing file down the chain"), ("--dedup-details", "also the dedup index's internals: log store, frozen incarnations, limbo, bytes per indexed cluster"), ForceShare, BackingPolicy]),
         ["map"] = ("Shows how the guest disk is stored: data, zeros, and which file of the chain holds each range.", [
             InputFormat, Output, ("--start-offset OFFSET", "map from this guest offset (default 0)"), ("--max-length LENGTH", "map at most this many bytes"), ForceShare, BackingPolicy]),
         ["check"] = ("Checks the image's metadata as qemu-img check does; exit 0 clean, 1 check errors, 2 corruptions, 3 leaks.", [
@@ -42,7 +42,7 @@ internal static class VerbHelp
             ("--shrink", "allow making the image smaller (data past the new end is lost)"), ("--preallocation=off|metadata|falloc|full", "allocate the new part (growing only; raw takes falloc and full)"),
             ("-f qcow2|raw", "format (default: probed)"), Quiet]),
         ["measure"] = ("Says how large a new or converted image needs to be (required and fully allocated), as qemu-img measure.", [
-            Output, InputFormat, ("-O raw|qcow2", "output format to measure for (default raw)"), ("-o OPTIONS", "output creation options"), ("--size SIZE", "measure a new empty image of SIZE instead of SRC"), ForceShare]),
+            Output, InputFormat, ("-O raw|qcow2", "output format to measure for (default raw)"), ("-o OPTIONS", "output creation options"), ("--size SIZE", "measure a new empty image of SIZE instead of SRC"), ("-l SNAPSHOT", "measure an internal snapshot of SRC: snapshot.id=ID, snapshot.name=NAME, or an id else a name"), ForceShare]),
         ["io"] = ("Runs qemu-io style commands on an image: write, read (with pattern check), discard, flush.", [
             ("-c CMD", "a command; repeatable: 'write [-P PATTERN] [-z] [-u] [-c] OFF LEN', 'read [-P PATTERN] OFF LEN', 'discard OFF LEN', 'flush'"), ("-f qcow2", "format"), ("-r", "open read-only"), ForceShare, BackingPolicy]),
         ["dedup"] = ("Deduplicates an existing image in place and leaves an index so later writes deduplicate too.", [
@@ -58,6 +58,9 @@ internal static class VerbHelp
         ["bench"] = ("Measures request throughput through the library, with qemu-img bench's requests and output.", [
             ("-c COUNT", "number of requests"), ("-d DEPTH", "requests in flight"), ("-s BUFFER_SIZE", "request size"), ("-S STEP_SIZE", "offset step between requests"), ("-o OFFSET", "first offset"),
             ("-w", "write instead of read"), ("--pattern=PATTERN", "byte written with -w"), ("-t CACHE", "cache mode (accepted as qemu-img does)"), ("-f qcow2", "format"), Quiet, ForceShare]),
+        ["dd"] = ("Copies a range of a disk into a new image, in blocks, as qemu-img dd (operands, not options, give the range).", [
+            ("bs=BLOCK_SIZE", "block size in bytes (default 512; k, M suffixes)"), ("count=BLOCKS", "copy at most this many blocks"), ("skip=BLOCKS", "start this many blocks into the input"),
+            ("if=INPUT", "the disk to read"), ("of=OUTPUT", "the image to create (overwritten)"), ("-f FMT", "input format (default: probed)"), ("-O qcow2|raw", "output format (default raw)"), ForceShare]),
         ["bitmap"] = ("Changes persistent dirty bitmaps (the write tracking incremental backups build on); the actions run in the order given.", [
             ("--add", "add BITMAP, recording every write from now on"), ("--remove", "remove BITMAP (also one left inconsistent)"), ("--clear", "clear every bit of BITMAP"),
             ("--enable", "make BITMAP record writes"), ("--disable", "stop BITMAP recording writes"), ("--merge SOURCE", "set in BITMAP every bit set in bitmap SOURCE"),

@@ -116,7 +116,7 @@ internal static class ConvertCommand
     }
 
     /// <summary>A source, or with -l the internal snapshot of it (snapshot.id=…, snapshot.name=…, or an id else a name).</summary>
-    private static DiskSource OpenSource(CommandLine line, string path, List<IDisposable> owners)
+    internal static DiskSource OpenSource(CommandLine line, string path, List<IDisposable> owners)
     {
         var source = Disks.Open(path, line.Value("-f"), ImageOptions.For(line, path));
         if (line.Value("-l") is not { } snapshot)

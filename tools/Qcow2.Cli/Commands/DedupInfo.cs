@@ -5,13 +5,37 @@ using QcowDedup.Qcow2.Dedup;
 
 namespace QcowDedup.Cli.Commands;
 
-/// <summary>The deduplication part of qcow2 info, human and JSON.</summary>
+/// <summary>
+/// The deduplication part of qcow2 info: in user terms (what is stored once, what it saves, what
+/// the index costs and that losing it loses no data), and with --dedup-details the index's
+/// internals (log store, frozen incarnations, limbo) as well; JSON carries everything.
+/// </summary>
 internal static class DedupInfo
 {
-    public static string Human(DedupStatistics s)
+    public static string Human(DedupStatistics s, int clusterSize, bool details)
     {
-        var text = new StringBuilder("Deduplication:\n");
+        var text = new StringBuilder();
         void Line(string name, object value) => text.Append(CultureInfo.InvariantCulture, $"    {name}: {value}\n");
+        string Bytes(long clusters) => Sizes.Format(clusters * clusterSize);
+        if (s.State == DedupIndexState.Active)
+        {
+            text.Append("Deduplication: on\n");
+            Line("stored once", $"{s.References} guest clusters of data ({Bytes(s.References)}) are kept in {s.UniqueClusters} clusters of the file ({Bytes(s.UniqueClusters)})");
+            Line("space saved", $"{Sizes.Format(s.BytesSaved)}: without deduplication the file would hold {Sizes.Format(s.BytesSaved)} more data ({s.DedupRatio.ToString("0.00", CultureInfo.InvariantCulture)}x less)");
+            Line("index", $"hashes of written clusters, kept in the image; {Sizes.Format(s.IndexMemoryBytes)} of memory while open. Losing it loses future savings, never data");
+        }
+        else
+        {
+            text.Append("Deduplication: paused\n");
+            Line("why", $"{s.StaleReason ?? "the index is out of date"}; the data is unaffected, and the next read-write open with deduplication starts a new index");
+        }
+
+        if (!details)
+        {
+            return text.ToString();
+        }
+
+        text.Append("Deduplication details:\n");
         Line("state", Name(s.State));
         if (s.StaleReason is { } reason)
         {

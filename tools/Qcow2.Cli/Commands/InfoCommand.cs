@@ -10,11 +10,11 @@ namespace QcowDedup.Cli.Commands;
 /// <summary>qcow2 info [-f FMT] [--output human|json] [--backing-chain] FILE</summary>
 internal static class InfoCommand
 {
-    public const string Usage = "qcow2 info [-f FMT] [--output human|json] [--backing-chain] FILE";
+    public const string Usage = "qcow2 info [-f FMT] [--output human|json] [--backing-chain] [--dedup-details] FILE";
 
     public static int Run(IReadOnlyList<string> args)
     {
-        var line = CommandLine.Parse(args, ["-f", "--output"], ["--backing-chain", .. ImageOptions.ForceShareFlags]);
+        var line = CommandLine.Parse(args, ["-f", "--output"], ["--backing-chain", "--dedup-details", .. ImageOptions.ForceShareFlags]);
         line.ExpectPositionals(1, 1, Usage);
         var json = OutputMode.IsJson(line.Value("--output"));
         var path = line.Positionals[0];
@@ -68,7 +68,7 @@ internal static class InfoCommand
         }
         else
         {
-            Console.Out.Write(string.Join("\n", layers.Select(l => l.Human())));
+            Console.Out.Write(string.Join("\n", layers.Select(l => l.Human(line.Has("--dedup-details")))));
         }
 
         if (problem is not null)
@@ -107,7 +107,8 @@ internal static class InfoCommand
         /// <summary>A layer without qcow2 metadata (raw, or a format read through DiscUtils).</summary>
         public static LayerInfo Raw(string path, long size, long allocated) => new(path, "raw", size, allocated, null, null, null);
 
-        public string Human()
+        /// <param name="dedupDetails">Also the dedup index's internals (info --dedup-details).</param>
+        public string Human(bool dedupDetails)
         {
             var text = new StringBuilder();
             text.Append(CultureInfo.InvariantCulture, $"image: {FileName}\n");
@@ -193,7 +194,7 @@ internal static class InfoCommand
 
             if (Image is { } image && image.GetExtension<DedupExtension>() is { State: not DedupIndexState.Absent })
             {
-                text.Append(DedupInfo.Human(image.GetDedupStatistics()));
+                text.Append(DedupInfo.Human(image.GetDedupStatistics(), image.ClusterSize, dedupDetails));
             }
 
             return text.ToString();

@@ -6,7 +6,7 @@ namespace QcowDedup.Cli.Commands;
 /// <summary>qcow2 measure [--output human|json] [-f FMT] [-O raw|qcow2] [-o OPTIONS] (--size SIZE | SRC)</summary>
 internal static class MeasureCommand
 {
-    public const string Usage = "qcow2 measure [--output human|json] [-f FMT] [-O raw|qcow2] [-o OPTIONS] [-U] (--size SIZE | SRC)";
+    public const string Usage = "qcow2 measure [--output human|json] [-f FMT] [-O raw|qcow2] [-o OPTIONS] [-l SNAPSHOT] [-U] (--size SIZE | SRC)";
 
     /// <summary>
     /// -o keys qemu-img accepts for each output format: the format's create options plus those of
@@ -25,11 +25,6 @@ internal static class MeasureCommand
     {
         var line = CommandLine.Parse(args, ["-f", "-O", "-o", "--size", "--output", "-l"], ["-U", "--force-share"]);
         var json = OutputMode.IsJson(line.Value("--output"));
-        if (line.Has("-l"))
-        {
-            throw new NotSupportedException("Measuring an internal snapshot (-l) is not supported.");
-        }
-
         long? size = line.Value("--size") is { } sizeText ? Sizes.ParseImageSize(sizeText) : null;
         if (line.Positionals.Count > 1)
         {
@@ -42,9 +37,9 @@ internal static class MeasureCommand
             throw new UsageException("Either --size N or one filename must be specified.");
         }
 
-        if (sourcePath is null && line.Value("-f") is not null)
+        if (sourcePath is null && (line.Value("-f") is not null || line.Has("-l")))
         {
-            throw new UsageException("-f and -l require a filename argument.");
+            throw new QemuArgumentError("--image-opts, -f, and -l require a filename argument.");
         }
 
         if (sourcePath is not null && size is not null)
@@ -61,9 +56,18 @@ internal static class MeasureCommand
         });
 
         CheckCommonOptions(options);
-        using var source = sourcePath is null ? null : Disks.Open(sourcePath, line.Value("-f"), ImageOptions.For(line, sourcePath));
-        var measurement = target == "raw" ? MeasureRaw(source, size ?? 0) : MeasureQcow2(source, size, options);
-        Console.Out.Write(json ? Json(measurement) : Human(measurement));
+        var owners = new List<IDisposable>();
+        try
+        {
+            using var source = sourcePath is null ? null : ConvertCommand.OpenSource(line, sourcePath, owners); // -l: an internal snapshot of it
+            var measurement = target == "raw" ? MeasureRaw(source, size ?? 0) : MeasureQcow2(source, size, options);
+            Console.Out.Write(json ? Json(measurement) : Human(measurement));
+        }
+        finally
+        {
+            owners.ForEach(o => o.Dispose());
+        }
+
         return 0;
     }
 
