@@ -149,4 +149,42 @@ public class ExitCodeParityTests : TempDirectoryFixture
         ours.ExitCode.ShouldBe(qemu.ExitCode);
         ours.Output.Contains("Image committed.", StringComparison.Ordinal).ShouldBe(qemu.Output.Contains("Image committed.", StringComparison.Ordinal));
     }
+
+    [TestCase("base.qcow2", "top.qcow2")]
+    [TestCase("base.qcow2", "deep.qcow2")]
+    [TestCase("top.qcow2", "deep.qcow2")]
+    public void Commit_with_a_base_keeps_the_images_above_it_as_qemu_img_does(string baseName, string topName)
+    {
+        foreach (var side in new[] { "qemu", "ours" })
+        {
+            var directory = PathOf(side);
+            System.IO.Directory.CreateDirectory(directory);
+            Qemu.WorkingDirectory.Value = directory;
+            Qemu.Img("create", "-q", "-f", "qcow2", "base.qcow2", "8M");
+            Qemu.Io("base.qcow2", "write -P 1 0 8M");
+            Qemu.Img("create", "-q", "-f", "qcow2", "-b", "base.qcow2", "-F", "qcow2", "top.qcow2");
+            Qemu.Io("top.qcow2", "write -P 2 1M 2M", "write -z 6M 64k");
+            Qemu.Img("create", "-q", "-f", "qcow2", "-b", "top.qcow2", "-F", "qcow2", "deep.qcow2");
+            Qemu.Io("deep.qcow2", "write -P 3 2M 2M");
+        }
+
+        Qemu.WorkingDirectory.Value = PathOf("qemu");
+        Qemu.Img("commit", "-q", "-b", baseName, topName);
+        var ours = CliRunner.RunIn(PathOf("ours"), "commit", "-q", "-b", baseName, topName);
+        ours.ExitCode.ShouldBe(0, ours.Error);
+        foreach (var name in new[] { "base.qcow2", "top.qcow2", "deep.qcow2" })
+        {
+            string Map(string side)
+            {
+                Qemu.WorkingDirectory.Value = PathOf(side);
+                var map = Qemu.Img("map", "--output=json", name);
+                return System.Text.RegularExpressions.Regex.Replace(map, @", ""offset"": \d+", string.Empty); // where each side put its clusters
+            }
+
+            Map("ours").ShouldBe(Map("qemu"), name);
+            Qemu.WorkingDirectory.Value = PathOf("ours");
+            Qemu.AssertClean(name);
+            Qemu.Compare(name, PathOf($"qemu/{name}"), "qcow2", "qcow2").ExitCode.ShouldBe(0, name);
+        }
+    }
 }

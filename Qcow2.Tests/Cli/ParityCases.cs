@@ -130,7 +130,8 @@ internal static class ParityCases
     private static IEnumerable<string> Commit => new[]
     {
         "top.qcow2", "-d top.qcow2", "base.qcow2", "-b base.qcow2 top.qcow2", "-q top.qcow2", "missing.qcow2", "-f qcow2 top.qcow2",
-        "-t none top.qcow2", "-t bogus top.qcow2", "-r 100M top.qcow2", "-r x top.qcow2",
+        "-t none top.qcow2", "-t bogus top.qcow2", "-r 100M top.qcow2", "-r x top.qcow2", "-b base.qcow2 deep.qcow2", "-b top.qcow2 deep.qcow2", "-d -b base.qcow2 deep.qcow2",
+        "-b nope.qcow2 deep.qcow2", "-b deep.qcow2 deep.qcow2", "-q -b base.qcow2 deep.qcow2",
     }.Select(a => $"commit {a}");
 
     private static IEnumerable<string> Rebase => new[]

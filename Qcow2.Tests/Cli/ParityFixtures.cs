@@ -15,6 +15,8 @@ internal static class ParityFixtures
             Qemu.Io("base.qcow2", "write -P 1 0 2M", "write -P 2 8M 1M");
             Img("create", "-q", "-f", "qcow2", "-b", "base.qcow2", "-F", "qcow2", "top.qcow2");
             Qemu.Io("top.qcow2", "write -P 3 1M 512k", "write -z 8M 512k", "write -P 4 15M 4k");
+            Img("create", "-q", "-f", "qcow2", "-b", "top.qcow2", "-F", "qcow2", "deep.qcow2");
+            Qemu.Io("deep.qcow2", "write -P 14 1536k 1M", "write -z 8704k 64k", "discard 15M 64k");
             Img("create", "-q", "-f", "raw", "raw.img", "16M");
             Qemu.IoFormat("raw", "raw.img", "write -P 5 0 1M", "write -P 6 12M 64k");
             Img("create", "-q", "-f", "qcow2", "snap.qcow2", "16M");
@@ -46,7 +48,7 @@ internal static class ParityFixtures
     }
 
     /// <summary>The qcow2 fixtures, for verbs that take any image.</summary>
-    public static readonly string[] Qcow2Images = ["base.qcow2", "top.qcow2", "snap.qcow2", "bm.qcow2", "comp.qcow2", "zstd.qcow2", "v2.qcow2", "ext.qcow2", "c4k.qcow2", "dirty.qcow2"];
+    public static readonly string[] Qcow2Images = ["base.qcow2", "top.qcow2", "deep.qcow2", "snap.qcow2", "bm.qcow2", "comp.qcow2", "zstd.qcow2", "v2.qcow2", "ext.qcow2", "c4k.qcow2", "dirty.qcow2"];
 
     /// <summary>Every fixture a verb may be pointed at, images and not.</summary>
     public static readonly string[] AllFiles = [.. Qcow2Images, "raw.img", "empty.img", "text.txt", "missing.qcow2"];

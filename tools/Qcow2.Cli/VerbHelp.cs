@@ -49,8 +49,8 @@ internal static class VerbHelp
             ("-o OPTIONS", "dedup_log_order, dedup_max_incarnations, dedup_memory, dedup_verify=on, dedup_max_shares"), Progress, Quiet, BackingPolicy]),
         ["snapshot"] = ("Lists, creates, applies or deletes internal snapshots.", [
             ("-l", "list snapshots"), ("-c NAME", "create a snapshot"), ("-a NAME", "apply (revert to) a snapshot, by id or else by name"), ("-d NAME", "delete a snapshot, by name"), ("-f qcow2", "format"), Quiet, ForceShare, BackingPolicy]),
-        ["commit"] = ("Writes an overlay's data into its backing file, then empties the overlay.", [
-            ("-b BASE", "the file to commit into (the direct backing file)"), ("-d", "keep the overlay's data (do not empty it)"), ("-r RATE", "at most RATE bytes per second"), ("-t CACHE", "cache mode, checked as qemu-img checks it"), ("-f qcow2", "format"), Progress, Quiet, BackingPolicy]),
+        ["commit"] = ("Writes an overlay's data into its backing file (or one further down with -b), then empties the overlay unless -d or -b.", [
+            ("-b BASE", "the file to commit into: the direct backing file or any below it (everything above BASE goes into it; implies -d)"), ("-d", "keep the overlay's data (do not empty it)"), ("-r RATE", "at most RATE bytes per second"), ("-t CACHE", "cache mode, checked as qemu-img checks it"), ("-f qcow2", "format"), Progress, Quiet, BackingPolicy]),
         ["rebase"] = ("Changes an image's backing file; safe mode copies what the old and new backing files disagree on.", [
             ("-b BACKING", "the new backing file (\"\" removes it)"), ("-F FMT", "the new backing file's format"), ("-u", "unsafe: only rewrite the name"), ("-t CACHE", "cache mode of FILE, checked as qemu-img checks it"), ("-T SRC_CACHE", "cache mode of the backing files, likewise"), ("-f qcow2", "format"), Progress, Quiet, ForceShare, BackingPolicy]),
         ["amend"] = ("Changes format options of an existing image in place.", [
