@@ -29,6 +29,7 @@ internal sealed class RateLimitedProgress(IProgress<double> inner, long bytesPer
 internal sealed class Progress : IProgress<double>
 {
     private readonly bool _enabled;
+    private readonly Lock _sync = new();
     private double _last = -1;
     private bool _finished;
 
@@ -38,32 +39,44 @@ internal sealed class Progress : IProgress<double>
         Report(0);
     }
 
+    /// <summary>Prints the new percentage when it moved on by half a percent; safe from any thread, nothing after <see cref="Finish"/>.</summary>
     public void Report(double fraction)
     {
-        if (!_enabled)
+        lock (_sync)
         {
-            return;
-        }
+            if (!_enabled || _finished)
+            {
+                return;
+            }
 
+            Print(fraction);
+        }
+    }
+
+    /// <summary>Prints 100% and ends the line (once; later calls do nothing).</summary>
+    public void Finish()
+    {
+        lock (_sync)
+        {
+            if (_enabled && !_finished)
+            {
+                Print(1);
+                _finished = true;
+                Console.Out.WriteLine();
+            }
+        }
+    }
+
+    private void Print(double fraction)
+    {
         var percent = Math.Clamp(fraction * 100, 0, 100);
         if (percent - _last < 0.5 && percent < 100)
         {
             return;
         }
 
-        _last = percent;
+        _last = Math.Max(_last, percent);
         Console.Out.Write(string.Create(System.Globalization.CultureInfo.InvariantCulture, $"    ({percent:0.00}/100%)\r"));
         Console.Out.Flush();
-    }
-
-    /// <summary>Prints 100% and ends the line (once; later calls do nothing).</summary>
-    public void Finish()
-    {
-        if (_enabled && !_finished)
-        {
-            _finished = true;
-            Report(1);
-            Console.Out.WriteLine();
-        }
     }
 }

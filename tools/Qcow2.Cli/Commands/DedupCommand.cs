@@ -18,7 +18,7 @@ internal static class DedupCommand
         FileArguments.CheckInput(path);
         var progress = new Progress(line.Has("-p") && !line.Has("-q"));
         using var image = Qcow2Image.Open(path, ImageOptions.For(line, path, writable: true).WithDedup(options with { Enable = true }));
-        var result = OfflineDeduplicator.Run(image, new Progress<double>(progress.Report));
+        var result = OfflineDeduplicator.Run(image, progress);
         progress.Finish();
         if (!line.Has("-q"))
         {

@@ -49,7 +49,7 @@ internal static class RebaseCommand
 
         using var image = FileArguments.OpenImage(line.Positionals[0], options);
         var progress = new Progress(line.Has("-p") && !line.Has("-q") && !unsafeRebase);
-        image.Rebase(backing.Length == 0 ? null : backing, backingFormat, unsafeRebase, new Progress<double>(progress.Report));
+        image.Rebase(backing.Length == 0 ? null : backing, backingFormat, unsafeRebase, progress); // reported on the working thread, so none lands after Finish
         progress.Finish();
         return 0;
     }
