@@ -140,7 +140,7 @@ public class PersistentBitmapTests : TempDirectoryFixture
         }
 
         Qemu.AssertClean(ours);
-        InfoBitmapLines(ours).ShouldBe(InfoBitmapLines(theirs));
+        Qemu.InfoBitmapLines(ours).ShouldBe(Qemu.InfoBitmapLines(theirs));
         foreach (var bitmap in new[] { "coarse", "off", "new" })
         {
             Qemu.DirtyRanges(ours, bitmap).ShouldBe(Qemu.DirtyRanges(theirs, bitmap), bitmap);
@@ -226,9 +226,6 @@ public class PersistentBitmapTests : TempDirectoryFixture
         Qemu.Img("bitmap", "--add", "--disable", path, "off");
         return path;
     }
-
-    private static string[] InfoBitmapLines(string path) =>
-        [.. Qemu.Img("info", path).Split('\n').SkipWhile(l => !l.Contains("bitmaps:", StringComparison.Ordinal)).TakeWhile(l => !l.Contains("refcount bits", StringComparison.Ordinal))];
 
     private static List<Operation> RandomOperations(int seed, int count)
     {

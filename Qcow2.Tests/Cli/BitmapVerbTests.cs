@@ -84,8 +84,8 @@ public class BitmapVerbTests : TempDirectoryFixture
         foreach (var (mine, their) in new[] { (ours, theirs), (PathOf("ours-bad.qcow2"), PathOf("qemu-bad.qcow2")) })
         {
             Qemu.AssertClean(mine);
-            var listed = InfoBitmapLines(mine);
-            listed.ShouldBe(InfoBitmapLines(their));
+            var listed = Qemu.InfoBitmapLines(mine);
+            listed.ShouldBe(Qemu.InfoBitmapLines(their));
             foreach (var name in listed.Where(l => l.Contains("name: ", StringComparison.Ordinal)).Select(l => l.Split("name: ")[1]))
             {
                 if (!Qemu.Img("info", mine).Contains("in-use", StringComparison.Ordinal))
@@ -116,7 +116,4 @@ public class BitmapVerbTests : TempDirectoryFixture
 
     private string Normalize(string text, string side) =>
         text.Replace(PathOf($"{side}-bad.qcow2"), "BAD", StringComparison.Ordinal).Replace(PathOf($"{side}.qcow2"), "IMG", StringComparison.Ordinal);
-
-    private static string[] InfoBitmapLines(string path) =>
-        [.. Qemu.Img("info", path).Split('\n').SkipWhile(l => !l.Contains("bitmaps:", StringComparison.Ordinal)).TakeWhile(l => !l.Contains("refcount bits", StringComparison.Ordinal))];
 }

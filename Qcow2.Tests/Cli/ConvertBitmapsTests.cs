@@ -52,15 +52,12 @@ public class ConvertBitmapsTests : TempDirectoryFixture
             var (ours, theirs) = (PathOf("ours.out"), PathOf("qemu.out"));
             Qemu.AssertClean(ours);
             Qemu.Compare(ours, theirs, "qcow2", "qcow2").ExitCode.ShouldBe(0);
-            var listed = InfoBitmapLines(ours);
-            listed.ShouldBe(InfoBitmapLines(theirs));
+            var listed = Qemu.InfoBitmapLines(ours);
+            listed.ShouldBe(Qemu.InfoBitmapLines(theirs));
             foreach (var name in listed.Where(l => l.Contains("name: ", StringComparison.Ordinal)).Select(l => l.Split("name: ")[1]))
             {
                 Qemu.DirtyRanges(ours, name).ShouldBe(Qemu.DirtyRanges(theirs, name), name);
             }
         }
     }
-
-    private static string[] InfoBitmapLines(string path) =>
-        [.. Qemu.Img("info", path).Split('\n').SkipWhile(l => !l.Contains("bitmaps:", StringComparison.Ordinal)).TakeWhile(l => !l.Contains("refcount bits", StringComparison.Ordinal))];
 }

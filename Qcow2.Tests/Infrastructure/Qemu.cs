@@ -77,6 +77,10 @@ public static class Qemu
     /// </summary>
     public static AsyncLocal<string?> WorkingDirectory { get; } = new();
 
+    /// <summary>The bitmap lines of qemu-img info (names, flags, granularities), empty when there are none.</summary>
+    public static string[] InfoBitmapLines(string path) =>
+        [.. Img("info", path).Split('\n').SkipWhile(l => !l.Contains("bitmaps:", StringComparison.Ordinal)).TakeWhile(l => !l.Contains("refcount bits", StringComparison.Ordinal))];
+
     /// <summary>
     /// The guest ranges QEMU itself reads as dirty in a persistent bitmap: qemu-nbd exports the
     /// image read-only with the bitmap, and qemu-img map reads the qemu:dirty-bitmap context
