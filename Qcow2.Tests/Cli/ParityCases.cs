@@ -125,6 +125,8 @@ internal static class ParityCases
         "-o size=32M base.qcow2", "-o size=8M base.qcow2", "-o cluster_size=4k base.qcow2", "-o compat=0.10 bm.qcow2" + CleanerResult, "-o compat=0.10 snap.qcow2", "-o compat=0.10 ext.qcow2",
         "-f raw -o size=1M raw.img", "base.qcow2", "-o bogus=1 base.qcow2", "-o size=8M --force base.qcow2", "-o compat=0.10 top.qcow2",
         "-o compat=0.10,size=32M bm.qcow2" + CleanerResult, "-o size=8M snap.qcow2", "raw.img -o size=1M",
+        "-o data_file=ext.data ext-data.qcow2", "-o data_file_raw=on ext-data.qcow2", "-o data_file_raw=off ext-data.qcow2", "-o data_file=x.data base.qcow2", "-o data_file_raw=on base.qcow2",
+        "-o data_file=ext.data,data_file_raw=off ext-data.qcow2",
     }.Select(a => $"amend {a}");
 
     private static IEnumerable<string> Commit => new[]

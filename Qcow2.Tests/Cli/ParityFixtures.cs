@@ -38,6 +38,8 @@ internal static class ParityFixtures
             Qemu.Io("c4k.qcow2", "write -P 12 100k 300k");
             Img("create", "-q", "-f", "qcow2", "-o", "lazy_refcounts=on", "dirty.qcow2", "16M");
             Qemu.IoUnchecked("dirty.qcow2", "write -P 13 0 1M", "abort");
+            Img("create", "-q", "-f", "qcow2", "-o", "data_file=ext.data", "ext-data.qcow2", "4M");
+            Qemu.Io("ext-data.qcow2", "write -P 15 64k 64k");
             File.WriteAllBytes(Path.Combine(directory, "empty.img"), []);
             File.WriteAllText(Path.Combine(directory, "text.txt"), "not an image\n");
         }

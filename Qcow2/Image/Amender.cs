@@ -55,6 +55,11 @@ internal sealed class Amender(ImageSession session, WritableState writable, Gues
             {
                 image.Resize(size, options.AllowShrink);
             }
+
+            if (options.DataFile is not null || options.DataFileRaw is not null)
+            {
+                RunLocked(image, (amender, async, cancellationToken) => amender.SetDataFileAsync(options.DataFile, options.DataFileRaw, async, cancellationToken));
+            }
         }
 
         var currentBits = 0;
@@ -132,6 +137,26 @@ internal sealed class Amender(ImageSession session, WritableState writable, Gues
             CompressionType = CompressionType.Deflate,
         };
         await _metadata.RewriteHeaderAsync(header with { Header = upgraded }, async, cancellationToken).ConfigureAwait(false);
+    }
+
+    /// <summary>Renames the external data file in the header and/or clears its raw bit (qcow2_amend_options' data-file part).</summary>
+    public async ValueTask SetDataFileAsync(string? name, bool? raw, bool async, CancellationToken cancellationToken)
+    {
+        var header = _metadata.Header;
+        var isRaw = (header.Header.Autoclear & AutoclearFeatures.RawExternalData) != 0;
+        if (name is not null && header.ExternalDataFileName is null)
+        {
+            throw new InvalidOperationException("data-file can only be set for images that use an external data file");
+        }
+
+        if (raw == true && !isRaw)
+        {
+            throw new InvalidOperationException("data-file-raw cannot be set on existing images");
+        }
+
+        await _writable.FlushAsync(async, cancellationToken).ConfigureAwait(false);
+        var autoclear = raw == false ? header.Header.Autoclear & ~AutoclearFeatures.RawExternalData : header.Header.Autoclear;
+        await _metadata.RewriteHeaderAsync(header with { ExternalDataFileName = name ?? header.ExternalDataFileName, Header = header.Header with { Autoclear = autoclear } }, async, cancellationToken).ConfigureAwait(false);
     }
 
     public async ValueTask SetLazyRefcountsAsync(bool enabled, bool async, CancellationToken cancellationToken)

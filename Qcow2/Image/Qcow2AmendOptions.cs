@@ -17,4 +17,16 @@ public sealed record Qcow2AmendOptions
 
     /// <summary>Allow <see cref="Size"/> to shrink the disk.</summary>
     public bool AllowShrink { get; init; }
+
+    /// <summary>
+    /// New name of the external data file (an image that has one only): the header is rewritten,
+    /// the file itself is neither opened nor moved, as with qemu-img amend -o data_file=.
+    /// </summary>
+    public string? DataFile { get; init; }
+
+    /// <summary>
+    /// data_file_raw: false clears the "data file is a valid raw image" bit; true is refused, as
+    /// qemu-img refuses it, unless the bit is set already (an existing data file cannot be vouched for).
+    /// </summary>
+    public bool? DataFileRaw { get; init; }
 }

@@ -54,7 +54,7 @@ internal static class VerbHelp
         ["rebase"] = ("Changes an image's backing file; safe mode copies what the old and new backing files disagree on.", [
             ("-b BACKING", "the new backing file (\"\" removes it)"), ("-F FMT", "the new backing file's format"), ("-u", "unsafe: only rewrite the name"), ("-t CACHE", "cache mode of FILE, checked as qemu-img checks it"), ("-T SRC_CACHE", "cache mode of the backing files, likewise"), ("-f qcow2", "format"), Progress, Quiet, ForceShare, BackingPolicy]),
         ["amend"] = ("Changes format options of an existing image in place.", [
-            ("-o OPTIONS", "compat=0.10|1.1, refcount_bits=N, lazy_refcounts=on|off, size=SIZE"), ("-f qcow2", "format"), ("--force", "accepted, as qemu-img takes it (no amendment here needs forcing)"), Progress, Quiet]),
+            ("-o OPTIONS", "compat=0.10|1.1, refcount_bits=N, lazy_refcounts=on|off, size=SIZE, data_file=NAME (rename the external data file), data_file_raw=off"), ("-f qcow2", "format"), ("--force", "accepted, as qemu-img takes it (no amendment here needs forcing)"), Progress, Quiet]),
         ["bench"] = ("Measures request throughput through the library, with qemu-img bench's requests and output.", [
             ("-c COUNT", "number of requests"), ("-d DEPTH", "requests in flight"), ("-s BUFFER_SIZE", "request size"), ("-S STEP_SIZE", "offset step between requests"), ("-o OFFSET", "first offset"),
             ("-w", "write instead of read"), ("--pattern=PATTERN", "byte written with -w"), ("-t CACHE", "cache mode (accepted as qemu-img does)"), ("-f qcow2", "format"), Quiet, ForceShare]),

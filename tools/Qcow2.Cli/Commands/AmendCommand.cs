@@ -5,12 +5,12 @@ namespace QcowDedup.Cli.Commands;
 /// <summary>qcow2 amend [-f qcow2] [-q] -o OPTIONS FILE — change format options in place, as qemu-img amend.</summary>
 internal static class AmendCommand
 {
-    public const string Usage = "qcow2 amend [-f qcow2] [-p] [-q] [--force] -o compat=0.10|1.1,refcount_bits=N,lazy_refcounts=on|off,size=SIZE FILE";
+    public const string Usage = "qcow2 amend [-f qcow2] [-p] [-q] [--force] -o compat=0.10|1.1,refcount_bits=N,lazy_refcounts=on|off,size=SIZE,data_file=NAME,data_file_raw=off FILE";
 
-    private static readonly string[] Amendable = ["compat", "refcount_bits", "lazy_refcounts", "size"];
+    private static readonly string[] Amendable = ["compat", "refcount_bits", "lazy_refcounts", "size", "data_file", "data_file_raw"];
 
     private static readonly string[] CreateOnly =
-        ["cluster_size", "preallocation", "extended_l2", "compression_type", "encryption", "encrypt.format", "data_file", "data_file_raw", "backing_file", "backing_fmt"];
+        ["cluster_size", "preallocation", "extended_l2", "compression_type", "encryption", "encrypt.format", "backing_file", "backing_fmt"];
 
     public static int Run(IReadOnlyList<string> args)
     {
@@ -40,6 +40,8 @@ internal static class AmendCommand
             LazyRefcounts = values.GetValueOrDefault("lazy_refcounts") is { } lazy ? Qcow2OptionValues.OnOff("lazy_refcounts", lazy) : null,
             Size = values.GetValueOrDefault("size") is { } size ? Sizes.ParseParameter("size", size) : null,
             AllowShrink = true, // qemu-img amend -o size= shrinks without asking (resize is the verb that asks)
+            DataFile = values.GetValueOrDefault("data_file"),
+            DataFileRaw = values.GetValueOrDefault("data_file_raw") is { } raw ? Qcow2OptionValues.OnOff("data_file_raw", raw) : null,
         };
         Qcow2Image.Amend(line.Positionals[0], options, () => ImageOptions.For(line, line.Positionals[0], writable: true));
         return 0;
