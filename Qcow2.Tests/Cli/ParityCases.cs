@@ -67,14 +67,8 @@ internal static class ParityCases
     {
         "base.qcow2 comp.qcow2", "base.qcow2 zstd.qcow2", "base.qcow2 top.qcow2", "top.qcow2 base.qcow2", "base.qcow2 raw.img", "raw.img raw.img",
         "base.qcow2 base.qcow2", "snap.qcow2 base.qcow2", "v2.qcow2 ext.qcow2", "c4k.qcow2 c4k.qcow2", "base.qcow2 missing.qcow2", "empty.img base.qcow2",
-    }.SelectMany(pair => StrictModeNotYetIdentical.Contains(pair) ? new[] { $"compare {pair}" } : [$"compare {pair}", $"compare -s {pair}"]).Concat(["compare -f qcow2 -F raw base.qcow2 raw.img", "compare -f raw -F raw raw.img raw.img", "compare -q base.qcow2 comp.qcow2", "compare -T none base.qcow2 comp.qcow2", "compare -T bogus base.qcow2 comp.qcow2"]);
-
-    /// <summary>
-    /// Pairs whose strict comparison still differs: qemu-img -s compares QEMU's block-status words
-    /// (which split extents at L2-slice boundaries and flag compressed clusters and the end of the
-    /// file); ours compares allocation extent by extent. Listed in docs/cli-differences.md as open.
-    /// </summary>
-    private static readonly string[] StrictModeNotYetIdentical = ["base.qcow2 comp.qcow2", "base.qcow2 zstd.qcow2", "base.qcow2 raw.img", "v2.qcow2 ext.qcow2"];
+        "c4k.qcow2 base.qcow2", "ext.qcow2 base.qcow2", "top.qcow2 deep.qcow2", "raw.img c4k.qcow2", "comp.qcow2 zstd.qcow2", "deep.qcow2 raw.img",
+    }.SelectMany(pair => new[] { $"compare {pair}", $"compare -s {pair}" }).Concat(["compare -f qcow2 -F raw base.qcow2 raw.img", "compare -f raw -F raw raw.img raw.img", "compare -q base.qcow2 comp.qcow2", "compare -T none base.qcow2 comp.qcow2", "compare -T bogus base.qcow2 comp.qcow2"]);
 
     private static IEnumerable<string> Create => new[]
     {
