@@ -117,7 +117,10 @@ public class ArgumentSweepTests : TempDirectoryFixture
         {
             foreach (var bad in new[] { new[] { "--output=xml" }, ["-f", "vmdk"], ["-o", "frobnicate=on"], ["--frobnicate"], ["-Z"], ["--backing-policy=somewhere"] })
             {
-                yield return Case([verb, .. bad, .. WellFormedArguments(verb)]);
+                if (verb != "create" || bad is not ["-f", "vmdk"]) // create makes vmdk disks, as qemu-img does
+                {
+                    yield return Case([verb, .. bad, .. WellFormedArguments(verb)]);
+                }
             }
 
             foreach (var file in new[] { "{missing}", "{dir}", "{empty}", "{random}", "{truncated.qcow2}", "/dev/null", "{fifo}" })

@@ -36,7 +36,7 @@ internal static class VerbHelp
         ["compare"] = ("Compares two disks' contents; exit 0 identical, 1 different, 2 error. A shorter disk compares as zeros past its end.", [
             ("-f FMT", "format of the first disk (default: probed)"), ("-F FMT", "format of the second disk (default: probed)"), ("-s", "strict: different sizes or allocation count as different"), ("-T SRC_CACHE", "cache mode, checked as qemu-img checks it"), Progress, ForceShare, BackingPolicy]),
         ["create"] = ("Creates a qcow2 image (SIZE may be taken from the backing file).", [
-            ("-f qcow2", "format (qcow2; the default here, unlike qemu-img)"), ("-o OPTIONS", "compat, cluster_size, refcount_bits, lazy_refcounts, extended_l2, compression_type, preallocation, data_file, data_file_raw, dedup=on and dedup_*; -o help lists them"),
+            ("-f qcow2|raw|vmdk|vhdx|vpc|vdi", "format (qcow2 is the default here, unlike qemu-img; vmdk/vhdx/vpc/vdi through DiscUtils, with -o subformat=… or static=on)"), ("-o OPTIONS", "compat, cluster_size, refcount_bits, lazy_refcounts, extended_l2, compression_type, preallocation, data_file, data_file_raw, dedup=on and dedup_*; -o help lists them"),
             ("-b BACKING", "backing file (with -F, as qemu-img 7.2 requires)"), ("-F FMT", "backing file format"), ("-u", "do not open the backing file (its size must then be given)"), Quiet]),
         ["resize"] = ("Changes the virtual size of a qcow2 image or raw file: SIZE, +SIZE or -SIZE.", [
             ("--shrink", "allow making the image smaller (data past the new end is lost)"), ("--preallocation=off|metadata|falloc|full", "allocate the new part (growing only; raw takes falloc and full)"),

@@ -287,7 +287,7 @@ internal static class ConvertCommand
     }
 
     /// <summary>-o key=value[,key=value…] (repeatable), for the formats whose options are not qcow2's.</summary>
-    private static Dictionary<string, string> KeyValues(IEnumerable<string> values)
+    internal static Dictionary<string, string> KeyValues(IEnumerable<string> values)
     {
         var options = new Dictionary<string, string>(StringComparer.Ordinal);
         foreach (var item in values.SelectMany(v => v.Split(',', StringSplitOptions.RemoveEmptyEntries)))

@@ -1,12 +1,13 @@
+using QcowDedup.Qcow2.DiscUtils;
 using QcowDedup.Qcow2.Image;
 using QcowDedup.Qcow2.Storage;
 
 namespace QcowDedup.Cli.Commands;
 
-/// <summary>qcow2 create [-f qcow2] [-o OPTIONS] [-b BACKING -F FMT] [-u] [-q] FILE [SIZE]</summary>
+/// <summary>qcow2 create [-f FMT] [-o OPTIONS] [-b BACKING -F FMT] [-u] [-q] FILE [SIZE]</summary>
 internal static class CreateCommand
 {
-    public const string Usage = "qcow2 create [-f qcow2|raw] [-o OPTIONS] [-b BACKING -F FMT] [-u] [-q] FILE [SIZE]";
+    public const string Usage = "qcow2 create [-f qcow2|raw|vmdk|vhdx|vpc|vdi] [-o OPTIONS] [-b BACKING -F FMT] [-u] [-q] FILE [SIZE]";
 
     public static int Run(IReadOnlyList<string> args)
     {
@@ -26,10 +27,10 @@ internal static class CreateCommand
                 break;
             case "raw":
                 return CreateRaw(line, path, size);
+            case var foreign when ForeignDisks.IsForeign(foreign):
+                return CreateForeign(line, path, foreign, size);
             case var format:
-                throw new QemuArgumentError($"{path}: " + (Disks.FormatList.Contains(format, StringComparison.Ordinal)
-                    ? $"only qcow2 and raw images are created here; make a {format} disk with 'qcow2 convert -O {format}'"
-                    : $"Unknown file format '{format}'"));
+                throw new QemuArgumentError($"{path}: Unknown file format '{format}'");
         }
 
         CreateOptionParser parser;
@@ -108,6 +109,43 @@ internal static class CreateCommand
         if (!line.Has("-q"))
         {
             Console.Out.WriteLine(formatting ?? parser.Describe(path, image.Size, line.Value("-b"), line.Value("-F")));
+        }
+
+        return 0;
+    }
+
+    /// <summary>-f vmdk|vhdx|vpc|vdi: an empty disk through DiscUtils, announced with qemu-img's line for the format.</summary>
+    private static int CreateForeign(CommandLine line, string path, string format, long? size)
+    {
+        var options = ConvertCommand.KeyValues(line.Values("-o"));
+        size = options.Remove("size", out var sizeText) ? Sizes.ParseParameter("size", sizeText) : size;
+        if (size is not { } bytes)
+        {
+            throw new QemuArgumentError($"{path}: Image creation needs a size parameter");
+        }
+
+        var given = (string key) => options.TryGetValue(key, out var value) ? $" {key}={value}" : string.Empty;
+        var description = format switch
+        {
+            "vmdk" => $"size={bytes} compat6=off hwversion=undefined{given("subformat")}",
+            "vhdx" => $"size={bytes} log_size=1048576 block_size=0{given("subformat")}",
+            "vdi" => $"size={bytes} static={(options.GetValueOrDefault("static") is "on" ? "on" : "off")}",
+            _ => $"size={bytes}{given("subformat")}",
+        };
+        if (!line.Has("-q"))
+        {
+            Console.Out.WriteLine($"Formatting '{path}', fmt={format} {description}");
+        }
+
+        FileArguments.CheckOutput(path);
+        Disks.KeepMarshallingData();
+        try
+        {
+            ForeignDisks.Create(path, format, bytes, options).Dispose();
+        }
+        catch (ArgumentException error)
+        {
+            throw new QemuArgumentError($"{path}: {error.Message}");
         }
 
         return 0;
