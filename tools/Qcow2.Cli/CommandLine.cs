@@ -4,7 +4,8 @@ namespace QcowDedup.Cli;
 internal sealed class UsageException(string message) : Exception(message);
 
 /// <summary>
-/// A wrong argument qemu-img reports in its own words, reported the same way: "qcow2: " and the
+/// A failure qemu-img reports in its own words (a wrong argument, a refused operation), reported
+/// the same way: "qcow2: " and the
 /// message, exit code 1. A message of several lines carries its own prefixes where qemu-img's
 /// lines have them (error_report) and none where they do not (error_printf), so stderr is the same.
 /// </summary>

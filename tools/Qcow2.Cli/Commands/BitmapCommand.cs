@@ -27,7 +27,7 @@ internal static class BitmapCommand
             : null;
         if (problem is not null)
         {
-            return Fail(problem);
+            throw new QemuArgumentError(problem);
         }
 
         var (path, name) = (line.Positionals[0], line.Positionals[1]);
@@ -37,7 +37,7 @@ internal static class BitmapCommand
         {
             // No other format stores bitmaps: qemu-img finds none to change, and cannot add one.
             var first = actions[0].Name[2..];
-            return Fail($"Operation {first} on bitmap {name} failed: " + (first == "add" ? $"Can't store persistent bitmaps to {path}: Operation not supported" : $"Dirty bitmap '{name}' not found"));
+            throw new QemuArgumentError($"Operation {first} on bitmap {name} failed: " + (first == "add" ? $"Can't store persistent bitmaps to {path}: Operation not supported" : $"Dirty bitmap '{name}' not found"));
         }
 
         using var image = FileArguments.OpenImage(path, ImageOptions.For(line, path, writable: true) with { BackingFiles = BackingFileMode.Ignore });
@@ -50,7 +50,7 @@ internal static class BitmapCommand
             }
             catch (BitmapException error)
             {
-                return Fail($"Operation {action[2..]} on bitmap {name} failed: {error.Message}");
+                throw new QemuArgumentError($"Operation {action[2..]} on bitmap {name} failed: {error.Message}");
             }
         }
 
@@ -81,11 +81,5 @@ internal static class BitmapCommand
                 image.MergeBitmap(name, value!, source);
                 break;
         }
-    }
-
-    private static int Fail(string message)
-    {
-        Console.Error.WriteLine($"qcow2: {message}");
-        return 1;
     }
 }

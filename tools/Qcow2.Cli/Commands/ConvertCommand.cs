@@ -23,7 +23,7 @@ internal static class ConvertCommand
         var copy = ParseCopyOptions(line);
         if (Refusal(line) is { } refused)
         {
-            return Fail(refused);
+            throw new QemuArgumentError(refused);
         }
 
         line.ExpectPositionals(2, int.MaxValue, Usage);
@@ -41,12 +41,12 @@ internal static class ConvertCommand
 
             if (bitmaps && sources.Count > 1)
             {
-                return Fail("Cannot copy bitmaps from multiple sources");
+                throw new QemuArgumentError("Cannot copy bitmaps from multiple sources");
             }
 
             if (bitmaps && BitmapCopy.Refusal(sources[0], line.Has("--skip-broken-bitmaps")) is { } refusal)
             {
-                return Fail(refusal);
+                throw new QemuArgumentError(refusal);
             }
 
             foreach (var source in sources)
@@ -56,11 +56,7 @@ internal static class ConvertCommand
 
             var progress = new Progress(line.Has("-p") && !line.Has("-q"));
             var result = line.Has("-n") ? IntoExisting(line, sources, destination, target, copy, progress) : IntoNew(line, sources, destination, target, copy, progress);
-            if (result == 0)
-            {
-                progress.Finish();
-            }
-
+            progress.Finish(); // a refusal throws before this: no 100% after an error
             return result;
         }
         finally
@@ -151,7 +147,7 @@ internal static class ConvertCommand
         {
             // qemu-img creates the target before it finds the format cannot hold bitmaps, and leaves it.
             FileStorage.Create(destination).Dispose();
-            return Fail($"Format driver '{target}' does not support bitmaps");
+            throw new QemuArgumentError($"Format driver '{target}' does not support bitmaps");
         }
 
         switch (target)
@@ -176,13 +172,13 @@ internal static class ConvertCommand
                 {
                     if (bitmaps && image.Info.Version < 3)
                     {
-                        return Fail("Format driver 'qcow2' does not support bitmaps");
+                        throw new QemuArgumentError("Format driver 'qcow2' does not support bitmaps");
                     }
 
                     CopyAll(sources, copy with { Progress = progress }, (source, o) => ImageCopier.Copy(source, image, o));
                     if (bitmaps && BitmapCopy.Copy(sources[0].Image!, image) is { } failure)
                     {
-                        return Fail(failure);
+                        throw new QemuArgumentError(failure);
                     }
 
                     if (!line.Has("-q") && image.GetExtension<DedupExtension>() is { State: DedupIndexState.Active })
@@ -202,7 +198,7 @@ internal static class ConvertCommand
                 ToForeign(sources[0], destination, foreign, KeyValues(line.Values("-o")), progress);
                 return 0;
             default:
-                return Fail($"Unknown file format '{target}'");
+                throw new QemuArgumentError($"Unknown file format '{target}'");
         }
     }
 
@@ -217,16 +213,16 @@ internal static class ConvertCommand
             using var image = FileArguments.OpenImage(destination, ImageOptions.For(line, destination, writable: true));
             if (image.Size < total)
             {
-                return Fail("output file is smaller than input file");
+                throw new QemuArgumentError("output file is smaller than input file");
             }
 
             if (line.Has("--bitmaps") && image.Info.Version < 3)
             {
-                return Fail("Format driver 'qcow2' does not support bitmaps");
+                throw new QemuArgumentError("Format driver 'qcow2' does not support bitmaps");
             }
 
             CopyAll(sources, copy, (source, o) => ImageCopier.Copy(source, image, o));
-            return line.Has("--bitmaps") && BitmapCopy.Copy(sources[0].Image!, image) is { } failure ? Fail(failure) : 0;
+            return line.Has("--bitmaps") && BitmapCopy.Copy(sources[0].Image!, image) is { } failure ? throw new QemuArgumentError(failure) : 0;
         }
 
         if (target != "raw")
@@ -237,12 +233,12 @@ internal static class ConvertCommand
         using var file = FileStorage.Open(destination, writable: true);
         if (file.Length < total)
         {
-            return Fail("output file is smaller than input file");
+            throw new QemuArgumentError("output file is smaller than input file");
         }
 
         if (line.Has("--bitmaps"))
         {
-            return Fail("Format driver 'raw' does not support bitmaps");
+            throw new QemuArgumentError("Format driver 'raw' does not support bitmaps");
         }
 
         CopyAll(sources, copy, (source, o) => ImageCopier.CopyToRaw(source, file, o));
@@ -260,11 +256,6 @@ internal static class ConvertCommand
         }
     }
 
-    private static int Fail(string message)
-    {
-        Console.Error.WriteLine($"qcow2: {message}");
-        return 1;
-    }
 
     /// <summary>Copies every non-zero byte of the source into a new vmdk/vhdx/vpc/vdi disk (through DiscUtils).</summary>
     private static void ToForeign(DiskSource source, string destination, string format, Dictionary<string, string> options, Progress progress)
