@@ -2,10 +2,14 @@ using QcowDedup.Qcow2.Storage;
 
 namespace QcowDedup.Qcow2.Tests.Infrastructure;
 
-/// <summary>Passes every call to <paramref name="inner"/> and counts how often the file is asked for its length (an fstat each).</summary>
+/// <summary>Passes every call to <paramref name="inner"/>, counts how often the file is asked for its length (an fstat each) and records the length of every write.</summary>
 public sealed class CountingStorage(IStorage inner) : IStorage
 {
+    private readonly System.Collections.Concurrent.ConcurrentQueue<int> _writeLengths = new();
     private int _lengthReads;
+
+    /// <summary>The length of every write, in order (one system call each).</summary>
+    public IReadOnlyList<int> WriteLengths => [.. _writeLengths];
 
     /// <summary>Times the file was asked for its length.</summary>
     public int LengthReads => _lengthReads;
@@ -27,9 +31,17 @@ public sealed class CountingStorage(IStorage inner) : IStorage
 
     public ValueTask<int> ReadAsync(long offset, Memory<byte> buffer, CancellationToken cancellationToken) => inner.ReadAsync(offset, buffer, cancellationToken);
 
-    public void Write(long offset, ReadOnlySpan<byte> buffer) => inner.Write(offset, buffer);
+    public void Write(long offset, ReadOnlySpan<byte> buffer)
+    {
+        _writeLengths.Enqueue(buffer.Length);
+        inner.Write(offset, buffer);
+    }
 
-    public ValueTask WriteAsync(long offset, ReadOnlyMemory<byte> buffer, CancellationToken cancellationToken) => inner.WriteAsync(offset, buffer, cancellationToken);
+    public ValueTask WriteAsync(long offset, ReadOnlyMemory<byte> buffer, CancellationToken cancellationToken)
+    {
+        _writeLengths.Enqueue(buffer.Length);
+        return inner.WriteAsync(offset, buffer, cancellationToken);
+    }
 
     public void SetLength(long length) => inner.SetLength(length);
 

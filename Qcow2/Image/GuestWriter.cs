@@ -57,6 +57,17 @@ internal sealed partial class GuestWriter
             var position = offset + done;
             var clusterStart = geometry.StartOfCluster(position);
             var from = (int)(position - clusterStart);
+            if (from == 0 && WritesRuns && data.Length - done >= 2 * geometry.ClusterSize)
+            {
+                var run = await WriteFreshRunAsync(clusterStart, data[done..], async, cancellationToken).ConfigureAwait(false);
+                if (run > 0)
+                {
+                    done += run;
+                    clusterNumber += run >> geometry.ClusterBits;
+                    continue;
+                }
+            }
+
             var length = (int)Math.Min(geometry.ClusterSize - from, data.Length - done);
             await WriteClusterAsync(clusterStart, from, data.Slice(done, length), fingerprints?[clusterNumber], async, cancellationToken).ConfigureAwait(false);
             done += length;

@@ -161,8 +161,18 @@ internal sealed partial class RefcountAllocator
         }
         else
         {
-            // Every cluster of the range is reserved or wanted: store the block elsewhere.
+            // Every cluster of the range is reserved or wanted: store the block elsewhere. That
+            // allocation may itself land in this range (free, since no block counts it) and so
+            // create this very block, counting the cluster it got: the block exists then, and the
+            // cluster goes back. Creating a second one would replace the table entry of the first
+            // and lose the refcounts it holds.
             offset = await AllocateClustersAsync(1, async, cancellationToken).ConfigureAwait(false);
+            if (Table[blockIndex].BlockOffset != 0)
+            {
+                await ChangeAsync(offset >> _geometry.ClusterBits, -1, ClusterUse.Metadata, async, cancellationToken).ConfigureAwait(false);
+                return;
+            }
+
             using var block = await _blocks.CreateAsync(offset, async, cancellationToken).ConfigureAwait(false);
         }
 
