@@ -26,7 +26,8 @@ internal static class ParityCases
     public const string KeepsDirtyBit = " #keepsdirty";
 
     public static IEnumerable<string> All => Info.Concat(Map).Concat(Check).Concat(Measure).Concat(Snapshot).Concat(Compare)
-        .Concat(Create).Concat(Convert).Concat(Resize).Concat(Amend).Concat(Commit).Concat(Rebase).Concat(Bitmap).Concat(Dd);
+        .Concat(Create).Concat(Convert).Concat(Resize).Concat(Amend).Concat(Commit).Concat(Rebase).Concat(Bitmap).Concat(Dd)
+        .Concat(ImageOpts).Concat(Objects);
 
     private static readonly string[] Qcow2 = ParityFixtures.Qcow2Images;
     private static readonly string[] Files = ParityFixtures.AllFiles;
@@ -149,4 +150,46 @@ internal static class ParityCases
         "skip=100000 if=base.qcow2 of=new.img", "bs=1M count=0 if=base.qcow2 of=new.img", "-f raw bs=1k count=1 if=base.qcow2 of=new.img", "if=missing.qcow2 of=new.img",
         "bs=4k skip=3 if=raw.img of=new.img", "-O qcow2 bs=1M skip=2 if=comp.qcow2 of=new.qcow2", "-O bogus if=base.qcow2 of=new.img", "bs=3G if=base.qcow2 of=new.img",
     }.Select(a => $"dd {a}");
+
+    /// <summary>qemu-img's --image-opts: images named by QEMU option strings, on every verb that takes them, and the strings QEMU refuses.</summary>
+    private static IEnumerable<string> ImageOpts =>
+        new[]
+        {
+            "", ",foo=bar", ",l2-cache-size=1M", ",l2-cache-size=abc", ",file.foo=1", ",lazy-refcounts=maybe", ",overlap-check=bad", ",overlap-check.template=none",
+            ",force-share=on,read-only=on,cache.direct=off,cache.no-flush=on,discard=unmap,detect-zeroes=on,node-name=n1,file.node-name=n2,file.locking=off,file.aio=threads",
+            ",cache-size=1M,l2-cache-size=2M", ",node-name=1bad", ",discard=bad", ",file.locking=bad", ",file.aio=bad", ",cache-clean-interval=x", ",cache.no-flush=x",
+            ",overlap-check.main-header=x", ",file.drop-cache=x", ",driver=raw", ",,x", ",=x", ",backing.driver=qcow2",
+        }.Select(extra => $"info --image-opts driver=qcow2,file.filename=base.qcow2{extra}")
+        .Concat([
+            "info --output=json --image-opts file.filename=base.qcow2", "info --image-opts driver=raw,file.filename=raw.img", "info --image-opts driver=qcow2,file.filename=missing.qcow2",
+            "info --image-opts driver=foo,file.filename=base.qcow2", "info --image-opts driver=qcow2", "info --image-opts base.qcow2", "info --image-opts driver=qcow2,file=base.qcow2",
+            "info --image-opts driver=qcow2,filename=base.qcow2", "info --image-opts -f qcow2 driver=qcow2,file.filename=base.qcow2", "info --image-opts driver=qcow2,file.filename=raw.img",
+            "info --image-opts driver=qcow2,file.filename=text.txt", "info --backing-chain --image-opts driver=qcow2,file.filename=deep.qcow2", "info --output=json --image-opts driver=qcow2,file.filename=top.qcow2,force-share=on",
+            "check --image-opts driver=qcow2,file.filename=base.qcow2", "check --output=json --image-opts driver=qcow2,file.filename=c4k.qcow2", "check --image-opts driver=qcow2,file.filename=missing.qcow2",
+            "check -r all --image-opts driver=qcow2,file.filename=dirty.qcow2", "map --image-opts driver=qcow2,file.filename=top.qcow2", "map --output=json --image-opts driver=qcow2,file.filename=ext.qcow2",
+            "compare --image-opts driver=qcow2,file.filename=base.qcow2 driver=qcow2,file.filename=comp.qcow2", "compare --image-opts driver=qcow2,file.filename=base.qcow2 driver=raw,file.filename=raw.img",
+            "compare --image-opts -F qcow2 driver=qcow2,file.filename=base.qcow2 driver=qcow2,file.filename=comp.qcow2", "compare --image-opts driver=qcow2,file.filename=base.qcow2 driver=qcow2,file.filename=missing.qcow2",
+            "compare --image-opts driver=qcow2,file.filename=base.qcow2 driver=qcow2,file.filename=comp.qcow2,foo=1",
+            "convert --image-opts -O raw driver=qcow2,file.filename=top.qcow2 out.raw", "convert --image-opts -O qcow2 driver=qcow2,file.filename=base.qcow2 driver=qcow2,file.filename=snap.qcow2 out.qcow2",
+            "convert --image-opts -f qcow2 -O raw driver=qcow2,file.filename=base.qcow2 out.raw", "convert -n --target-image-opts base.qcow2 driver=qcow2,file.filename=snap.qcow2",
+            "convert --target-image-opts base.qcow2 driver=raw,file.filename=out.raw", "convert -n -O raw --target-image-opts base.qcow2 driver=raw,file.filename=out.raw",
+            "convert -n --target-image-opts base.qcow2 driver=qcow2,file.filename=missing.qcow2", "convert -n --target-image-opts base.qcow2 snap.qcow2",
+            "resize --image-opts driver=qcow2,file.filename=base.qcow2 +1M", "resize --image-opts driver=qcow2,file.filename=base.qcow2,force-share=on +1M", "resize --image-opts driver=raw,file.filename=raw.img 20M",
+            "snapshot -l --image-opts driver=qcow2,file.filename=snap.qcow2", "snapshot -c s9 --image-opts driver=qcow2,file.filename=base.qcow2", "snapshot -l -U --image-opts driver=qcow2,file.filename=snap.qcow2,force-share=on",
+            "measure -O qcow2 --image-opts driver=qcow2,file.filename=base.qcow2", "measure --output=json -O qcow2 --image-opts driver=raw,file.filename=raw.img",
+            "amend -o lazy_refcounts=on --image-opts driver=qcow2,file.filename=base.qcow2", "amend -f qcow2 -o lazy_refcounts=on --image-opts driver=qcow2,file.filename=base.qcow2",
+            "commit --image-opts driver=qcow2,file.filename=top.qcow2", "rebase -u -b base.qcow2 -F qcow2 --image-opts driver=qcow2,file.filename=deep.qcow2",
+            "bitmap --add --image-opts driver=qcow2,file.filename=base.qcow2 b9", "bitmap --add --image-opts -f qcow2 driver=qcow2,file.filename=base.qcow2 b9",
+            "dd --image-opts if=driver=qcow2,file.filename=top.qcow2 of=dd.raw bs=64k count=40", "dd --image-opts -f qcow2 if=driver=qcow2,file.filename=top.qcow2 of=dd.raw",
+        ]);
+
+    /// <summary>qemu-img's --object: the secrets scripts pass (and throttle groups) are taken and checked; other definitions are refused in QEMU's words.</summary>
+    private static IEnumerable<string> Objects =>
+        new[]
+        {
+            "secret,id=s0,data=abc", "secret,id=s0,data=YWJj,format=base64", "secret,id=s0,file=text.txt", "foo,id=x", "secret,id=s0", "secret,data=abc", "secret,id=s0,file=nope.txt",
+            "secret,id=s0,data=abc,bogus=1", "secret,id=s0,data=abc,format=hex", "throttle-group,id=t0,x-iops-total=100", "iothread,id=io0", "id=s0",
+        }.Select(o => $"info --object {o} base.qcow2")
+        .Concat(["check --object secret,id=s0,data=abc base.qcow2", "create --object secret,id=s0,data=abc -f qcow2 new.qcow2 1M", "convert --object secret,id=s0,data=abc -O raw base.qcow2 out.raw",
+            "compare --object foo,id=x base.qcow2 comp.qcow2", "create --object foo,id=x -f qcow2 new.qcow2 1M"]);
 }

@@ -69,13 +69,13 @@ internal static class ErrorReport
         _ => false,
     };
 
-    private static string Describe(Exception error) => error switch
+    private static string Describe(Exception error) => ImageOpts.ShowAsGiven(error switch
     {
         QcowDedup.Qcow2.Storage.ImageLockedException locked => $"Could not open '{locked.FilePath}': {locked.Message}",
         FileNotFoundException missing when missing.FileName is not null && !missing.Message.Contains(missing.FileName, StringComparison.Ordinal) => $"Could not open '{missing.FileName}': {missing.Message}",
         ArgumentException argument => WithoutParameterName(argument),
         _ => error.Message,
-    };
+    });
 
     /// <summary>
     /// The library's argument message without what .NET appends for programmers: " (Parameter 'options')"

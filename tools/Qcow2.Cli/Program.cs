@@ -43,13 +43,14 @@ internal static class Program
 
         // compare reports failures with images with 2 (1 means "different"), like qemu-img compare.
         var errorCode = verb == "compare" ? 2 : 1;
+        ImageOpts.Reset();
         try
         {
             return Dispatch(args);
         }
         catch (QemuArgumentError error)
         {
-            return Fail($"qcow2: {error.Message}", error.ExitCode);
+            return Fail($"qcow2: {ImageOpts.ShowAsGiven(error.Message)}", error.ExitCode);
         }
         catch (UsageException error)
         {

@@ -14,7 +14,7 @@ internal static class AmendCommand
 
     public static int Run(IReadOnlyList<string> args)
     {
-        var line = CommandLine.Parse(args, ["-f", "-o"], ["-p", "-q", "--force"]);
+        var line = CommandLine.Parse(args, ["-f", "-o"], ["-p", "-q", "--force"], ImageArguments.First);
         if (line.Values("-o").Count == 0)
         {
             throw QemuArgumentError.WithHelpHint("Must specify options (-o)");

@@ -15,7 +15,7 @@ internal static class BenchCommand
 
     public static int Run(IReadOnlyList<string> args)
     {
-        var line = CommandLine.Parse(args, ["-c", "-d", "-f", "-o", "-s", "-S", "-t", "--pattern"], ["-q", "-w", "-n", .. ImageOptions.ForceShareFlags]);
+        var line = CommandLine.Parse(args, ["-c", "-d", "-f", "-o", "-s", "-S", "-t", "--pattern"], ["-q", "-w", "-n", .. ImageOptions.ForceShareFlags], ImageArguments.First);
         line.ExpectPositionals(1, 1, Usage);
         if (line.Value("-f") is { } format && format != "qcow2")
         {

@@ -14,7 +14,7 @@ internal static class BitmapCommand
 
     public static int Run(IReadOnlyList<string> args)
     {
-        var line = CommandLine.Parse(args, ["-b", "--source-file", "-F", "--source-format", "-f", "-g", "--granularity", "--merge"], ["--add", "--remove", "--clear", "--enable", "--disable"]);
+        var line = CommandLine.Parse(args, ["-b", "--source-file", "-F", "--source-format", "-f", "-g", "--granularity", "--merge"], ["--add", "--remove", "--clear", "--enable", "--disable"], ImageArguments.First);
         var actions = line.Ordered.Where(o => Actions.Contains(o.Name)).ToList();
         var granularity = line.Value("-g", "--granularity") is { } granularityText ? Sizes.Cvtnum("granularity", granularityText) : 0;
 

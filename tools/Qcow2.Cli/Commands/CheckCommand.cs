@@ -19,7 +19,7 @@ internal static class CheckCommand
 
     public static int Run(IReadOnlyList<string> args)
     {
-        var line = CommandLine.Parse(args, ["-f", "--format", "-r", "--repair", "--output", "-T"], ["-q", "-p", "-U", "--force-share"]);
+        var line = CommandLine.Parse(args, ["-f", "--format", "-r", "--repair", "--output", "-T"], ["-q", "-p", "-U", "--force-share"], ImageArguments.First);
         ImageOptions.CheckCacheModes(line);
         var repair = line.Value("-r", "--repair") switch
         {
@@ -171,7 +171,7 @@ internal static class CheckCommand
         Optional("leaks", result.Leaks);
         Optional("leaks-fixed", result.LeaksFixed);
         Optional("allocated-clusters", result.AllocatedClusters);
-        w.WriteString("filename", path);
+        w.WriteString("filename", ImageOpts.AsGiven(path)); // qemu-img check names the image as given, option string and all
         w.WriteString("format", "qcow2");
         Optional("fragmented-clusters", result.FragmentedClusters);
         if (result.Losses.Count > 0)

@@ -10,7 +10,7 @@ internal static class CommitCommand
 
     public static int Run(IReadOnlyList<string> args)
     {
-        var line = CommandLine.Parse(args, ["-f", "-b", "-t", "-r"], ["-d", "-p", "-q"]);
+        var line = CommandLine.Parse(args, ["-f", "-b", "-t", "-r"], ["-d", "-p", "-q"], ImageArguments.First);
         ImageOptions.CheckCacheModes(line);
         var rate = line.Value("-r") is { } rateText ? Sizes.Cvtnum("rate limit", rateText) : 0;
         line.ExpectPositionals(1, 1, Usage);

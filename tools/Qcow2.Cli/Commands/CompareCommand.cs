@@ -12,7 +12,7 @@ internal static class CompareCommand
 
     public static int Run(IReadOnlyList<string> args)
     {
-        var line = CommandLine.Parse(args, ["-f", "-F", "-T"], ["-s", "-p", "-q", "-U", "--force-share"]);
+        var line = CommandLine.Parse(args, ["-f", "-F", "-T"], ["-s", "-p", "-q", "-U", "--force-share"], ImageArguments.FirstTwo);
         ImageOptions.CheckCacheModes(line, exitCode: 2);
         line.ExpectPositionals(2, 2, Usage);
         using var first = Disks.Open(line.Positionals[0], line.Value("-f"), ImageOptions.For(line, line.Positionals[0]));

@@ -13,7 +13,7 @@ internal static class ConvertCommand
     public static int Run(IReadOnlyList<string> args)
     {
         var line = CommandLine.Parse(args, ["-f", "-O", "-o", "-B", "-F", "-l", "-S", "-m", "-r", "-t", "-T"],
-            ["-p", "-c", "-q", "-n", "-W", "-C", "--target-is-zero", "--salvage", "--bitmaps", "--skip-broken-bitmaps", .. ImageOptions.ForceShareFlags]);
+            ["-p", "-c", "-q", "-n", "-W", "-C", "--target-is-zero", "--salvage", "--bitmaps", "--skip-broken-bitmaps", .. ImageOptions.ForceShareFlags], ImageArguments.SourcesAndTarget);
         if (CreateOptionParser.AsksForHelp(line.Values("-o")) && (line.Value("-O") ?? "raw") == "qcow2")
         {
             Console.Out.Write(CreateOptionParser.HelpTable(withFileName: line.Positionals.Count > 1)); // qemu-img prints it and exits 0, file names or not

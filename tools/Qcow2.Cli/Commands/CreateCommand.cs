@@ -11,7 +11,7 @@ internal static class CreateCommand
 
     public static int Run(IReadOnlyList<string> args)
     {
-        var line = CommandLine.Parse(args, ["-f", "-o", "-b", "-F"], ["-u", "-q"]);
+        var line = CommandLine.Parse(args, ["-f", "-o", "-b", "-F"], ["-u", "-q"], ImageArguments.ObjectsOnly);
         if (CreateOptionParser.AsksForHelp(line.Values("-o")))
         {
             Console.Out.Write(CreateOptionParser.HelpTable(withFileName: line.Positionals.Count > 0)); // qemu-img prints it and exits 0, file names or not

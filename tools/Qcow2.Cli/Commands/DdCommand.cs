@@ -13,7 +13,7 @@ internal static class DdCommand
 
     public static int Run(IReadOnlyList<string> args)
     {
-        var line = CommandLine.Parse(args, ["-f", "-O"], [.. ImageOptions.ForceShareFlags]);
+        var line = CommandLine.Parse(args, ["-f", "-O"], [.. ImageOptions.ForceShareFlags], ImageArguments.DdInput);
         long blockSize = 512;
         long? count = null;
         long? skip = null;

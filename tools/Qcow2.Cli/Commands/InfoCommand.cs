@@ -14,7 +14,7 @@ internal static class InfoCommand
 
     public static int Run(IReadOnlyList<string> args)
     {
-        var line = CommandLine.Parse(args, ["-f", "--output"], ["--backing-chain", "--dedup-details", .. ImageOptions.ForceShareFlags]);
+        var line = CommandLine.Parse(args, ["-f", "--output"], ["--backing-chain", "--dedup-details", .. ImageOptions.ForceShareFlags], ImageArguments.First);
         line.ExpectPositionals(1, 1, Usage);
         var json = OutputMode.IsJson(line.Value("--output"));
         var path = line.Positionals[0];

@@ -19,7 +19,7 @@ internal static class IoCommand
 
     public static int Run(IReadOnlyList<string> args)
     {
-        var line = CommandLine.Parse(args, ["-f", "-c"], ["-r", "-q", .. ImageOptions.ForceShareFlags]);
+        var line = CommandLine.Parse(args, ["-f", "-c"], ["-r", "-q", .. ImageOptions.ForceShareFlags], ImageArguments.First);
         line.ExpectPositionals(1, 1, Usage);
         if (line.Value("-f") is { } format && format != "qcow2")
         {

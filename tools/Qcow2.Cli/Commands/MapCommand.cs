@@ -11,7 +11,7 @@ internal static class MapCommand
 
     public static int Run(IReadOnlyList<string> args)
     {
-        var line = CommandLine.Parse(args, ["-f", "--output", "--start-offset", "--max-length"], ["-U", "--force-share"]);
+        var line = CommandLine.Parse(args, ["-f", "--output", "--start-offset", "--max-length"], ["-U", "--force-share"], ImageArguments.First);
         var start = line.Value("--start-offset") is { } startText ? Sizes.Cvtnum("start offset", startText) : 0;
         var maxLength = line.Value("--max-length") is { } lengthText ? Sizes.Cvtnum("max length", lengthText) : -1;
         line.ExpectPositionals(1, 1, Usage);

@@ -23,7 +23,7 @@ internal static class MeasureCommand
 
     public static int Run(IReadOnlyList<string> args)
     {
-        var line = CommandLine.Parse(args, ["-f", "-O", "-o", "--size", "--output", "-l"], ["-U", "--force-share"]);
+        var line = CommandLine.Parse(args, ["-f", "-O", "-o", "--size", "--output", "-l"], ["-U", "--force-share"], ImageArguments.First);
         var json = OutputMode.IsJson(line.Value("--output"));
         long? size = line.Value("--size") is { } sizeText ? Sizes.ParseImageSize(sizeText) : null;
         if (line.Positionals.Count > 1)

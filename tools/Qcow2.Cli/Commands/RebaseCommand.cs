@@ -10,7 +10,7 @@ internal static class RebaseCommand
 
     public static int Run(IReadOnlyList<string> args)
     {
-        var line = CommandLine.Parse(args, ["-f", "-b", "-F", "-t", "-T"], ["-u", "-p", "-q", .. ImageOptions.ForceShareFlags]);
+        var line = CommandLine.Parse(args, ["-f", "-b", "-F", "-t", "-T"], ["-u", "-p", "-q", .. ImageOptions.ForceShareFlags], ImageArguments.First);
         ImageOptions.CheckCacheModes(line);
         line.ExpectPositionals(1, 1, Usage);
         if (line.Value("-f") is { } format && format != "qcow2")

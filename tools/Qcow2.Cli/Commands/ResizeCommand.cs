@@ -17,7 +17,7 @@ internal static class ResizeCommand
         }
 
         var sizeText = args[^1];
-        var line = CommandLine.Parse(args.Take(args.Count - 1).ToList(), ["-f", "--preallocation"], ["--shrink", "-q"]);
+        var line = CommandLine.Parse(args.Take(args.Count - 1).ToList(), ["-f", "--preallocation"], ["--shrink", "-q"], ImageArguments.First);
         line.ExpectPositionals(1, 1, Usage);
         var preallocation = line.Value("--preallocation") switch
         {

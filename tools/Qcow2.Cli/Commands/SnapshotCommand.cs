@@ -11,7 +11,7 @@ internal static class SnapshotCommand
 
     public static int Run(IReadOnlyList<string> args)
     {
-        var line = CommandLine.Parse(args, ["-f", "-c", "-a", "-d"], ["-l", "-q", .. ImageOptions.ForceShareFlags]);
+        var line = CommandLine.Parse(args, ["-f", "-c", "-a", "-d"], ["-l", "-q", .. ImageOptions.ForceShareFlags], ImageArguments.First);
         line.ExpectPositionals(1, 1, Usage);
         var actions = Actions.Where(line.Has).ToList();
         if (actions.Count > 1)
