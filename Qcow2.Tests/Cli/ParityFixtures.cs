@@ -40,6 +40,13 @@ internal static class ParityFixtures
             Qemu.IoUnchecked("dirty.qcow2", "write -P 13 0 1M", "abort");
             Img("create", "-q", "-f", "qcow2", "-o", "data_file=ext.data", "ext-data.qcow2", "4M");
             Qemu.Io("ext-data.qcow2", "write -P 15 64k 64k");
+            // 1 KiB clusters: one L2 table maps 128 KiB. The second L1 entry points 512 bytes into
+            // its L2 table, which QEMU opens and reads around (convert --salvage), like a torn write.
+            Img("create", "-q", "-f", "qcow2", "-o", "cluster_size=1k", "badl2.qcow2", "512k");
+            Qemu.Io("badl2.qcow2", "write -P 16 0 512k");
+            var badL2 = Path.Combine(directory, "badl2.qcow2");
+            var l1 = (long)ImagePatch.ReadU64(badL2, 40);
+            ImagePatch.WriteU64(badL2, l1 + 8, ImagePatch.ReadU64(badL2, l1 + 8) + 512);
             File.WriteAllBytes(Path.Combine(directory, "empty.img"), []);
             File.WriteAllText(Path.Combine(directory, "text.txt"), "not an image\n");
         }

@@ -34,6 +34,14 @@ public sealed record ImageCopyOptions
     /// </summary>
     public Action<long, Exception>? OnReadError { get; init; }
 
+    /// <summary>
+    /// Salvage, like <see cref="OnReadError"/>: told about each 512-byte sector of the source whose
+    /// allocation status (its map) cannot be read, which is then read as data — once when the map
+    /// is read, and again just before that sector is read, as qemu-img convert --salvage asks
+    /// twice. Null: a map that cannot be read ends the copy.
+    /// </summary>
+    public Action<long, Exception>? OnStatusError { get; init; }
+
     /// <summary>Where in the target the source's first byte goes (several sources copied one after another).</summary>
     public long TargetOffset { get; init; }
 }
@@ -132,7 +140,8 @@ public static class ImageCopier
         var shift = options.TargetOffset;
         await target.PrepareAsync(shift + source.Size, async, cancellationToken).ConfigureAwait(false);
         var granularity = target.Granularity;
-        var map = async ? await source.GetMapAsync(0, source.Size, cancellationToken).ConfigureAwait(false) : source.GetMap(0, source.Size);
+        var unknownStatus = new List<(long Start, long End)>();
+        var map = await ReadMapAsync(source, options, unknownStatus, async, cancellationToken).ConfigureAwait(false);
         var shown = ToSource(await target.ShownRangesAsync(async, cancellationToken).ConfigureAwait(false), shift, source.Size);
         List<(long Start, long End)>? stored = options.SparseSize is 0 && source.Size > 0 ? [(0L, source.Size)] : null; // -S 0: every byte is written, as qemu-img fully allocates
         var throttle = options.RateLimit is { } rate ? new Throttle(rate) : null;
@@ -147,13 +156,13 @@ public static class ImageCopier
             // The next chunk is read while the current one is written (the source and the target
             // are different files): reading and writing overlap, as qemu-img's parallel requests do.
             var hash = !options.Compress;
-            reading = chunks.Count > 0 ? ReadChunkAsync(source, target, chunks[0], shift, current, hash, options, async, cancellationToken) : null;
+            reading = chunks.Count > 0 ? ReadChunkAsync(source, target, chunks[0], shift, current, hash, options, unknownStatus, async, cancellationToken) : null;
             for (var i = 0; i < chunks.Count; i++)
             {
                 cancellationToken.ThrowIfCancellationRequested();
                 var fingerprints = await reading!.ConfigureAwait(false);
                 (current, next) = (next, current);
-                reading = i + 1 < chunks.Count ? ReadChunkAsync(source, target, chunks[i + 1], shift, current, hash, options, async, cancellationToken) : null;
+                reading = i + 1 < chunks.Count ? ReadChunkAsync(source, target, chunks[i + 1], shift, current, hash, options, unknownStatus, async, cancellationToken) : null;
                 var (position, length) = chunks[i];
                 ReadOnlyMemory<byte>? targetReads = null;
                 if (ByteRanges.Overlaps(shown, position, position + length))
@@ -255,20 +264,20 @@ public static class ImageCopier
     /// clusters for the target's allocator (dedup's SHA-256) — on the thread pool, so that both
     /// overlap the writes of the previous chunk. Returns the fingerprints (null: none wanted).
     /// </summary>
-    private static Task<ClusterFingerprint?[]?> ReadChunkAsync(DiskSource source, CopyTarget target, (long Position, int Length) chunk, long shift, byte[] buffer, bool hash, ImageCopyOptions options, bool async, CancellationToken cancellationToken)
+    private static Task<ClusterFingerprint?[]?> ReadChunkAsync(DiskSource source, CopyTarget target, (long Position, int Length) chunk, long shift, byte[] buffer, bool hash, ImageCopyOptions options, List<(long Start, long End)> unknownStatus, bool async, CancellationToken cancellationToken)
     {
         var data = buffer.AsMemory(0, chunk.Length);
         return async ? ReadAndHashAsync() : Task.Run(() => ReadAndHash(), cancellationToken);
 
         async Task<ClusterFingerprint?[]?> ReadAndHashAsync()
         {
-            await ReadAsync(source, chunk.Position, data, options, async: true, cancellationToken).ConfigureAwait(false);
+            await ReadAsync(source, chunk.Position, data, options, unknownStatus, async: true, cancellationToken).ConfigureAwait(false);
             return hash ? await Task.Run(() => target.Fingerprint(shift + chunk.Position, data), cancellationToken).ConfigureAwait(false) : null;
         }
 
         ClusterFingerprint?[]? ReadAndHash()
         {
-            SyncOver.Run(ReadAsync(source, chunk.Position, data, options, async: false, cancellationToken));
+            SyncOver.Run(ReadAsync(source, chunk.Position, data, options, unknownStatus, async: false, cancellationToken));
             return hash ? target.Fingerprint(shift + chunk.Position, data) : null;
         }
     }
@@ -278,15 +287,19 @@ public static class ImageCopier
     /// --salvage), a failed read is retried 512 bytes at a time and each sector that still fails
     /// reads as zeros and is reported.
     /// </summary>
-    private static async ValueTask ReadAsync(DiskSource source, long position, Memory<byte> data, ImageCopyOptions options, bool async, CancellationToken cancellationToken)
+    private static async ValueTask ReadAsync(DiskSource source, long position, Memory<byte> data, ImageCopyOptions options, List<(long Start, long End)> unknownStatus, bool async, CancellationToken cancellationToken)
     {
-        try
+        var end = position + data.Length;
+        if (!ByteRanges.Overlaps(unknownStatus, position, end))
         {
-            await source.ReadAsync(position, data, async, cancellationToken).ConfigureAwait(false);
-            return;
-        }
-        catch (Exception error) when (options.OnReadError is not null && error is IOException or InvalidDataException)
-        {
+            try
+            {
+                await source.ReadAsync(position, data, async, cancellationToken).ConfigureAwait(false);
+                return;
+            }
+            catch (Exception error) when (options.OnReadError is not null && IsReadFailure(error))
+            {
+            }
         }
 
         for (var done = 0; done < data.Length; done += 512)
@@ -295,13 +308,86 @@ public static class ImageCopier
             try
             {
                 await source.ReadAsync(position + done, sector, async, cancellationToken).ConfigureAwait(false);
+                if (ByteRanges.Overlaps(unknownStatus, position + done, position + done + sector.Length))
+                {
+                    options.OnStatusError!(position + done, new IOException("the allocation status of this sector could not be read"));
+                }
             }
-            catch (Exception error) when (error is IOException or InvalidDataException)
+            catch (Exception error) when (IsReadFailure(error))
             {
+                if (ByteRanges.Overlaps(unknownStatus, position + done, position + done + sector.Length))
+                {
+                    options.OnStatusError!(position + done, error);
+                }
+
+                if (options.OnReadError is null)
+                {
+                    throw;
+                }
+
                 sector.Span.Clear();
-                options.OnReadError!(position + done, error);
+                options.OnReadError(position + done, error);
             }
         }
+    }
+
+    /// <summary>What salvage copies past: a file's read error or a table the image cannot trust.</summary>
+    private static bool IsReadFailure(Exception error) => error is IOException or InvalidDataException;
+
+    /// <summary>
+    /// The source's map. With <see cref="ImageCopyOptions.OnStatusError"/> (salvage) a range whose
+    /// map cannot be read is asked again in quarters, down to single 512-byte sectors; a sector
+    /// that still fails is reported, noted in <paramref name="unknownStatus"/> and read as data,
+    /// as qemu-img convert --salvage does.
+    /// </summary>
+    private static async ValueTask<IReadOnlyList<MapEntry>> ReadMapAsync(DiskSource source, ImageCopyOptions options, List<(long Start, long End)> unknownStatus, bool async, CancellationToken cancellationToken)
+    {
+        async ValueTask<IReadOnlyList<MapEntry>> Map(long offset, long length) =>
+            async ? await source.GetMapAsync(offset, length, cancellationToken).ConfigureAwait(false) : source.GetMap(offset, length);
+
+        if (options.OnStatusError is null)
+        {
+            return await Map(0, source.Size).ConfigureAwait(false);
+        }
+
+        var entries = new List<MapEntry>();
+        var position = 0L;
+        var step = source.Size;
+        while (position < source.Size)
+        {
+            cancellationToken.ThrowIfCancellationRequested();
+            var length = Math.Min(step, source.Size - position);
+            try
+            {
+                entries.AddRange(await Map(position, length).ConfigureAwait(false));
+                position += length;
+                step = source.Size;
+            }
+            catch (Exception error) when (IsReadFailure(error))
+            {
+                if (length > 512)
+                {
+                    step = Math.Max(512, ((length + 3) / 4 + 511) / 512 * 512);
+                    continue;
+                }
+
+                options.OnStatusError(position, error);
+                if (unknownStatus.Count > 0 && unknownStatus[^1].End == position)
+                {
+                    unknownStatus[^1] = (unknownStatus[^1].Start, position + length);
+                }
+                else
+                {
+                    unknownStatus.Add((position, position + length));
+                }
+
+                entries.Add(new MapEntry(position, length, 0, Present: true, Zero: false, Data: true, Offset: null, File: null));
+                position += length;
+                step = source.Size;
+            }
+        }
+
+        return entries;
     }
 
     /// <summary>

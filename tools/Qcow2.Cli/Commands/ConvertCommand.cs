@@ -86,6 +86,7 @@ internal static class ConvertCommand
 
         var rate = line.Value("-r") is { } rateText ? Sizes.Cvtnum("rate limit", rateText) : (long?)null;
         ImageOptions.CheckCacheModes(line);
+        var salvage = line.Has("--salvage") ? new SalvageWarnings(line.Has("-q")) : null;
 
         return new ImageCopyOptions
         {
@@ -93,8 +94,37 @@ internal static class ConvertCommand
             SparseSize = sparse,
             RateLimit = rate is 0 ? null : rate,
             TargetHasData = line.Has("-n") && !line.Has("--target-is-zero"),
-            OnReadError = line.Has("--salvage") ? (offset, error) => Console.Error.WriteLine($"qcow2: warning: error while reading offset {offset}: {error.Message}") : null,
+            OnReadError = salvage is null ? null : salvage.Read,
+            OnStatusError = salvage is null ? null : salvage.Status,
         };
+    }
+
+    /// <summary>
+    /// What qemu-img convert --salvage prints: the image's first corruption once (as QEMU's qcow2
+    /// driver reports it, -q or not), then a warning per 512-byte sector whose status or data
+    /// could not be read, with the errno QEMU gives a corrupt table (EIO).
+    /// </summary>
+    private sealed class SalvageWarnings(bool quiet)
+    {
+        private int _corruptionShown;
+
+        public void Status(long offset, Exception error) => Warn($"error while reading block status at offset {offset}", error);
+
+        public void Read(long offset, Exception error) => Warn($"error while reading offset {offset}", error);
+
+        private void Warn(string what, Exception error)
+        {
+            var corruption = error is InvalidDataException;
+            if (corruption && Interlocked.Exchange(ref _corruptionShown, 1) == 0)
+            {
+                Console.Error.WriteLine($"qcow2: Image is corrupt: {error.Message}; further non-fatal corruption events will be suppressed");
+            }
+
+            if (!quiet)
+            {
+                Console.Error.WriteLine($"qcow2: warning: {what}: {(corruption ? "Input/output error" : error.Message)}");
+            }
+        }
     }
 
     /// <summary>qemu-img's refusals of option combinations, before any file is opened.</summary>
