@@ -130,7 +130,7 @@ public class ChainOperationTests : TempDirectoryFixture
     }
 
     [TestCase("refcount_bits=1", "Cannot decrease refcount entry width to 1 bits")]
-    [TestCase("compat=0.10,refcount_bits=64", "compat=0.10 requires refcount_bits=16")]
+    [TestCase("compat=0.10,refcount_bits=64", "Refcount widths other than 16 bits require compatibility level 1.1 or above")]
     [TestCase("refcount_bits=3", "power of two")]
     [TestCase("cluster_size=4k", "This option is only supported for image creation")]
     public void Amend_refuses_what_qemu_img_refuses(string amendOptions, string message)

@@ -27,7 +27,7 @@ internal static class ParityCases
 
     public static IEnumerable<string> All => Info.Concat(Map).Concat(Check).Concat(Measure).Concat(Snapshot).Concat(Compare)
         .Concat(Create).Concat(Convert).Concat(Resize).Concat(Amend).Concat(Commit).Concat(Rebase).Concat(Bitmap).Concat(Dd)
-        .Concat(ImageOpts).Concat(Objects).Concat(Salvage);
+        .Concat(ImageOpts).Concat(Objects).Concat(Salvage).Concat(OptionValues);
 
     private static readonly string[] Qcow2 = ParityFixtures.Qcow2Images;
     private static readonly string[] Files = ParityFixtures.AllFiles;
@@ -203,4 +203,19 @@ internal static class ParityCases
         "convert --salvage -O raw badl2.qcow2 out.raw" + WordingDiffers, "convert -q --salvage -O raw badl2.qcow2 out.raw" + WordingDiffers,
         "convert --salvage -O qcow2 badl2.qcow2 out.qcow2" + WordingDiffers, "convert -O raw badl2.qcow2 out.raw" + WordingDiffers, "info badl2.qcow2",
     ];
+
+    /// <summary>
+    /// The same -o values through every verb that takes them: each verb checks them where and as
+    /// qemu-img does (create and convert as qcow2_co_create, convert's after "DST: error while
+    /// converting qcow2:", measure as qcow2_measure, amend as qcow2_amend_options).
+    /// </summary>
+    private static IEnumerable<string> OptionValues =>
+        new[]
+        {
+            "compat=2", "cluster_size=3k", "cluster_size=x", "refcount_bits=3", "refcount_bits=x", "lazy_refcounts=maybe", "preallocation=bogus", "compression_type=foo",
+            "extended_l2=maybe", "compat=0.10,lazy_refcounts=on", "cluster_size=4k,extended_l2=on", "compat=0.10,refcount_bits=8", "data_file_raw=on", "compat=0.10,compression_type=zstd",
+            "compat=0.10,extended_l2=on", "size=1x", "cluster_size=4k,bogus=1", "cluster_size=64k",
+        }.SelectMany(o => new[] { $"convert -O qcow2 -o {o} base.qcow2 out.qcow2", $"measure -O qcow2 -o {o} base.qcow2", $"amend -o {o} base.qcow2", $"create -f qcow2 -o {o} new.qcow2 1M" })
+        .Concat(["measure -O raw -o nocow=maybe base.qcow2", "measure -O raw -o preallocation=bogus base.qcow2", "measure -O raw -o bogus=1 base.qcow2", "measure --size 1G -O qcow2 -o bogus=1",
+            "create -f qcow2 -o size=2M new.qcow2 1M", "convert -O qcow2 -o preallocation=metadata -B base.qcow2 -F qcow2 top.qcow2 out.qcow2"]);
 }

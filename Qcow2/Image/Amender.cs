@@ -101,7 +101,7 @@ internal sealed class Amender(ImageSession session, WritableState writable, Gues
         var targetLazy = options.LazyRefcounts ?? (header.Compatible & CompatibleFeatures.LazyRefcounts) != 0;
         if (targetVersion < 3 && targetBits != 16)
         {
-            throw new NotSupportedException("compat=0.10 requires refcount_bits=16");
+            throw new NotSupportedException("Refcount widths other than 16 bits require compatibility level 1.1 or above (use compat=1.1 or greater)");
         }
 
         if (targetVersion < 3 && targetLazy && options.LazyRefcounts == true)

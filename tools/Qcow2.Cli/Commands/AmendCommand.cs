@@ -33,6 +33,11 @@ internal static class AmendCommand
         }
 
         var values = Parse(line.Values("-o"));
+        if (Qcow2OptionValues.AmendCompatProblem(values.GetValueOrDefault("compat")) is { } compatProblem)
+        {
+            throw new QemuArgumentError(compatProblem);
+        }
+
         var options = new Qcow2AmendOptions
         {
             Version = values.GetValueOrDefault("compat") is { } compat ? Qcow2OptionValues.Version(compat) : null,
@@ -50,10 +55,14 @@ internal static class AmendCommand
     private static Dictionary<string, string> Parse(IEnumerable<string> optionStrings)
     {
         var values = new Dictionary<string, string>(StringComparer.Ordinal);
-        foreach (var pair in optionStrings.SelectMany(o => o.Split(',', StringSplitOptions.RemoveEmptyEntries)))
+        var pairs = optionStrings.SelectMany(o => o.Split(',', StringSplitOptions.RemoveEmptyEntries))
+            .Select(pair => pair.IndexOf('=', StringComparison.Ordinal) is var equals and >= 0 ? (Key: pair[..equals], Value: pair[(equals + 1)..]) : (Key: pair, Value: "on")).ToList();
+
+        // qemu-img adds the hint only when the whole string reads as creation options.
+        var all = pairs.GroupBy(p => p.Key).ToDictionary(g => g.Key, g => g.Last().Value, StringComparer.Ordinal);
+        var readsAsCreation = all.Keys.All(k => CreateOnly.Contains(k) || Amendable.Contains(k)) && Qcow2OptionValues.SyntaxProblem(all.GetValueOrDefault) is null;
+        foreach (var (key, value) in pairs)
         {
-            var equals = pair.IndexOf('=', StringComparison.Ordinal);
-            var key = equals < 0 ? pair : pair[..equals];
             if (key is "help" or "?")
             {
                 throw new UsageException("amendable options: " + string.Join(", ", Amendable));
@@ -61,7 +70,7 @@ internal static class AmendCommand
 
             if (CreateOnly.Contains(key))
             {
-                throw new QemuArgumentError($"Invalid parameter '{key}'\nThis option is only supported for image creation");
+                throw new QemuArgumentError(readsAsCreation ? $"Invalid parameter '{key}'\nThis option is only supported for image creation" : $"Invalid parameter '{key}'");
             }
 
             if (!Amendable.Contains(key))
@@ -69,7 +78,7 @@ internal static class AmendCommand
                 throw new QemuArgumentError($"Invalid parameter '{key}'");
             }
 
-            values[key] = equals < 0 ? "on" : pair[(equals + 1)..];
+            values[key] = value;
         }
 
         return values.Count > 0 ? values : throw QemuArgumentError.WithHelpHint("Must specify options (-o)");

@@ -190,7 +190,26 @@ internal static class ConvertCommand
 
                 return 0;
             case "qcow2":
-                var parser = new CreateOptionParser(line.Values("-o"), Extensions.CreateOptionKeys);
+                CreateOptionParser parser;
+                try
+                {
+                    parser = new CreateOptionParser(line.Values("-o"), Extensions.CreateOptionKeys);
+                }
+                catch (UsageException error)
+                {
+                    throw new QemuArgumentError(error.Message); // an unknown key, as qemu-img reports it
+                }
+
+                if (Qcow2OptionValues.SyntaxProblem(key => parser[key]) is { } syntax)
+                {
+                    throw new QemuArgumentError(syntax);
+                }
+
+                if (Qcow2OptionValues.CreateProblem(key => parser[key], line.Value("-B") is not null, line.Value("-B") is not null && line.Value("-F") is not null) is { } problem)
+                {
+                    throw new QemuArgumentError($"{destination}: error while converting qcow2: {problem}");
+                }
+
                 var options = parser.Build(total, backingFile: line.Value("-B"), backingFormat: line.Value("-B") is null ? null : line.Value("-F"));
                 if (options.DataFile is { } dataFile && sources.Any(s => s.UsesFile(DefaultBackingFileResolver.ResolvePath(dataFile, FilePaths.Absolute(destination)))))
                 {

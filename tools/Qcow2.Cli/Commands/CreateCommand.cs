@@ -43,9 +43,14 @@ internal static class CreateCommand
             throw new QemuArgumentError($"{path}: {error.Message}");
         }
 
-        if (CreateValidation.SyntaxProblem(parser) is { } syntax)
+        if (Qcow2OptionValues.SyntaxProblem(key => parser[key]) is { } syntax)
         {
             throw new QemuArgumentError($"{path}: {syntax}");
+        }
+
+        if (parser["size"] is not null && size is not null)
+        {
+            throw new QemuArgumentError($"{path}: The image size must be specified only once");
         }
 
         var backingFile = line.Value("-b") ?? parser["backing_file"];
@@ -77,7 +82,7 @@ internal static class CreateCommand
 
         // qemu-img prints the line before the driver checks the values, so a refused value follows it.
         var formatting = requested is { } known ? parser.Describe(path, known, line.Value("-b"), line.Value("-F")) : null;
-        if (CreateValidation.ValueProblem(parser, backingFile is not null, backingFormat is not null) is { } problem)
+        if (Qcow2OptionValues.CreateProblem(key => parser[key], backingFile is not null, backingFormat is not null) is { } problem)
         {
             if (!line.Has("-q") && formatting is not null)
             {

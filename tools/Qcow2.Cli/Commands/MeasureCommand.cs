@@ -48,14 +48,18 @@ internal static class MeasureCommand
         }
 
         var target = line.Value("-O") ?? "raw"; // qemu-img's default output format
-        var options = ParseOptions(line.Values("-o"), target switch
+        var options = ParseOptions(line.Values("-o"), target, target switch
         {
             "raw" => RawKeys,
             "qcow2" => Qcow2Keys,
             _ => throw new UsageException($"output format '{target}' cannot be measured; use raw or qcow2"),
         });
 
-        CheckCommonOptions(options);
+        if (Qcow2OptionValues.MeasureSyntaxProblem(key => options.GetValueOrDefault(key), target) is { } syntax)
+        {
+            throw new QemuArgumentError(syntax);
+        }
+
         var owners = new List<IDisposable>();
         try
         {
@@ -96,36 +100,14 @@ internal static class MeasureCommand
         };
     }
 
-    /// <summary>
-    /// Options that do not change the figures are still checked for well-formed values, so a
-    /// typo is reported rather than silently measured (qemu-img ignores some of them unread).
-    /// </summary>
-    private static void CheckCommonOptions(Dictionary<string, string> options)
-    {
-        foreach (var flag in new[] { "lazy_refcounts", "data_file_raw", "nocow" })
-        {
-            Flag(options, flag);
-        }
-
-        foreach (var sizeKey in new[] { "size", "extent_size_hint" })
-        {
-            if (options.GetValueOrDefault(sizeKey) is { } text)
-            {
-                Sizes.ParseParameter(sizeKey, text);
-            }
-        }
-
-        if (options.GetValueOrDefault("compression_type") is { } compression)
-        {
-            Qcow2OptionValues.CompressionType(compression);
-        }
-
-        PreallocationMode(options);
-    }
-
     /// <summary>The options qemu-img measure honours for a qcow2 target.</summary>
     private static Qcow2CreateOptions Qcow2Options(Dictionary<string, string> options, long? size)
     {
+        if (Qcow2OptionValues.MeasureValueProblem(key => options.GetValueOrDefault(key)) is { } problem)
+        {
+            throw new QemuArgumentError(problem);
+        }
+
         if (options.ContainsKey("encryption") || options.ContainsKey("encrypt.format"))
         {
             throw new NotSupportedException("Measuring encrypted qcow2 images is not supported.");
@@ -148,7 +130,7 @@ internal static class MeasureCommand
         options.GetValueOrDefault("preallocation") is { } mode ? Qcow2OptionValues.Preallocation(mode) : Preallocation.Off;
 
     /// <summary>Every -o key=value[,key=value] argument merged, later values winning; keys outside <paramref name="known"/> are refused.</summary>
-    private static Dictionary<string, string> ParseOptions(IEnumerable<string> optionStrings, string[] known)
+    private static Dictionary<string, string> ParseOptions(IEnumerable<string> optionStrings, string format, string[] known)
     {
         var values = new Dictionary<string, string>(StringComparer.Ordinal);
         foreach (var pair in optionStrings.SelectMany(text => text.Split(',', StringSplitOptions.RemoveEmptyEntries)))
@@ -162,7 +144,7 @@ internal static class MeasureCommand
 
             if (!known.Contains(key))
             {
-                throw new UsageException($"Invalid parameter '{key}' for this output format");
+                throw new QemuArgumentError($"Invalid parameter '{key}'\nqcow2: Invalid options for file format '{format}'");
             }
 
             values[key] = equals < 0 ? "on" : pair[(equals + 1)..];
