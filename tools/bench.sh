@@ -33,11 +33,21 @@ cat "$work/half" "$work/half" >"$work/dup.raw"
 rm -f "$work/half" "$work/z3" "$work/t3"
 qemu-img convert -O qcow2 "$work/random.raw" "$work/alloc.qcow2"
 
+# warm: writes and deletes 2 GiB on the scratch file system just before each timed run, so that
+# the run's page allocations find recently used free memory whichever tool runs and whatever ran
+# before. Without it, memory given back to the host after an earlier large file was deleted
+# (this VM's balloon/free page reporting) costs a host fault on first touch, and the same run of
+# either tool varied 0.3-2.5 s, so that a row's median depended on what ran before it.
+warm() {
+  head -c 2G /dev/zero >"$work/.warm"
+  rm -f "$work/.warm"
+}
 # timed KEY CMD...: runs CMD under GNU time; appends "seconds rss_kib" to $work/KEY
 timed() {
   local key="$1"; shift
   sync
   [ -w /proc/sys/vm/drop_caches ] && echo 1 >/proc/sys/vm/drop_caches 2>/dev/null || true
+  warm
   /usr/bin/time -f "%e %M" -o "$work/.t" "$@" >/dev/null
   cat "$work/.t" >>"$work/$key"
 }
@@ -45,6 +55,7 @@ timed() {
 bench_rate() {
   local key="$1"; shift
   rm -f "$work/b.qcow2"; qemu-img create -q -f qcow2 "$work/b.qcow2" 1G
+  warm
   "$@" "$work/b.qcow2" | sed -n 's/^Run completed in \([0-9.]*\) seconds.*/\1 0/p' >>"$work/$key"
 }
 # many KEY N CMD...: N back-to-back runs; appends the mean milliseconds per run
