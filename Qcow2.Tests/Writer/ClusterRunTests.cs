@@ -88,4 +88,25 @@ public class ClusterRunTests : TempDirectoryFixture
         Qemu.AssertClean(path);
         Qemu.Compare(path, raw).ExitCode.ShouldBe(0);
     }
+
+    [Test]
+    public void Runs_fill_free_holes_as_qemu_does_instead_of_growing_the_file()
+    {
+        // 512-byte clusters and scattered free space: a run needs contiguous free clusters, so an
+        // unbounded run skipped every hole and grew the file by 5 MB; runs end at the L2 table.
+        var ours = PathOf("ours.qcow2");
+        var theirs = PathOf("qemu.qcow2");
+        Qemu.Img("create", "-q", "-f", "qcow2", "-o", "cluster_size=512", ours, "12M");
+        Qemu.Io(ours, "write -P 3 64k 64k", "write -P 4 3M 1M", "write -z 5M 512k", "write -P 5 9M 10k", "discard 3M 512k");
+        File.Copy(ours, theirs);
+        Qemu.Io(theirs, "write -P 7 0 10M");
+        using (var image = Qcow2Image.Open(ours, new Qcow2OpenOptions { Writable = true }))
+        {
+            image.Write(0, Enumerable.Repeat((byte)7, 10 << 20).ToArray());
+        }
+
+        Qemu.AssertClean(ours);
+        Qemu.Compare(ours, theirs, "qcow2", "qcow2").ExitCode.ShouldBe(0);
+        new FileInfo(ours).Length.ShouldBeLessThanOrEqualTo(new FileInfo(theirs).Length + (64 << 10));
+    }
 }

@@ -4,8 +4,18 @@ namespace QcowDedup.Qcow2.Image;
 
 internal sealed partial class GuestWriter
 {
-    /// <summary>Most clusters one run allocates and writes at once: 8 MiB of data, at least two clusters.</summary>
-    private int MaxRunClusters => Math.Max(2, (8 << 20) >> _metadata.Geometry.ClusterBits);
+    /// <summary>
+    /// Most clusters one run starting at <paramref name="start"/> allocates and writes at once: 8 MiB
+    /// of data, and never past the L2 table's end, as QEMU bounds an allocation. A run needs that
+    /// many contiguous free clusters; unbounded, small clusters would skip every smaller hole and
+    /// grow the file instead of filling them.
+    /// </summary>
+    private int MaxRunClusters(long start)
+    {
+        var geometry = _metadata.Geometry;
+        var leftInTable = geometry.L2Entries - geometry.L2Index(start);
+        return (int)Math.Min(leftInTable, (8 << 20) >> geometry.ClusterBits);
+    }
 
     /// <summary>
     /// Whether whole clusters that need fresh host clusters may be written as runs. Only with an
@@ -27,7 +37,7 @@ internal sealed partial class GuestWriter
     {
         var geometry = _metadata.Geometry;
         var clusterSize = geometry.ClusterSize;
-        var limit = Math.Min(data.Length / clusterSize, MaxRunClusters);
+        var limit = Math.Min(data.Length / clusterSize, MaxRunClusters(start));
         if (limit < 2)
         {
             return 0;
