@@ -159,6 +159,8 @@ internal static class ParityCases
             ",force-share=on,read-only=on,cache.direct=off,cache.no-flush=on,discard=unmap,detect-zeroes=on,node-name=n1,file.node-name=n2,file.locking=off,file.aio=threads",
             ",cache-size=1M,l2-cache-size=2M", ",node-name=1bad", ",discard=bad", ",file.locking=bad", ",file.aio=bad", ",cache-clean-interval=x", ",cache.no-flush=x",
             ",overlap-check.main-header=x", ",file.drop-cache=x", ",driver=raw", ",,x", ",=x", ",backing.driver=qcow2",
+            ",lazy-refcounts=yes,", ",detect-zeroes=unmap", ",detect-zeroes=unmap,discard=unmap", ",overlap-check=none,overlap-check.template=all", ",node-name=n1,file.node-name=n1",
+            ",file.aio=native", ",file.aio=native,cache.direct=on", ",file.pr-manager=x",
         }.Select(extra => $"info --image-opts driver=qcow2,file.filename=base.qcow2{extra}")
         .Concat([
             "info --output=json --image-opts file.filename=base.qcow2", "info --image-opts driver=raw,file.filename=raw.img", "info --image-opts driver=qcow2,file.filename=missing.qcow2",
@@ -174,7 +176,8 @@ internal static class ParityCases
             "convert --image-opts -f qcow2 -O raw driver=qcow2,file.filename=base.qcow2 out.raw", "convert -n --target-image-opts base.qcow2 driver=qcow2,file.filename=snap.qcow2",
             "convert --target-image-opts base.qcow2 driver=raw,file.filename=out.raw", "convert -n -O raw --target-image-opts base.qcow2 driver=raw,file.filename=out.raw",
             "convert -n --target-image-opts base.qcow2 driver=qcow2,file.filename=missing.qcow2", "convert -n --target-image-opts base.qcow2 snap.qcow2",
-            "resize --image-opts driver=qcow2,file.filename=base.qcow2 +1M", "resize --image-opts driver=qcow2,file.filename=base.qcow2,force-share=on +1M", "resize --image-opts driver=raw,file.filename=raw.img 20M",
+            "resize --image-opts driver=qcow2,file.filename=base.qcow2 +1M", "resize --image-opts driver=qcow2,file.filename=base.qcow2,read-only=on +1M",
+            "info -U --image-opts driver=qcow2,file.filename=base.qcow2,force-share=off", "bitmap --add --image-opts driver=qcow2,file.filename=base.qcow2,read-only=on b9", "resize --image-opts driver=qcow2,file.filename=base.qcow2,force-share=on +1M", "resize --image-opts driver=raw,file.filename=raw.img 20M",
             "snapshot -l --image-opts driver=qcow2,file.filename=snap.qcow2", "snapshot -c s9 --image-opts driver=qcow2,file.filename=base.qcow2", "snapshot -l -U --image-opts driver=qcow2,file.filename=snap.qcow2,force-share=on",
             "measure -O qcow2 --image-opts driver=qcow2,file.filename=base.qcow2", "measure --output=json -O qcow2 --image-opts driver=raw,file.filename=raw.img",
             "amend -o lazy_refcounts=on --image-opts driver=qcow2,file.filename=base.qcow2", "amend -f qcow2 -o lazy_refcounts=on --image-opts driver=qcow2,file.filename=base.qcow2",
@@ -189,6 +192,7 @@ internal static class ParityCases
         {
             "secret,id=s0,data=abc", "secret,id=s0,data=YWJj,format=base64", "secret,id=s0,file=text.txt", "foo,id=x", "secret,id=s0", "secret,data=abc", "secret,id=s0,file=nope.txt",
             "secret,id=s0,data=abc,bogus=1", "secret,id=s0,data=abc,format=hex", "throttle-group,id=t0,x-iops-total=100", "iothread,id=io0", "id=s0",
+            "secret,id=1bad,data=1", "secret,id=s0,data=1 --object secret,id=s0,data=2",
         }.Select(o => $"info --object {o} base.qcow2")
         .Concat(["check --object secret,id=s0,data=abc base.qcow2", "create --object secret,id=s0,data=abc -f qcow2 new.qcow2 1M", "convert --object secret,id=s0,data=abc -O raw base.qcow2 out.raw",
             "compare --object foo,id=x base.qcow2 comp.qcow2", "create --object foo,id=x -f qcow2 new.qcow2 1M"]);

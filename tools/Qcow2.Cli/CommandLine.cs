@@ -199,7 +199,12 @@ internal sealed class CommandLine
             }
         }
 
-        if (spec.ForceShare && !Has("-U"))
+        if (spec.ForceShare == false && Has("-U"))
+        {
+            throw new QemuArgumentError("--force-share/-U conflicts with image options", exitCode);
+        }
+
+        if (spec.ForceShare == true && !Has("-U"))
         {
             if (!takesForceShare)
             {

@@ -15,12 +15,19 @@ internal static class ImageOptions
     public static readonly string[] ForceShareFlags = ["-U", "--force-share"];
 
     /// <summary>Open options for the image at <paramref name="imagePath"/> as the command line asks.</summary>
-    public static Qcow2OpenOptions For(CommandLine line, string imagePath, bool writable = false) =>
-        Extensions.ReadOptions(writable) with
+    public static Qcow2OpenOptions For(CommandLine line, string imagePath, bool writable = false)
+    {
+        if (writable)
+        {
+            ImageOpts.CheckWritable(imagePath); // --image-opts ...,read-only=on
+        }
+
+        return Extensions.ReadOptions(writable) with
         {
             ForceShare = ForceShare(line),
             BackingPolicy = Policy(line.Value(BackingPolicyOption), imagePath),
         };
+    }
 
     /// <summary>qemu's cache modes (bdrv_parse_cache_mode); the library keeps its own flush order whichever is named.</summary>
     public static readonly string[] CacheModes = ["none", "off", "writeback", "writethrough", "directsync", "unsafe"];

@@ -17,8 +17,9 @@ internal static class ImageOpts
     /// <summary>An image the option string names.</summary>
     /// <param name="Path">The file.</param>
     /// <param name="Format">The format to open it as (null: probe, as qemu-img without a driver).</param>
-    /// <param name="ForceShare">force-share=on.</param>
-    public sealed record ImageSpec(string Path, string? Format, bool ForceShare);
+    /// <param name="ForceShare">force-share=on (true), force-share=off (false), or not given.</param>
+    /// <param name="ReadOnly">read-only=on: a verb that would write the image refuses it.</param>
+    public sealed record ImageSpec(string Path, string? Format, bool? ForceShare, bool ReadOnly);
 
     private enum Kind
     {
@@ -92,8 +93,24 @@ internal static class ImageOpts
     [ThreadStatic]
     private static Dictionary<string, string>? s_shownNames;
 
+    [ThreadStatic]
+    private static HashSet<string>? s_readOnly;
+
     /// <summary>Forgets the option strings of an earlier command line on this thread.</summary>
-    public static void Reset() => s_shownNames = null;
+    public static void Reset()
+    {
+        s_shownNames = null;
+        s_readOnly = null;
+    }
+
+    /// <summary>Refuses to open for writing a file its option string said read-only=on, as QEMU refuses it.</summary>
+    public static void CheckWritable(string path)
+    {
+        if (s_readOnly?.Contains(path) == true)
+        {
+            throw new IOException($"Could not open '{path}': Block node is read-only");
+        }
+    }
 
     /// <summary>
     /// A failure message with the file name an option string resolved to shown as the option
@@ -166,6 +183,7 @@ internal static class ImageOpts
             var known = driver == "qcow2" || driver is null ? NodeOptions.Concat(Qcow2Options) : NodeOptions;
             CheckOptions(given, own, except: ["driver"], known, $"Block format '{driver ?? "qcow2"}' does not support the option '{{0}}'");
             CheckCacheSizes(given, own);
+            CheckCombinations(given, options);
         }
 
         if (string.IsNullOrEmpty(path))
@@ -174,7 +192,14 @@ internal static class ImageOpts
         }
 
         (s_shownNames ??= new(StringComparer.Ordinal))[path] = given;
-        return new ImageSpec(path, driver is "file" ? "raw" : driver, options.GetValueOrDefault("force-share") == "on");
+        var readOnly = options.TryGetValue("read-only", out var ro) && IsOn(ro);
+        if (readOnly)
+        {
+            (s_readOnly ??= new(StringComparer.Ordinal)).Add(path);
+        }
+
+        bool? forceShare = options.TryGetValue("force-share", out var share) ? IsOn(share) : null;
+        return new ImageSpec(path, driver is "file" ? "raw" : driver, forceShare, readOnly);
     }
 
     /// <summary>
@@ -206,12 +231,23 @@ internal static class ImageOpts
     private static void CheckObjectsCore(IEnumerable<string> definitions)
     {
         var secrets = new HashSet<string>(StringComparer.Ordinal);
+        var ids = new HashSet<string>(StringComparer.Ordinal);
         foreach (var definition in definitions)
         {
             var options = Parse(definition, impliedKey: "qom-type");
             var type = options.GetValueOrDefault("qom-type") ?? throw new QemuArgumentError("Parameter 'qom-type' is missing");
             CheckObjectType(type);
             var id = options.GetValueOrDefault("id") ?? throw new QemuArgumentError("Parameter 'id' is missing");
+            if (id.Length == 0 || !char.IsAsciiLetter(id[0]) || id.Any(c => !char.IsAsciiLetterOrDigit(c) && c is not ('-' or '.' or '_')))
+            {
+                throw new QemuArgumentError("Parameter 'id' expects an identifier\nIdentifiers consist of letters, digits, '-', '.', '_', starting with a letter.");
+            }
+
+            if (!ids.Add(id))
+            {
+                throw new QemuArgumentError($"attempt to add duplicate property '{id}' to object (type 'container')");
+            }
+
             if (type == "throttle-group")
             {
                 CheckThrottleGroup(options);
@@ -319,9 +355,9 @@ internal static class ImageOpts
             item.Append(text[i]);
         }
 
-        if (text.Length > 0)
+        if (item.Length > 0)
         {
-            items.Add(item.ToString());
+            items.Add(item.ToString()); // a trailing comma ends the list, as in QEMU
         }
 
         for (var i = 0; i < items.Count; i++)
@@ -367,10 +403,12 @@ internal static class ImageOpts
         }
     }
 
+    private static bool IsOn(string value) => value is "on" or "yes" or "true";
+
     /// <summary>What QEMU says about a value of the wrong kind, or null when it is right.</summary>
     private static string? Problem(string key, string value, Kind kind) => kind switch
     {
-        Kind.Bool when value is not ("on" or "off") => $"Parameter '{key}' expects 'on' or 'off'",
+        Kind.Bool when value is not ("on" or "off" or "yes" or "no" or "true" or "false") => $"Parameter '{key}' expects 'on' or 'off'",
         Kind.Size when Sizes.TryParse(value, out _) != SizeSyntax.Valid =>
             $"Parameter '{key}' expects a non-negative number below 2^64\nOptional suffix k, M, G, T, P or E means kilo-, mega-, giga-, tera-, peta-\nand exabytes, respectively.",
         Kind.Number when !ulong.TryParse(value, NumberStyles.None, CultureInfo.InvariantCulture, out _) => $"Parameter '{key}' expects a number",
@@ -383,6 +421,35 @@ internal static class ImageOpts
             $"Unsupported value '{value}' for qcow2 option 'overlap-check'. Allowed are any of the following: none, constant, cached, all",
         _ => null,
     };
+
+    /// <summary>QEMU's checks of option pairs that are each well-formed, in its words.</summary>
+    private static void CheckCombinations(string given, Dictionary<string, string> options)
+    {
+        if (options.GetValueOrDefault("detect-zeroes") == "unmap" && options.GetValueOrDefault("discard") is not ("unmap" or "on"))
+        {
+            throw Refused(given, "setting detect-zeroes to unmap is not allowed without setting discard operation to unmap");
+        }
+
+        if (options.GetValueOrDefault("overlap-check") is { } mode && options.GetValueOrDefault("overlap-check.template") is { } template && mode != template)
+        {
+            throw Refused(given, $"Conflicting values for qcow2 options 'overlap-check' ('{mode}') and 'overlap-check.template' ('{template}')");
+        }
+
+        if (options.GetValueOrDefault("node-name") is { } node && options.GetValueOrDefault("file.node-name") == node)
+        {
+            throw Refused(given, $"Duplicate nodes with node-name='{node}'");
+        }
+
+        if (options.GetValueOrDefault("file.aio") == "native" && !(options.TryGetValue("file.cache.direct", out var direct) ? IsOn(direct) : options.TryGetValue("cache.direct", out var top) && IsOn(top)))
+        {
+            throw Refused(given, "aio=native was specified, but it requires cache.direct=on, which was not specified.");
+        }
+
+        if (options.GetValueOrDefault("file.pr-manager") is { } manager)
+        {
+            throw Refused(given, $"No persistent reservation manager with id '{manager}'");
+        }
+    }
 
     /// <summary>qcow2's checks of the cache sizes against each other (read_cache_sizes), before the image's own.</summary>
     private static void CheckCacheSizes(string given, Dictionary<string, string> options)

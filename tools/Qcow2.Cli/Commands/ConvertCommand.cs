@@ -279,6 +279,7 @@ internal static class ConvertCommand
             throw new UsageException($"-n is supported for qcow2 and raw targets, not '{target}'");
         }
 
+        ImageOpts.CheckWritable(destination);
         using var file = FileStorage.Open(destination, writable: true);
         if (file.Length < total)
         {

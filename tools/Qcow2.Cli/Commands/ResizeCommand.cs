@@ -76,6 +76,7 @@ internal static class ResizeCommand
     /// <summary>A raw file: its length changes; the new part is a hole, reserved (falloc) or written with zeros (full).</summary>
     private static int ResizeRaw(CommandLine line, string path, int sign, long amount, string sizeText, Preallocation preallocation)
     {
+        ImageOpts.CheckWritable(path);
         using var file = FileStorage.Open(path, writable: true);
         var oldSize = file.Length;
         var newSize = NewSize(oldSize, sign, amount, sizeText);
