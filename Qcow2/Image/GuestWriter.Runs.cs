@@ -1,3 +1,4 @@
+using System.Buffers;
 using QcowDedup.Qcow2.Format;
 
 namespace QcowDedup.Qcow2.Image;
@@ -43,7 +44,21 @@ internal sealed partial class GuestWriter
             return 0;
         }
 
-        var states = new ClusterState[limit];
+        var states = ArrayPool<ClusterState>.Shared.Rent(limit);
+        try
+        {
+            return await WriteFreshRunAsync(start, data, states, limit, async, cancellationToken).ConfigureAwait(false);
+        }
+        finally
+        {
+            ArrayPool<ClusterState>.Shared.Return(states);
+        }
+    }
+
+    private async ValueTask<int> WriteFreshRunAsync(long start, ReadOnlyMemory<byte> data, ClusterState[] states, int limit, bool async, CancellationToken cancellationToken)
+    {
+        var geometry = _metadata.Geometry;
+        var clusterSize = geometry.ClusterSize;
         var count = 0;
         long host;
         using (await _metadata.MetadataLock.AcquireAsync(async, cancellationToken).ConfigureAwait(false))
@@ -51,13 +66,15 @@ internal sealed partial class GuestWriter
             for (; count < limit; count++)
             {
                 var clusterStart = start + ((long)count << geometry.ClusterBits);
-                if (ClusterBytesAt(clusterStart) != clusterSize || !data.Span.Slice(count * clusterSize, clusterSize).ContainsAnyExcept((byte)0))
+                if (ClusterBytesAt(clusterStart) != clusterSize)
                 {
                     break;
                 }
 
+                // The mapping first: a cluster written in place (a rewrite) ends the run before its
+                // bytes are scanned, so the per-cluster path that takes it scans them only once.
                 var state = await InspectClusterLockedAsync(clusterStart, wholeCluster: true, async, cancellationToken).ConfigureAwait(false);
-                if (state.InPlace)
+                if (state.InPlace || !data.Span.Slice(count * clusterSize, clusterSize).ContainsAnyExcept((byte)0))
                 {
                     break;
                 }
