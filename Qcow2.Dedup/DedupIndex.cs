@@ -191,10 +191,11 @@ internal sealed partial class DedupIndex
 
     private int DefaultOrder()
     {
-        // Enough log store slots for a fair share of the disk's clusters, bounded to 16 MiB of table.
+        // Slots for half the disk's clusters, bounded to 2^15 buckets: 8 MiB of table, and the largest
+        // order whose frozen tables keep 2-byte tags (≤ 4 bytes of RAM per frozen entry once half full).
         var clusters = Math.Max(1, _host.VirtualSize / _clusterSize);
         var buckets = Math.Max(1, clusters / 2 / LogStore.SlotsPerBucket);
-        return Math.Clamp((int)Math.Ceiling(Math.Log2(buckets)), 6, 14);
+        return Math.Clamp((int)Math.Ceiling(Math.Log2(buckets)), 6, 15);
     }
 
     private int ComputeShareCap()

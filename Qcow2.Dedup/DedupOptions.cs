@@ -8,7 +8,7 @@ public sealed record DedupOptions
 
     /// <summary>
     /// log2 of the log store's bucket count (4 entries per bucket). Null sizes it from the disk:
-    /// slots for half the disk's clusters, between 2^6 and 2^14 buckets.
+    /// slots for half the disk's clusters, between 2^6 and 2^15 buckets (8 MiB).
     /// </summary>
     public int? LogStoreOrder { get; init; }
 

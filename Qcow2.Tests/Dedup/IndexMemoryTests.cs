@@ -1,4 +1,5 @@
 using QcowDedup.Qcow2.Dedup;
+using QcowDedup.Qcow2.Dedup.Stores;
 using QcowDedup.Qcow2.Image;
 using QcowDedup.Qcow2.Tests.Infrastructure;
 
@@ -31,5 +32,24 @@ public class IndexMemoryTests : TempDirectoryFixture
         stats.LogStoreMemoryBytes.ShouldBeGreaterThan(0);
         (stats.LogStoreMemoryBytes / stats.LogStoreCapacity).ShouldBeLessThanOrEqualTo(64, "bytes per log store slot");
         (stats.LogStoreMemoryBytes + stats.IncarnationMemoryBytes).ShouldBeLessThanOrEqualTo(stats.IndexMemoryBytes);
+    }
+
+    /// <summary>
+    /// The default log store holds half the disk's clusters, up to 2^15 buckets (8 MiB of table):
+    /// enough that a 2 GiB disk of 4 KiB clusters copied twice finds its first copy in RAM, and small
+    /// enough that a frozen table keeps 2-byte tags, under 4 bytes per entry once half full.
+    /// </summary>
+    [TestCase(64L << 20, 4096, 8192)]
+    [TestCase(2L << 30, 4096, 131072)]
+    [TestCase(1L << 40, 65536, 131072)]
+    [TestCase(1L << 40, 4096, 131072)]
+    public void The_default_log_store_is_sized_from_the_disk_within_its_budget(long size, int clusterSize, int slots)
+    {
+        using var image = Qcow2Image.Create(PathOf("sized.qcow2"), new Qcow2CreateOptions { Size = size, ClusterSize = clusterSize }.WithDedup());
+        var stats = image.GetDedupStatistics();
+        stats.LogStoreCapacity.ShouldBe(slots);
+        stats.LogStoreMemoryBytes.ShouldBeLessThanOrEqualTo(8L << 20);
+        var order = int.Log2(slots / LogStore.SlotsPerBucket);
+        (Incarnation.FilterBytes(order) / (double)slots).ShouldBeLessThanOrEqualTo(2.0, "filter bytes per slot of a frozen table");
     }
 }
