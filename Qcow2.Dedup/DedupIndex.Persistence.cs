@@ -19,7 +19,7 @@ internal sealed partial class DedupIndex
     /// Appends a record. Journal blocks reach the disk only after the image's data and metadata
     /// are made durable, so a durable entry never names clusters that are not.
     /// </summary>
-    private void Append(byte type, byte[] payload)
+    private void Append(byte type, ReadOnlySpan<byte> payload)
     {
         if (_journal.IsFull)
         {

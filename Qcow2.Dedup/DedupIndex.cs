@@ -113,11 +113,18 @@ internal sealed partial class DedupIndex
             return newest;
         }
 
-        foreach (var candidate in _hashStore.Lookup(hash, _device, () => FalsePositiveReads++))
+        Span<IndexEntry> candidates = stackalloc IndexEntry[Incarnation.MaxMatches];
+        var live = _hashStore.Live; // youngest first; changes only under the metadata lock, which we hold
+        for (var i = 0; i < live.Count; i++)
         {
-            if (IsUsable(candidate, data))
+            var found = live[i].Lookup(hash, _device, candidates, out var falsePositives);
+            FalsePositiveReads += falsePositives;
+            foreach (var candidate in candidates[..found])
             {
-                return candidate;
+                if (IsUsable(candidate, data))
+                {
+                    return candidate;
+                }
             }
         }
 
@@ -163,7 +170,7 @@ internal sealed partial class DedupIndex
             _logStore.Insert(entry);
         }
 
-        var record = new byte[IndexEntry.Size];
+        Span<byte> record = stackalloc byte[IndexEntry.Size];
         entry.Write(record);
         Append(HashRecord, record);
     }

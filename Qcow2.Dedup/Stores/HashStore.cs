@@ -1,5 +1,4 @@
 using QcowDedup.Qcow2.Dedup.Format;
-using QcowDedup.Qcow2.Dedup.Journal;
 
 namespace QcowDedup.Qcow2.Dedup.Stores;
 
@@ -56,18 +55,6 @@ internal sealed class HashStore
         var offset = _limbo[index].Offset;
         _limbo.RemoveAt(index);
         return offset;
-    }
-
-    /// <summary>Candidate entries for a hash, youngest incarnation first.</summary>
-    public IEnumerable<IndexEntry> Lookup(ClusterHash hash, IIndexDevice device, Action onFalsePositive)
-    {
-        foreach (var incarnation in _live.ToList())
-        {
-            foreach (var entry in incarnation.Lookup(hash, device, onFalsePositive))
-            {
-                yield return entry;
-            }
-        }
     }
 
     /// <summary>The list records describing live and limbo incarnations.</summary>

@@ -9,7 +9,7 @@ namespace QcowDedup.Qcow2.Dedup.Stores;
 /// filter of tags followed by the cuckoo table, buckets in the same places as in the log store.
 /// The filter holds, per slot, the slot entry's alternate bucket index plus one (0 = empty), in
 /// 2, 4 or 8 bytes depending on the order. Table blocks hold 16 whole buckets each, so a
-/// candidate bucket is always one 4 KiB read.
+/// candidate bucket is always one read (of its 256 bytes) within one 4 KiB block.
 /// </summary>
 internal sealed class Incarnation
 {
@@ -137,48 +137,66 @@ internal sealed class Incarnation
         }
     }
 
+    /// <summary>Most entries one lookup finds: every slot of both candidate buckets.</summary>
+    public const int MaxMatches = 2 * LogStore.SlotsPerBucket;
+
     /// <summary>
-    /// Entries for <paramref name="hash"/>: a tag match at either candidate bucket costs one block
-    /// read, and only an entry whose full hash matches is returned.
+    /// Puts the entries for <paramref name="hash"/> into <paramref name="found"/> (room for
+    /// <see cref="MaxMatches"/>) and returns how many. A tag match at either candidate bucket costs
+    /// one read of that bucket's slots (256 bytes); only entries whose full hash matches are
+    /// returned, the other reads are counted in <paramref name="falsePositives"/>.
     /// </summary>
-    public IEnumerable<IndexEntry> Lookup(ClusterHash hash, IIndexDevice device, Action? onFalsePositive = null)
+    public int Lookup(ClusterHash hash, IIndexDevice device, Span<IndexEntry> found, out int falsePositives)
     {
+        falsePositives = 0;
         var filter = Volatile.Read(ref _filter);
         if (filter is null)
         {
-            yield break;
+            return 0;
         }
 
         var (first, second) = LogStore.BucketsOf(hash, Order);
-        var tagSize = TagSize(Order);
-        foreach (var (bucket, alternate) in first == second ? [(first, second)] : new[] { (first, second), (second, first) })
+        var count = LookupBucket(filter, first, second, hash, device, found, ref falsePositives);
+        if (second != first)
         {
-            byte[]? block = null;
-            for (var s = 0; s < LogStore.SlotsPerBucket; s++)
+            count += LookupBucket(filter, second, first, hash, device, found[count..], ref falsePositives);
+        }
+
+        return count;
+    }
+
+    private int LookupBucket(byte[] filter, long bucket, long alternate, ClusterHash hash, IIndexDevice device, Span<IndexEntry> found, ref int falsePositives)
+    {
+        const int bucketBytes = LogStore.SlotsPerBucket * IndexEntry.Size;
+        Span<byte> slots = stackalloc byte[bucketBytes];
+        var tagSize = TagSize(Order);
+        var loaded = false;
+        var count = 0;
+        for (var s = 0; s < LogStore.SlotsPerBucket; s++)
+        {
+            if (ReadTag(filter, (int)(bucket * LogStore.SlotsPerBucket) + s, tagSize) != (ulong)alternate + 1)
             {
-                var slot = (int)(bucket * LogStore.SlotsPerBucket) + s;
-                if (ReadTag(filter, slot, tagSize) != (ulong)alternate + 1)
-                {
-                    continue;
-                }
+                continue;
+            }
 
-                if (block is null)
-                {
-                    block = new byte[BlockSize];
-                    device.Read(Offset + FilterBytes(Order) + (bucket / BucketsPerBlock * BlockSize), block);
-                }
+            if (!loaded)
+            {
+                var block = Offset + FilterBytes(Order) + (bucket / BucketsPerBlock * BlockSize);
+                device.Read(block + (bucket % BucketsPerBlock * bucketBytes), slots);
+                loaded = true;
+            }
 
-                var at = (((int)(bucket % BucketsPerBlock) * LogStore.SlotsPerBucket) + s) * IndexEntry.Size;
-                if (IndexEntry.TryRead(block.AsSpan(at, IndexEntry.Size), out var entry) && entry.Hash == hash)
-                {
-                    yield return entry;
-                }
-                else
-                {
-                    onFalsePositive?.Invoke();
-                }
+            if (IndexEntry.TryRead(slots.Slice(s * IndexEntry.Size, IndexEntry.Size), out var entry) && entry.Hash == hash)
+            {
+                found[count++] = entry;
+            }
+            else
+            {
+                falsePositives++;
             }
         }
+
+        return count;
     }
 
     private static long RoundToBlocks(long bytes) => (bytes + BlockSize - 1) / BlockSize * BlockSize;
