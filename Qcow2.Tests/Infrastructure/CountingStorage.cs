@@ -11,6 +11,9 @@ public sealed class CountingStorage(IStorage inner) : IStorage
     /// <summary>The length of every write, in order (one system call each).</summary>
     public IReadOnlyList<int> WriteLengths => [.. _writeLengths];
 
+    /// <summary>Called with the offset and length of every write before it reaches the file.</summary>
+    public Action<long, int>? BeforeWrite { get; set; }
+
     /// <summary>Times the file was asked for its length.</summary>
     public int LengthReads => _lengthReads;
 
@@ -33,12 +36,14 @@ public sealed class CountingStorage(IStorage inner) : IStorage
 
     public void Write(long offset, ReadOnlySpan<byte> buffer)
     {
+        BeforeWrite?.Invoke(offset, buffer.Length);
         _writeLengths.Enqueue(buffer.Length);
         inner.Write(offset, buffer);
     }
 
     public ValueTask WriteAsync(long offset, ReadOnlyMemory<byte> buffer, CancellationToken cancellationToken)
     {
+        BeforeWrite?.Invoke(offset, buffer.Length);
         _writeLengths.Enqueue(buffer.Length);
         return inner.WriteAsync(offset, buffer, cancellationToken);
     }

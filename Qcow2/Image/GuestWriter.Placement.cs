@@ -11,15 +11,15 @@ internal sealed partial class GuestWriter
     /// rewrite the allocator kept out of place): builds the cluster's new content, asks the
     /// allocator where it goes, writes it, links it, then releases the old cluster.
     /// </summary>
-    private async ValueTask WriteToNewClusterAsync(ClusterState state, int from, ReadOnlyMemory<byte> data, ClusterFingerprint? fingerprint, bool async, CancellationToken cancellationToken)
+    private async ValueTask WriteToNewClusterAsync(ClusterState state, int from, ReadOnlyMemory<byte> data, ClusterFingerprint? fingerprint, bool stable, bool async, CancellationToken cancellationToken)
     {
         var geometry = _metadata.Geometry;
         var clusterSize = geometry.ClusterSize;
         var to = from + data.Length;
-        // A whole cluster is written from the caller's memory, unless it is hashed for sharing: then
-        // the bytes hashed and the bytes stored must be one copy a caller cannot change in between.
-        // A part is merged into a copy first.
-        var direct = from == 0 && data.Length == clusterSize && !_writable.Allocator.SharesClusters;
+        // A whole cluster is written from the caller's memory, unless it is hashed for sharing from
+        // memory the caller may change meanwhile: the bytes hashed and the bytes stored must be one
+        // copy. A part is merged into a copy first.
+        var direct = from == 0 && data.Length == clusterSize && (stable || !_writable.Allocator.SharesClusters);
         var buffer = direct ? null : ArrayPool<byte>.Shared.Rent(clusterSize);
         ClusterFingerprint? inFlight = null;
         try
@@ -260,21 +260,17 @@ internal sealed partial class GuestWriter
             return false;
         }
 
-        long? referrer = null;
-        foreach (var candidate in _writable.Referrers.Get(host).Prepend(placement.ReferrerGuestOffset).ToList())
+        // The allocator's referrer first (almost always right), then the guests seen sharing the cluster.
+        long? referrer = await MapsWholeAsync(placement.ReferrerGuestOffset).ConfigureAwait(false) ? placement.ReferrerGuestOffset : null;
+        if (referrer is null && _writable.Referrers.Get(host) is { Count: > 0 } known)
         {
-            var (entry, bitmap) = await _writable.Tables.ReadEntryAsync(candidate, async, cancellationToken).ConfigureAwait(false);
-            if (entry.GetClusterType(geometry.ExtendedL2, geometry.ExternalDataFile) == ClusterType.Normal && entry.HostOffset == host
-                && (!geometry.ExtendedL2 || bitmap == SubclusterBitmap.AllAllocated))
+            foreach (var candidate in known.ToArray())
             {
-                referrer = candidate;
-                if (refcount == 1 && entry.IsCopied)
+                if (await MapsWholeAsync(candidate).ConfigureAwait(false))
                 {
-                    using var table = await _writable.Tables.GetWritableAsync(candidate, async, cancellationToken).ConfigureAwait(false);
-                    _writable.Tables.ClearCopiedBeforeSharing(table, candidate, entry, bitmap, newReferrer);
+                    referrer = candidate;
+                    break;
                 }
-
-                break;
             }
         }
 
@@ -286,6 +282,25 @@ internal sealed partial class GuestWriter
         await refcounts.ChangeAsync(host >> geometry.ClusterBits, +1, ClusterUse.Data, async, cancellationToken).ConfigureAwait(false);
         _writable.Referrers.Add(host, verified);
         return true;
+
+        // Whether the guest cluster maps all of the host cluster; a sole referrer found so loses COPIED now.
+        async ValueTask<bool> MapsWholeAsync(long candidate)
+        {
+            var (entry, bitmap) = await _writable.Tables.ReadEntryAsync(candidate, async, cancellationToken).ConfigureAwait(false);
+            if (entry.GetClusterType(geometry.ExtendedL2, geometry.ExternalDataFile) != ClusterType.Normal || entry.HostOffset != host
+                || (geometry.ExtendedL2 && bitmap != SubclusterBitmap.AllAllocated))
+            {
+                return false;
+            }
+
+            if (refcount == 1 && entry.IsCopied)
+            {
+                using var table = await _writable.Tables.GetWritableAsync(candidate, async, cancellationToken).ConfigureAwait(false);
+                _writable.Tables.ClearCopiedBeforeSharing(table, candidate, entry, bitmap, newReferrer);
+            }
+
+            return true;
+        }
     }
 
     /// <summary>

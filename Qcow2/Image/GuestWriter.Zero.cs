@@ -40,7 +40,7 @@ internal sealed partial class GuestWriter
 
                 if (!zeroed)
                 {
-                    await WriteClusterAsync(clusterStart, from, zeros.AsMemory(0, count), null, async, cancellationToken).ConfigureAwait(false);
+                    await WriteClusterAsync(clusterStart, from, zeros.AsMemory(0, count), null, stable: true, async, cancellationToken).ConfigureAwait(false);
                 }
 
                 position += count;
@@ -279,7 +279,7 @@ internal sealed partial class GuestWriter
 
             if (!zeroed)
             {
-                await WriteClusterAsync(clusterStart, from, zeros.AsMemory(0, count), null, async, cancellationToken).ConfigureAwait(false);
+                await WriteClusterAsync(clusterStart, from, zeros.AsMemory(0, count), null, stable: true, async, cancellationToken).ConfigureAwait(false);
             }
 
             position += count;

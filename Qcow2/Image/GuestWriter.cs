@@ -36,8 +36,14 @@ internal sealed partial class GuestWriter
     /// <param name="fingerprints">
     /// The allocator's fingerprints of the write's clusters, computed ahead by <see cref="Fingerprint"/>
     /// from these same bytes (a copy pipeline hashes the next chunk while this one is written); null: computed here.
+    /// Given, they also vouch that the bytes stay unchanged until the write returns, as <paramref name="stable"/> does.
     /// </param>
-    public async ValueTask WriteAsync(long offset, ReadOnlyMemory<byte> data, bool async, CancellationToken cancellationToken, ClusterFingerprint?[]? fingerprints = null)
+    /// <param name="stable">
+    /// The bytes are the caller's own copy and stay unchanged until the write returns, so whole clusters
+    /// are hashed and stored from them directly. Otherwise a cluster hashed for sharing is first copied,
+    /// so that the bytes hashed and the bytes stored are one copy (a caller's memory may change under us).
+    /// </param>
+    public async ValueTask WriteAsync(long offset, ReadOnlyMemory<byte> data, bool async, CancellationToken cancellationToken, ClusterFingerprint?[]? fingerprints = null, bool stable = false)
     {
         if (data.IsEmpty)
         {
@@ -49,6 +55,7 @@ internal sealed partial class GuestWriter
         var geometry = _metadata.Geometry;
         var end = offset + data.Length;
         using var range = await LockClustersAsync(offset, end, async, cancellationToken).ConfigureAwait(false);
+        stable |= fingerprints is not null;
         fingerprints ??= Fingerprint(offset, data);
         var done = 0;
         var clusterNumber = 0;
@@ -69,7 +76,7 @@ internal sealed partial class GuestWriter
             }
 
             var length = (int)Math.Min(geometry.ClusterSize - from, data.Length - done);
-            await WriteClusterAsync(clusterStart, from, data.Slice(done, length), fingerprints?[clusterNumber], async, cancellationToken).ConfigureAwait(false);
+            await WriteClusterAsync(clusterStart, from, data.Slice(done, length), fingerprints?[clusterNumber], stable, async, cancellationToken).ConfigureAwait(false);
             done += length;
             clusterNumber++;
         }
@@ -106,7 +113,7 @@ internal sealed partial class GuestWriter
     }
 
     /// <summary>Writes <paramref name="data"/> at byte <paramref name="from"/> of the guest cluster at <paramref name="clusterStart"/>.</summary>
-    private async ValueTask WriteClusterAsync(long clusterStart, int from, ReadOnlyMemory<byte> data, ClusterFingerprint? fingerprint, bool async, CancellationToken cancellationToken)
+    private async ValueTask WriteClusterAsync(long clusterStart, int from, ReadOnlyMemory<byte> data, ClusterFingerprint? fingerprint, bool stable, bool async, CancellationToken cancellationToken)
     {
         if (from == 0 && data.Length == ClusterBytesAt(clusterStart) && !data.Span.ContainsAnyExcept((byte)0)
             && await ZeroDetectedClusterAsync(clusterStart, async, cancellationToken).ConfigureAwait(false))
@@ -139,7 +146,7 @@ internal sealed partial class GuestWriter
         }
         else
         {
-            await WriteToNewClusterAsync(state, from, data, fingerprint, async, cancellationToken).ConfigureAwait(false);
+            await WriteToNewClusterAsync(state, from, data, fingerprint, stable, async, cancellationToken).ConfigureAwait(false);
         }
     }
 

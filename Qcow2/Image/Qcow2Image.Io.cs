@@ -59,7 +59,8 @@ public sealed partial class Qcow2Image
         try
         {
             buffer.CopyTo(rented);
-            Write(offset, rented, 0, buffer.Length);
+            ThrowIfNotWritable(offset, buffer.Length);
+            SyncOver.Run(Guard(Writes.Writer.WriteAsync(offset, rented.AsMemory(0, buffer.Length), async: false, CancellationToken.None, stable: true))); // our copy: hashed and stored as is
         }
         finally
         {
