@@ -4,6 +4,12 @@ using QcowDedup.Benchmarks;
 // Speed and memory targets are measured here, never in unit tests. Usage:
 //   dotnet run -c Release --project tools/Qcow2.Benchmarks -- [benchmark ...]
 // With no arguments every benchmark runs. Each prints one line per measurement.
+// "micro" instead runs the BenchmarkDotNet micro-benchmarks (MicroBenchmarks.cs); arguments after it go to BenchmarkDotNet.
+if (args is ["micro", .. var microArgs])
+{
+    return MicroBenchmarks.Run(microArgs);
+}
+
 var all = new Dictionary<string, Action<string>>(StringComparer.Ordinal)
 {
     ["open-1t"] = OpenBenchmarks.OpenHugeSparseImage,
