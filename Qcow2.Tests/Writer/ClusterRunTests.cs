@@ -7,8 +7,9 @@ namespace QcowDedup.Qcow2.Tests.Writer;
 /// <summary>
 /// Issue 11: a write of many whole clusters that all need fresh host clusters is one allocation of
 /// contiguous clusters and one data write (QEMU's qcow2_alloc_host_offset), not a system call per
-/// cluster; clusters that cannot join a run (zeros, in place, the last partial one) still take the
-/// per-cluster path, and QEMU reads the result as the same bytes with a clean check.
+/// cluster, and clusters rewritten in place whose host clusters are adjacent are one data write;
+/// clusters that cannot join a run (zeros, partial or extended-L2 rewrites, the last partial one)
+/// still take the per-cluster path, and QEMU reads the result as the same bytes with a clean check.
 /// </summary>
 [TestFixture]
 [Category("Interop")]
@@ -43,6 +44,51 @@ public class ClusterRunTests : TempDirectoryFixture
         }
 
         Qemu.Compare(path, raw).ExitCode.ShouldBe(0);
+    }
+
+    [Test]
+    public void Clusters_rewritten_in_place_take_one_data_write_per_stretch_of_adjacent_host_clusters()
+    {
+        const int c = 4096;
+        var path = PathOf("inplace.qcow2");
+        var raw = PathOf("model.raw");
+        using (var image = Qcow2Image.Create(path, new Qcow2CreateOptions { Size = 8 << 20, ClusterSize = c }))
+        {
+            // Guest clusters 0-15 and 16-31 land in two stretches of host clusters: cluster 40 was
+            // allocated between them.
+            image.Write(0, RandomBytes(16 * c, 1));
+            image.Write(40 * c, RandomBytes(c, 2));
+            image.Write(16 * c, RandomBytes(16 * c, 3));
+        }
+
+        var data = RandomBytes(33 * c, 4); // clusters 0-31 again, and cluster 32 fresh
+        var counting = new CountingStorage(FileStorage.Open(path, writable: true));
+        using (var image = Qcow2Image.Open(counting, new Qcow2OpenOptions { Writable = true }))
+        {
+            image.Write(0, data);
+        }
+
+        counting.WriteLengths.Count(l => l == 16 * c).ShouldBe(2, string.Join(", ", counting.WriteLengths));
+        // Cluster 32 alone, its L2 table and its refcount block; cluster by cluster the rewrite made 32 more.
+        counting.WriteLengths.Count(l => l == c).ShouldBeLessThanOrEqualTo(3, string.Join(", ", counting.WriteLengths));
+        Qemu.AssertClean(path);
+        using (var model = File.Create(raw))
+        {
+            model.SetLength(8 << 20);
+            model.Position = 40 * c;
+            model.Write(RandomBytes(c, 2));
+            model.Position = 0;
+            model.Write(data);
+        }
+
+        Qemu.Compare(path, raw).ExitCode.ShouldBe(0);
+    }
+
+    private static byte[] RandomBytes(int length, int seed)
+    {
+        var bytes = new byte[length];
+        new Random(seed).NextBytes(bytes);
+        return bytes;
     }
 
     [TestCase(65536, "1.1", false)]

@@ -59,14 +59,15 @@ internal sealed partial class GuestWriter
         fingerprints ??= Fingerprint(offset, data);
         var done = 0;
         var clusterNumber = 0;
+        var tryRuns = WritesRuns;
         while (done < data.Length)
         {
             var position = offset + done;
             var clusterStart = geometry.StartOfCluster(position);
             var from = (int)(position - clusterStart);
-            if (from == 0 && WritesRuns && data.Length - done >= 2 * geometry.ClusterSize)
+            if (from == 0 && tryRuns && data.Length - done >= 2 * geometry.ClusterSize)
             {
-                var run = await WriteFreshRunAsync(clusterStart, data[done..], async, cancellationToken).ConfigureAwait(false);
+                var run = await WriteRunAsync(clusterStart, data[done..], async, cancellationToken).ConfigureAwait(false);
                 if (run > 0)
                 {
                     done += run;
@@ -76,7 +77,12 @@ internal sealed partial class GuestWriter
             }
 
             var length = (int)Math.Min(geometry.ClusterSize - from, data.Length - done);
-            await WriteClusterAsync(clusterStart, from, data.Slice(done, length), fingerprints?[clusterNumber], stable, async, cancellationToken).ConfigureAwait(false);
+            var inPlace = await WriteClusterAsync(clusterStart, from, data.Slice(done, length), fingerprints?[clusterNumber], stable, async, cancellationToken).ConfigureAwait(false);
+            // A cluster the run path left to this one and that was rewritten in place (part of a
+            // cluster, extended L2, a zero cluster's host) likely has neighbours like it: runs are
+            // tried again only after a cluster that needed a fresh host cluster, instead of
+            // inspecting every such cluster twice.
+            tryRuns = WritesRuns && !inPlace;
             done += length;
             clusterNumber++;
         }
@@ -112,13 +118,16 @@ internal sealed partial class GuestWriter
         return fingerprints;
     }
 
-    /// <summary>Writes <paramref name="data"/> at byte <paramref name="from"/> of the guest cluster at <paramref name="clusterStart"/>.</summary>
-    private async ValueTask WriteClusterAsync(long clusterStart, int from, ReadOnlyMemory<byte> data, ClusterFingerprint? fingerprint, bool stable, bool async, CancellationToken cancellationToken)
+    /// <summary>
+    /// Writes <paramref name="data"/> at byte <paramref name="from"/> of the guest cluster at
+    /// <paramref name="clusterStart"/>; returns whether it was written in place.
+    /// </summary>
+    private async ValueTask<bool> WriteClusterAsync(long clusterStart, int from, ReadOnlyMemory<byte> data, ClusterFingerprint? fingerprint, bool stable, bool async, CancellationToken cancellationToken)
     {
         if (from == 0 && data.Length == ClusterBytesAt(clusterStart) && !data.Span.ContainsAnyExcept((byte)0)
             && await ZeroDetectedClusterAsync(clusterStart, async, cancellationToken).ConfigureAwait(false))
         {
-            return;
+            return false;
         }
 
         ClusterState state;
@@ -148,6 +157,8 @@ internal sealed partial class GuestWriter
         {
             await WriteToNewClusterAsync(state, from, data, fingerprint, stable, async, cancellationToken).ConfigureAwait(false);
         }
+
+        return state.InPlace;
     }
 
     /// <summary>Guest bytes of the cluster at <paramref name="clusterStart"/> that lie inside the disk.</summary>

@@ -16,6 +16,7 @@ var all = new Dictionary<string, Action<string>>(StringComparer.Ordinal)
     ["read-seq"] = ReadBenchmarks.SequentialRead,
     ["write-seq"] = WriteBenchmarks.SequentialWrite,
     ["write-rand"] = WriteBenchmarks.RandomWrite,
+    ["write-rewrite"] = WriteBenchmarks.Rewrite,
     ["convert"] = WriteBenchmarks.Convert,
     ["dedup-hash"] = DedupBenchmarks.Hash,
     ["dedup-write"] = DedupBenchmarks.Write,

@@ -33,6 +33,42 @@ internal static class WriteBenchmarks
         }
     }
 
+    /// <summary>Rewriting allocated clusters in place: 1 GiB written, then written again 4 times in 1 MiB writes.</summary>
+    public static void Rewrite(string work)
+    {
+        Warm(work);
+        const int blockSize = 1 << 20;
+        foreach (var clusterSize in new[] { 65536, 4096 })
+        {
+            var path = Path.Combine(work, "rewrite.qcow2");
+            var block = new byte[blockSize];
+            new Random(3).NextBytes(block);
+            using (var image = Qcow2Image.Create(path, new Qcow2CreateOptions { Size = Size, ClusterSize = clusterSize }))
+            {
+                for (long offset = 0; offset < Size; offset += blockSize)
+                {
+                    image.Write(offset, block);
+                }
+
+                var timer = Stopwatch.StartNew();
+                for (var round = 0; round < 4; round++)
+                {
+                    block[0]++;
+                    for (long offset = 0; offset < Size; offset += blockSize)
+                    {
+                        image.Write(offset, block);
+                    }
+                }
+
+                image.Flush();
+                timer.Stop();
+                Tools.Report("write-rewrite", $"4 GiB rewritten in place, 1 MiB writes, {clusterSize / 1024} KiB clusters (MiB/s)", (4096 / timer.Elapsed.TotalSeconds).ToString("0", CultureInfo.InvariantCulture));
+            }
+
+            File.Delete(path);
+        }
+    }
+
     public static void RandomWrite(string work)
     {
         Warm(work);
