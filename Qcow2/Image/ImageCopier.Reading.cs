@@ -26,21 +26,19 @@ public static partial class ImageCopier
         for (var done = 0; done < data.Length; done += 512)
         {
             var sector = data.Slice(done, Math.Min(512, data.Length - done));
+            if (ByteRanges.Overlaps(unknownStatus, position + done, position + done + sector.Length))
+            {
+                // qemu-img asks a sector's status again just before copying it, and warns with what
+                // that second answer says.
+                await ReportStatusAgainAsync(source, position + done, sector.Length, options, async, cancellationToken).ConfigureAwait(false);
+            }
+
             try
             {
                 await source.ReadAsync(position + done, sector, async, cancellationToken).ConfigureAwait(false);
-                if (ByteRanges.Overlaps(unknownStatus, position + done, position + done + sector.Length))
-                {
-                    options.OnStatusError!(position + done, new IOException("the allocation status of this sector could not be read"));
-                }
             }
             catch (Exception error) when (IsReadFailure(error))
             {
-                if (ByteRanges.Overlaps(unknownStatus, position + done, position + done + sector.Length))
-                {
-                    options.OnStatusError!(position + done, error);
-                }
-
                 if (options.OnReadError is null)
                 {
                     throw;
@@ -49,6 +47,19 @@ public static partial class ImageCopier
                 sector.Span.Clear();
                 options.OnReadError(position + done, error);
             }
+        }
+    }
+
+    /// <summary>Asks the source's map for a sector whose status failed before, and reports the error it gives now (if any).</summary>
+    private static async ValueTask ReportStatusAgainAsync(DiskSource source, long offset, int length, ImageCopyOptions options, bool async, CancellationToken cancellationToken)
+    {
+        try
+        {
+            _ = async ? await source.GetMapAsync(offset, length, cancellationToken).ConfigureAwait(false) : source.GetMap(offset, length);
+        }
+        catch (Exception error) when (IsReadFailure(error))
+        {
+            options.OnStatusError!(offset, error);
         }
     }
 
