@@ -232,13 +232,8 @@ internal sealed class IndexJournal
         lastBlock.AsSpan(0, position).CopyTo(_block);
         _position = position;
         _dirty = false;
-        if (!Fits(MaxEntrySize) && block < Blocks - 1)
-        {
-            _block[_position] = HeaderSize;
-            _block[_position + 1] = TypeEnd;
-            WriteBlock();
-            StartBlock(block + 1);
-        }
+        // A block too full for another entry is closed by the next Append, not here: replaying the
+        // journal writes nothing, so a read-only open can replay it.
     }
 
     private void StartBlock(int index)

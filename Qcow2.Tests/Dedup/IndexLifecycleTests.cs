@@ -17,6 +17,56 @@ public class IndexLifecycleTests : TempDirectoryFixture
     private const int ClusterSize = 4096;
     private const long DiskSize = 64L << 20;
 
+    /// <summary>
+    /// Found by an adversarial pass: a journal whose last block is too full for another entry used
+    /// to be closed while it was replayed, a write that made a read-only open of the image throw.
+    /// </summary>
+    [TestCase(58)]
+    [TestCase(59)]
+    [TestCase(60)]
+    public void A_read_only_open_replays_any_journal_without_writing(int clusters)
+    {
+        const int clusterSize = 4096;
+        var path = PathOf("ro.qcow2");
+        var cluster = new byte[clusterSize];
+        using (var image = Qcow2Image.Create(path, new Qcow2CreateOptions { Size = 64L << 20, ClusterSize = clusterSize }.WithDedup()))
+        {
+            for (var i = 0; i < clusters; i++)
+            {
+                new Random(i).NextBytes(cluster);
+                image.Write((long)i * clusterSize, cluster);
+            }
+        }
+
+        var before = File.ReadAllBytes(path);
+        using (var image = Qcow2Image.Open(path, new Qcow2OpenOptions().WithDedup()))
+        {
+            image.GetDedupStatistics().IndexedClusters.ShouldBe(clusters);
+            var read = new byte[clusterSize];
+            image.Read((long)(clusters - 1) * clusterSize, read);
+            new Random(clusters - 1).NextBytes(cluster);
+            read.ShouldBe(cluster);
+        }
+
+        File.ReadAllBytes(path).ShouldBe(before, "a read-only open changes nothing");
+
+        // Written again: the full block is closed by the next entry, and the index still finds everything.
+        using (var image = Qcow2Image.Open(path, new Qcow2OpenOptions { Writable = true }.WithDedup()))
+        {
+            image.Write((long)clusters * clusterSize, cluster);
+            image.GetDedupStatistics().ClustersDeduplicated.ShouldBe(1);
+            new Random(1000).NextBytes(cluster); // new content
+            image.Write((long)(clusters + 1) * clusterSize, cluster);
+        }
+
+        using (var image = Qcow2Image.Open(path, new Qcow2OpenOptions().WithDedup()))
+        {
+            image.GetDedupStatistics().IndexedClusters.ShouldBe(clusters + 1);
+        }
+
+        Qemu.AssertClean(path);
+    }
+
     [Test]
     public void Frozen_incarnations_still_deduplicate_and_dropped_ones_cost_only_space()
     {
